@@ -1,0 +1,94 @@
+"""The ``calibseg`` command line.
+
+Each subcommand lives in its own module under :mod:`CalibSegLib.commands` and
+defines ``NAME``, ``HELP``, ``EXAMPLE``, ``add_arguments(parser)`` and
+``run(args) -> int``. Modules are discovered, so adding a command never edits
+this file. User errors (:class:`CalibSegError`) end with one line and exit code
+2; a traceback is shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from types import ModuleType
+
+from CalibSegLib import __version__
+from CalibSegLib.errors import CalibSegError
+
+#: Order in which commands are listed in ``calibseg --help``; unknown ones follow.
+_ORDER = [
+    "demo", "predict", "evaluate", "calibrate", "explain", "compare", "report",
+    "train", "import-model", "sample-data", "federated",
+]
+
+
+def _command_modules() -> list[ModuleType]:
+    import CalibSegLib.commands as pkg
+
+    modules = []
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        if hasattr(module, "NAME") and hasattr(module, "run"):
+            modules.append(module)
+
+    def rank(m: ModuleType) -> tuple[int, str]:
+        return (_ORDER.index(m.NAME) if m.NAME in _ORDER else len(_ORDER), m.NAME)
+
+    return sorted(modules, key=rank)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every discovered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="calibseg",
+        description="Calibrated, explainable segmentation: predict, evaluate calibration, "
+        "recalibrate, explain and report.",
+    )
+    parser.add_argument("--version", action="version", version=f"calibseg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _command_modules():
+        example = getattr(module, "EXAMPLE", "")
+        p = sub.add_parser(
+            module.NAME,
+            help=module.HELP,
+            description=module.HELP,
+            epilog=f"example:\n  {example}" if example else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks on errors")
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress output")
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``calibseg`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except CalibSegError as exc:
+        if args.debug:
+            raise
+        print(f"calibseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"calibseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

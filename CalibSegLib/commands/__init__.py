@@ -1,0 +1,1 @@
+"""Subcommands of ``calibseg``; one module each, discovered by :mod:`CalibSegLib.cli`."""

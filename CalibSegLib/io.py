@@ -1,0 +1,125 @@
+"""Reading and writing images as ``(Z, Y, X)`` arrays with an IJK-to-RAS affine.
+
+Formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage
+(``.mha``, ``.mhd``) and DICOM series folders (read only), through SimpleITK.
+Writes are atomic: a temporary file in the target folder is renamed into place,
+so an interrupted write never leaves a half-written result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+
+import numpy as np
+
+from CalibSegLib.errors import CalibSegError
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def image_suffix(path: str) -> str:
+    """The recognised image suffix of ``path`` (``.nii.gz`` counts as one)."""
+    lower = path.lower()
+    for suffix in WRITABLE_SUFFIXES + (".nhdr",):
+        if lower.endswith(suffix):
+            return suffix
+    return os.path.splitext(lower)[1]
+
+
+def read_image(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image file or DICOM series folder; return ``(array (Z, Y, X), affine)``."""
+    import SimpleITK as sitk
+
+    if not os.path.exists(path):
+        raise CalibSegError(f"{path}: no such file or folder.")
+    try:
+        if os.path.isdir(path):
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(path)
+            if not series:
+                raise CalibSegError(f"{path}: folder holds no DICOM series.")
+            if len(series) > 1:
+                raise CalibSegError(
+                    f"{path}: folder holds {len(series)} DICOM series; pass a folder with one."
+                )
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(path, series[0]))
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(path)
+    except RuntimeError as exc:
+        raise CalibSegError(f"{path}: cannot read this image ({str(exc).strip()[:200]}).") from exc
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise CalibSegError(
+            f"{path}: expected a 3D single-channel image, got {image.GetDimension()}D with "
+            f"{image.GetNumberOfComponentsPerPixel()} component(s)."
+        )
+    array = sitk.GetArrayFromImage(image)
+    return array, affine_from_sitk(image)
+
+
+def affine_from_sitk(image) -> np.ndarray:
+    """IJK-to-RAS 4×4 matrix of a SimpleITK image."""
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * spacing[None, :]
+    lps[:3, 3] = image.GetOrigin()
+    return _LPS_TO_RAS @ lps
+
+
+def to_sitk(array: np.ndarray, affine: np.ndarray, vector: bool = False):
+    """A SimpleITK image from a ``(Z, Y, X)`` (or ``(Z, Y, X, C)`` with ``vector``) array."""
+    import SimpleITK as sitk
+
+    affine = np.asarray(affine, dtype=np.float64)
+    lps = _LPS_TO_RAS @ affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    if np.any(spacing <= 0):
+        raise CalibSegError("The affine has a zero-length voxel axis.")
+    direction = lps[:3, :3] / spacing[None, :]
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=vector)
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection(direction.ravel().tolist())
+    image.SetOrigin(lps[:3, 3].tolist())
+    return image
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` only on success."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(folder):
+        raise CalibSegError(f"Output folder {folder} does not exist; create it first.")
+    if not os.access(folder, os.W_OK):
+        raise CalibSegError(f"Output folder {folder} is not writable; choose another output.")
+    suffix = image_suffix(path) or os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=".calibseg-", suffix=suffix, dir=folder)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def write_image(path: str, array: np.ndarray, affine: np.ndarray, vector: bool = False) -> str:
+    """Write ``array`` (Z, Y, X) with ``affine`` atomically; the format follows the suffix."""
+    import SimpleITK as sitk
+
+    if image_suffix(path) not in WRITABLE_SUFFIXES:
+        raise CalibSegError(
+            f"{path}: unknown output format; use one of {', '.join(WRITABLE_SUFFIXES)}."
+        )
+    image = to_sitk(array, affine, vector=vector)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, tmp, useCompression=True)
+    return path

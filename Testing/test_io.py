@@ -1,0 +1,58 @@
+"""Image I/O: round trips keep voxels and geometry; writes are atomic."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from CalibSegLib.errors import CalibSegError
+from CalibSegLib.io import read_image, write_image
+
+
+def _oblique_affine() -> np.ndarray:
+    angle = np.deg2rad(20)
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                    [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([0.8, 1.2, 3.0])
+    affine[:3, 3] = (-10.0, 20.0, 5.5)
+    return affine
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_round_trip_oblique_anisotropic(tmp_path, suffix):
+    rng = np.random.default_rng(0)
+    array = rng.normal(size=(5, 7, 9)).astype(np.float32)
+    affine = _oblique_affine()
+    path = str(tmp_path / f"img{suffix}")
+    write_image(path, array, affine)
+    back, back_affine = read_image(path)
+    np.testing.assert_allclose(back, array)
+    np.testing.assert_allclose(back_affine, affine, atol=1e-5)
+
+
+def test_errors_are_clear(tmp_path):
+    with pytest.raises(CalibSegError, match="no such file"):
+        read_image(str(tmp_path / "missing.nii.gz"))
+    with pytest.raises(CalibSegError, match="does not exist"):
+        write_image(str(tmp_path / "nofolder" / "x.nii.gz"), np.zeros((2, 2, 2)), np.eye(4))
+    with pytest.raises(CalibSegError, match="unknown output format"):
+        write_image(str(tmp_path / "x.png"), np.zeros((2, 2, 2)), np.eye(4))
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(CalibSegError, match="cannot read"):
+        read_image(str(bad))
+
+
+def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sitk, "WriteImage", boom)
+    with pytest.raises(RuntimeError):
+        write_image(str(tmp_path / "x.nii.gz"), np.zeros((2, 2, 2)), np.eye(4))
+    assert os.listdir(tmp_path) == []
