@@ -1,0 +1,25 @@
+"""Explanations of segmentation models and the evidence that they are faithful.
+
+Every method returns an :class:`Explanation`: a map on the input grid with what
+it explains, how it reached that grid and, on request, faithfulness scores
+against random maps of equal histogram.
+"""
+
+from CalibSegLib.explain.faithfulness import (
+    activation_precision,
+    deletion_insertion,
+    evaluate_faithfulness,
+    faithfulness_correlation,
+    random_map,
+)
+from CalibSegLib.explain.posthoc import default_layer, gradcam_map, list_layers, occlusion_map
+from CalibSegLib.explain.region import RegionScore, region_mask
+from CalibSegLib.explain.segmenter import Segmenter, as_segmenter
+from CalibSegLib.explain.types import METHODS, Explanation
+
+__all__ = [
+    "METHODS", "Explanation", "RegionScore", "Segmenter", "activation_precision",
+    "as_segmenter", "default_layer", "deletion_insertion", "evaluate_faithfulness",
+    "faithfulness_correlation", "gradcam_map", "list_layers", "occlusion_map", "random_map",
+    "region_mask",
+]

@@ -1,0 +1,114 @@
+"""One differentiable callable from an image on its own grid to logits on that grid.
+
+Every explanation and faithfulness routine talks to a :class:`Segmenter`: a
+``torch.nn.Module`` mapping ``(B, 1, Z, Y, X)`` image batches on the *input*
+grid to ``(B, C, Z, Y, X)`` logits on the same grid. It wraps the network with
+the steps a model needs around it (intensity normalisation, padding to a size
+the network accepts, resampling to the model's spacing and back) so that the
+network's layers stay reachable by name for Grad-CAM (``segmenter.network.*``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from torch import nn
+
+
+class Segmenter(nn.Module):
+    """Image on the input grid -> logits on the input grid, differentiably.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        ``(B, 1, z, y, x)`` -> ``(B, C, z, y, x)``.
+    divisor : int
+        Pad each spatial size up to a multiple of this before the network (a
+        U-Net with strides 2, 2 needs 4) and crop the logits back.
+    normalize : callable, optional
+        Applied to the image batch before the network (intensity normalisation).
+    network_shape : tuple of int, optional
+        Spatial size the network works at (the model's spacing). When it differs
+        from the input, images are resampled trilinearly to it and logits back.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        divisor: int = 1,
+        normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        network_shape: tuple[int, int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.divisor = max(1, int(divisor))
+        self.normalize = normalize
+        self.network_shape = tuple(network_shape) if network_shape is not None else None
+
+    def geometry(self, input_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """``(resampled_shape, padded_shape)`` the network sees for an input of ``input_shape``."""
+        resampled = tuple(self.network_shape or input_shape)
+        padded = tuple(int(math.ceil(s / self.divisor) * self.divisor) for s in resampled)
+        return resampled, padded
+
+    def to_input_grid(self, maps: torch.Tensor, input_shape: tuple[int, ...]) -> torch.Tensor:
+        """Bring ``(B, K, …)`` maps from the padded network grid to the input grid (trilinear)."""
+        resampled, padded = self.geometry(input_shape)
+        if tuple(maps.shape[2:]) != padded:
+            maps = nnf.interpolate(maps, size=padded, mode="trilinear", align_corners=False)
+        maps = maps[(..., *[slice(0, s) for s in resampled])]
+        if resampled != tuple(input_shape):
+            maps = nnf.interpolate(maps, size=tuple(input_shape), mode="trilinear",
+                                 align_corners=False)
+        return maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape[2:])
+        if self.normalize is not None:
+            x = self.normalize(x)
+        resampled, padded = self.geometry(shape)
+        if resampled != shape:
+            x = nnf.interpolate(x, size=resampled, mode="trilinear", align_corners=False)
+        pad = [p - s for s, p in zip(resampled, padded)]
+        if any(pad):
+            x = nnf.pad(x, [0, pad[2], 0, pad[1], 0, pad[0]], mode="replicate")
+        out = self.network(x)
+        out = out[(..., *[slice(0, s) for s in resampled])]
+        if resampled != shape:
+            out = nnf.interpolate(out, size=shape, mode="trilinear", align_corners=False)
+        return out
+
+
+def unet_divisor(network: nn.Module) -> int:
+    """The size multiple a (MONAI) U-Net needs: the product of its strides; 1 if unknown."""
+    for module in network.modules():
+        strides = getattr(module, "strides", None)
+        if strides is not None and hasattr(module, "channels"):
+            return int(np.prod([int(np.max(s)) for s in strides]))
+    return 1
+
+
+def as_segmenter(obj: nn.Module | Segmenter, divisor: int | None = None) -> Segmenter:
+    """A :class:`Segmenter` for a segmenter, a CalibSeg ``Model`` or a bare network."""
+    if isinstance(obj, Segmenter):
+        return obj
+    network = getattr(obj, "network", None)
+    if isinstance(network, nn.Module) and hasattr(obj, "card"):
+        from CalibSegLib.explain.modeladapter import model_segmenter
+
+        return model_segmenter(obj)
+    if not isinstance(obj, nn.Module):
+        raise TypeError(f"cannot explain a {type(obj).__name__}; pass a network or a Model")
+    return Segmenter(obj, divisor=unet_divisor(obj) if divisor is None else divisor)
+
+
+def predict_logits(segmenter: nn.Module, image: np.ndarray, device: str | torch.device = "cpu"
+                   ) -> torch.Tensor:
+    """``(C, Z, Y, X)`` logits of one ``(Z, Y, X)`` image, without gradients."""
+    x = torch.as_tensor(np.asarray(image, dtype=np.float32), device=device)[None, None]
+    with torch.no_grad():
+        return segmenter(x)[0]
