@@ -19,6 +19,7 @@ def region_mask(
     labels: np.ndarray,
     target_class: int,
     roi: np.ndarray | None = None,
+    class_label: str | None = None,
 ) -> tuple[np.ndarray, str]:
     """The explained region and a one-line description of it.
 
@@ -31,6 +32,8 @@ def region_mask(
     roi : numpy.ndarray, optional
         ``(Z, Y, X)`` region of interest (non-zero inside). When given, the
         region is the ROI itself; otherwise the predicted segment of the class.
+    class_label : str, optional
+        How the class is named in the description (default ``"class <index>"``).
 
     Returns
     -------
@@ -50,7 +53,7 @@ def region_mask(
         what = "region of interest"
     else:
         mask = labels == target_class
-        what = f"predicted segment of class {target_class}"
+        what = f"predicted segment of {class_label or f'class {target_class}'}"
     count = int(mask.sum())
     if count == 0:
         raise CalibSegError(

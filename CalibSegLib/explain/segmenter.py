@@ -66,7 +66,7 @@ class Segmenter(nn.Module):
                                  align_corners=False)
         return maps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape[2:])
         if self.normalize is not None:
             x = self.normalize(x)
@@ -76,11 +76,31 @@ class Segmenter(nn.Module):
         pad = [p - s for s, p in zip(resampled, padded)]
         if any(pad):
             x = nnf.pad(x, [0, pad[2], 0, pad[1], 0, pad[0]], mode="replicate")
-        out = self.network(x)
+        return x
+
+    def _restore(self, out: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        resampled, _ = self.geometry(shape)
         out = out[(..., *[slice(0, s) for s in resampled])]
         if resampled != shape:
             out = nnf.interpolate(out, size=shape, mode="trilinear", align_corners=False)
         return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape[2:])
+        return self._restore(self.network(self._prepare(x)), shape)
+
+    def forward_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network's ``forward_maps`` (prototype head), every 3D map on the input grid.
+
+        Resampling is linear, so contributions ``w_cj * sim_j`` still sum to the logits.
+        """
+        shape = tuple(x.shape[2:])
+        _, padded = self.geometry(shape)
+        out = self.network.forward_maps(self._prepare(x))
+        return {k: self._restore(v.float(), shape)
+                if isinstance(v, torch.Tensor) and v.is_floating_point() and v.ndim == 5
+                and tuple(v.shape[2:]) == padded
+                else v for k, v in out.items()}
 
 
 def unet_divisor(network: nn.Module) -> int:
