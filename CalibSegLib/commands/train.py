@@ -1,0 +1,257 @@
+"""``calibseg train``: train a (calibration-aware, optionally prototype) segmentation model."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+NAME = "train"
+HELP = ("train a segmentation model folder from image/label pairs or the sample case, with "
+        "Dice+CE and an optional mL1-ACE calibration loss")
+EXAMPLE = ("calibseg train --sample mni-t1 --train-seeds 1-40 --val-seeds 41-44 "
+           "--calibration-loss hard -o out/model-hardace")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected integers separated by commas: {text!r}") from exc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from CalibSegLib.training.config import TrainConfig
+
+    d = TrainConfig()
+    data = parser.add_argument_group("data")
+    data.add_argument("data", nargs="?", default=None,
+                      help="folder of <id>_image.nii.gz + <id>_labels.nii.gz pairs, or a CSV "
+                      "with columns image,labels[,id]")
+    data.add_argument("--val", default=None,
+                      help="validation folder or CSV (default: the last --val-count cases of DATA)")
+    data.add_argument("--val-count", type=int, default=1,
+                      help="cases of DATA held out for validation when --val is not given")
+    data.add_argument("--sample", default=None, metavar="NAME",
+                      help="train on shifted variants of an embedded sample case (mni-t1)")
+    data.add_argument("--resolution", type=float, default=2.0, help="sample case resolution (mm)")
+    data.add_argument("--train-seeds", default="1-40", help="shift seeds of the training cases")
+    data.add_argument("--val-seeds", default="41-44", help="shift seeds of the validation cases")
+    data.add_argument("--crop", default=None, metavar="Z0:Z1,Y0:Y1,X0:X1",
+                      help="train on a crop of every sample case (quick trials)")
+    data.add_argument("--classes", default=None,
+                      help="comma-separated class names, background first "
+                      "(default: the sample case's, or class0..classN from the labels)")
+
+    net = parser.add_argument_group("network")
+    net.add_argument("--head", choices=["prototype", "linear"], default=d.head)
+    net.add_argument("--channels", type=_ints, default=d.channels,
+                     help="UNet channels, e.g. 8,16,32")
+    net.add_argument("--strides", type=_ints, default=d.strides, help="UNet strides, e.g. 2,2")
+    net.add_argument("--res-units", type=int, default=d.num_res_units)
+    net.add_argument("--feature-dim", type=int, default=d.feature_dim,
+                     help="prototype head: feature / prototype length")
+    net.add_argument("--prototypes-per-class", type=int, default=d.prototypes_per_class)
+
+    budget = parser.add_argument_group("budget and optimisation")
+    budget.add_argument("--patch", type=_ints, default=d.patch_size,
+                        help="patch size Z,Y,X (one number for a cube)")
+    budget.add_argument("--batch", type=int, default=d.batch_size, help="patches per step")
+    budget.add_argument("--steps", type=int, default=d.steps, help="joint-training steps")
+    budget.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                        help="prototype head: warm-up steps (backbone frozen)")
+    budget.add_argument("--last-layer-steps", type=int, default=d.last_layer_steps,
+                        help="prototype head: last-layer steps after the push")
+    budget.add_argument("--lr", type=float, default=d.learning_rate)
+    budget.add_argument("--last-layer-lr", type=float, default=d.last_layer_learning_rate)
+    budget.add_argument("--seed", type=int, default=d.seed)
+    budget.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+
+    loss = parser.add_argument_group("losses")
+    loss.add_argument("--calibration-loss", choices=["none", "hard", "soft"],
+                      default=d.calibration_loss, help="mL1-ACE auxiliary loss binning")
+    loss.add_argument("--calibration-weight", type=float, default=d.calibration_weight,
+                      help="weight λ of the mL1-ACE loss")
+    loss.add_argument("--bins", type=int, default=d.bins, help="mL1-ACE bins")
+    loss.add_argument("--cluster-weight", type=float, default=d.cluster_weight,
+                      help="prototype head: cluster cost weight")
+
+    run_ = parser.add_argument_group("run")
+    run_.add_argument("-o", "--output", required=True, help="model folder to write")
+    run_.add_argument("--name", default=None, help="model name in the card (default: folder)")
+    run_.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    run_.add_argument("--overwrite", action="store_true", help="start again in a used folder")
+    run_.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    run_.add_argument("--push-cases", type=int, default=d.push_cases,
+                      help="training cases searched by the prototype push (0 = all)")
+    run_.add_argument("--keep-checkpoint", action="store_true")
+
+
+#: (option, attribute) pairs written into the recorded command line.
+_RECORDED = [
+    ("--sample", "sample"), ("--resolution", "resolution"), ("--train-seeds", "train_seeds"),
+    ("--val-seeds", "val_seeds"), ("--crop", "crop"), ("--val", "val"),
+    ("--val-count", "val_count"), ("--classes", "classes"), ("--head", "head"),
+    ("--channels", "channels"), ("--strides", "strides"), ("--res-units", "res_units"),
+    ("--feature-dim", "feature_dim"), ("--prototypes-per-class", "prototypes_per_class"),
+    ("--patch", "patch"), ("--batch", "batch"), ("--steps", "steps"),
+    ("--warmup-steps", "warmup_steps"), ("--last-layer-steps", "last_layer_steps"),
+    ("--lr", "lr"), ("--last-layer-lr", "last_layer_lr"), ("--seed", "seed"),
+    ("--calibration-loss", "calibration_loss"), ("--calibration-weight", "calibration_weight"),
+    ("--bins", "bins"), ("--cluster-weight", "cluster_weight"),
+    ("--push-cases", "push_cases"), ("--name", "name"), ("-o", "output"),
+]
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The full ``calibseg train`` command reproducing ``args`` (defaults spelled out)."""
+    sample = getattr(args, "sample", None)
+    words = ["calibseg", "train"] + ([args.data] if args.data else [])
+    for flag, attr in _RECORDED:
+        value = getattr(args, attr, None)
+        if value is None or (sample is None and attr in ("resolution", "train_seeds",
+                                                          "val_seeds", "crop")):
+            continue
+        if sample is not None and attr in ("val", "val_count"):
+            continue
+        if isinstance(value, tuple):
+            value = ",".join(str(v) for v in value)
+        words += [flag, str(value)]
+    return shlex.join(words)
+
+
+def _parse_crop(text: str | None):
+    from CalibSegLib.errors import CalibSegError
+
+    if not text:
+        return None
+    try:
+        parts = [p.split(":") for p in text.split(",")]
+        crop = tuple(slice(int(a), int(b)) for a, b in parts)
+    except ValueError as exc:
+        raise CalibSegError(f"--crop {text!r}: write Z0:Z1,Y0:Y1,X0:X1, e.g. 30:62,40:72,30:62") \
+            from exc
+    if len(crop) != 3:
+        raise CalibSegError("--crop needs three ranges Z0:Z1,Y0:Y1,X0:X1.")
+    return crop
+
+
+def load_data(args: argparse.Namespace, progress=None):
+    """``(train cases, validation cases, class names, data description)`` from ``args``."""
+    from CalibSegLib.errors import CalibSegError
+    from CalibSegLib.training import data as td
+
+    if args.sample and args.data:
+        raise CalibSegError("Give either DATA (folder/CSV) or --sample, not both.")
+    if args.sample:
+        train_seeds = td.parse_seeds(args.train_seeds)
+        val_seeds = td.parse_seeds(args.val_seeds)
+        overlap = set(train_seeds) & set(val_seeds)
+        if overlap:
+            raise CalibSegError(
+                f"Training and validation seeds overlap ({td.format_seeds(sorted(overlap))}); "
+                "make them disjoint."
+            )
+        crop = _parse_crop(args.crop)
+        cases = td.sample_cases(args.sample, train_seeds + val_seeds, args.resolution, crop,
+                                progress=progress)
+        train, val = cases[: len(train_seeds)], cases[len(train_seeds):]
+        from CalibSegLib.data import sample_case
+
+        names = list(sample_case(args.sample, resolution_mm=args.resolution).class_names)
+        description = {
+            "kind": "sample", "sample": args.sample, "resolution_mm": args.resolution,
+            "train_seeds": td.format_seeds(train_seeds), "val_seeds": td.format_seeds(val_seeds),
+            "crop_zyx": args.crop, "train_cases": len(train), "val_cases": len(val),
+            "note": "shifted variants (MONAI affine, bias field, gamma, low resolution, noise) "
+                    "of the embedded case; regenerate one with calibseg sample-data "
+                    "--shift-seed N",
+        }
+    elif args.data:
+        import os
+
+        def read(path):
+            return td.csv_cases(path) if path.lower().endswith(".csv") else td.folder_cases(path)
+
+        cases = read(args.data)
+        if args.val:
+            train, val = cases, read(args.val)
+        else:
+            if len(cases) <= args.val_count:
+                raise CalibSegError(
+                    f"{args.data} holds {len(cases)} case(s); at least {args.val_count + 1} are "
+                    "needed to hold some out for validation (or pass --val)."
+                )
+            train, val = cases[: -args.val_count], cases[-args.val_count:]
+        top = max(int(c.labels.max()) for c in cases)
+        names = [f"class{i}" for i in range(top + 1)]
+        names[0] = "background"
+        description = {
+            "kind": "files", "data": os.path.abspath(args.data),
+            "val": os.path.abspath(args.val) if args.val else None,
+            "train_cases": [c.case_id for c in train], "val_cases": [c.case_id for c in val],
+        }
+    else:
+        raise CalibSegError(
+            "No training data: give a folder/CSV of image/label pairs or --sample mni-t1."
+        )
+    if args.classes:
+        names = [n.strip() for n in args.classes.split(",")]
+    return train, val, names, description
+
+
+def config_from_args(args: argparse.Namespace, class_names: list[str]):
+    """The :class:`~CalibSegLib.training.TrainConfig` described by ``args``."""
+    from CalibSegLib.training.config import TrainConfig
+
+    patch = tuple(args.patch) * 3 if len(args.patch) == 1 else tuple(args.patch)
+    return TrainConfig(
+        class_names=list(class_names), head=args.head, channels=tuple(args.channels),
+        strides=tuple(args.strides), num_res_units=args.res_units, feature_dim=args.feature_dim,
+        prototypes_per_class=args.prototypes_per_class, patch_size=patch,
+        batch_size=args.batch, steps=args.steps, warmup_steps=args.warmup_steps,
+        last_layer_steps=args.last_layer_steps, learning_rate=args.lr,
+        last_layer_learning_rate=args.last_layer_lr, calibration_loss=args.calibration_loss,
+        calibration_weight=args.calibration_weight, bins=args.bins,
+        cluster_weight=args.cluster_weight, seed=args.seed,
+        checkpoint_every=args.checkpoint_every, push_cases=args.push_cases,
+    ).validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
+    import torch
+
+    from CalibSegLib.training import train
+
+    quiet = getattr(args, "quiet", False)
+    torch.set_num_threads(max(1, args.threads))
+
+    def say(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr)
+
+    say("generating / reading training cases ...")
+    train_cases, val_cases, names, description = load_data(args)
+    config = config_from_args(args, names)
+    command = command_line(args)
+    say(f"{len(train_cases)} training and {len(val_cases)} validation cases; "
+        f"{config.total_steps} steps of {config.batch_size} x {config.patch_size} patches")
+    try:
+        result = train(
+            config, train_cases, val_cases, args.output, resume=args.resume,
+            overwrite=args.overwrite, command=command, data_description=description,
+            keep_checkpoint=args.keep_checkpoint, show_progress=not quiet,
+            name=args.name or os.path.basename(os.path.normpath(args.output)),
+        )
+    except KeyboardInterrupt:
+        print(f"calibseg train: interrupted; the last checkpoint in {args.output}/checkpoint is "
+              "intact, continue with the same command plus --resume", file=sys.stderr)
+        raise
+    s = result.summary
+    say(f"done: {s['steps']} steps in {s['seconds']:.0f} s ({s['iterations_per_second']:.2f} it/s, "
+        f"{s['voxels_per_second']:.3g} voxels/s); temperature {result.temperature:.3f}")
+    print(args.output)
+    return 0
