@@ -109,16 +109,16 @@ def test_rank_prototypes_hand_computed():
     weight = np.array([[1.0, 1.0, -0.5], [0.0, 2.0, 1.0]])
     region = np.zeros((1, 2, 2), bool)
     region[0, 0, :] = True  # two voxels: sums 2, 5, 4
-    catalogue = [{"index": 1, "case_id": "case-7", "voxel_ijk": [1, 2, 3],
-                  "bbox_ijk": [0, 0, 0, 4, 4, 4], "gallery": "gallery/p1.nii.gz"}]
+    catalogue = [{"index": 1, "class": 1, "case": "case-7", "voxel": [1, 2, 3],
+                  "bbox": [[0, 4], [0, 4], [0, 4]], "gallery": "gallery/p1.nii.gz"}]
     ranking = rank_prototypes(sim, weight, 1, region, np.array([0, 1, 1]), catalogue,
                               ["bg", "fg"], model_folder="/m")
     assert [r["index"] for r in ranking] == [1, 2, 0]
     assert [r["contribution"] for r in ranking] == [10.0, 4.0, 0.0]
     assert ranking[0]["class_name"] == "fg" and ranking[0]["weight"] == 2.0
     assert ranking[0]["mean_similarity"] == 2.5 and ranking[0]["max_similarity"] == 5.0
-    assert ranking[0]["source"] == {"case_id": "case-7", "voxel_ijk": [1, 2, 3],
-                                    "bbox_ijk": [0, 0, 0, 4, 4, 4],
+    assert ranking[0]["source"] == {"case": "case-7", "voxel": [1, 2, 3],
+                                    "bbox": [[0, 4], [0, 4], [0, 4]],
                                     "gallery": os.path.join("/m", "gallery/p1.nii.gz")}
     assert ranking[1]["source"] == {}
     one = rank_prototypes(sim, weight, 0, (0, 0, 0), top=1)
@@ -160,3 +160,23 @@ def test_user_errors(unet, image):
     with pytest.raises(CalibSegError, match="Unknown method"):
         explain(image, AFFINE, unet, "lime", roi=np.ones(SHAPE))
     assert as_segmenter(unet).divisor == 4
+
+
+def test_explanation_table_rows(unet, image):
+    from CalibSegLib.explain.table import explanation_table, format_table
+
+    labels = (image > 0.4).astype(np.uint8)
+    cases = [("a", image, AFFINE, labels), ("b", image[::-1].copy(), AFFINE, labels[::-1])]
+    rows = explanation_table(
+        [ToyProtoNet().eval(), unet], cases, methods=("prototype", "gradcam"), target_class=1,
+        faithfulness_options={"steps": 3, "n_blocks": 5, "random_variants": ("permuted",)})
+    keys = [(r["model"], r["method"], r.get("of")) for r in rows]
+    assert keys == [("ToyProtoNet", "prototype", None), ("ToyProtoNet", "random", "prototype"),
+                    ("ToyProtoNet", "gradcam", None), ("ToyProtoNet", "random", "gradcam"),
+                    ("UNet", "gradcam", None), ("UNet", "random", "gradcam")]
+    for r in rows:
+        assert r["n_cases"] == 2 and np.isfinite(r["deletion_auc_mean"])
+        assert r["deletion_auc_sd"] >= 0
+    assert "activation_precision_mean" in rows[0] and "beats_random_fraction" in rows[0]
+    assert "beats_random_fraction" not in rows[1]
+    assert format_table(rows).count("\n") == len(rows) + 1

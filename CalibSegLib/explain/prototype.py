@@ -82,10 +82,20 @@ def contribution_maps(similarity: np.ndarray, weight: np.ndarray, target_class: 
     return np.asarray(weight)[int(target_class)][:, None, None, None] * np.asarray(similarity)
 
 
+_SOURCE_KEYS = (("case", ("case", "case_id")), ("voxel", ("voxel", "voxel_ijk")),
+                ("bbox", ("bbox", "bbox_ijk")))
+
+
 def _entry_source(entry: Mapping | None, model_folder: str | None) -> dict:
+    """Source fields of a catalogue entry: ``case``, ``voxel`` (i, j, k), ``bbox``, ``gallery``."""
     if not entry:
         return {}
-    source = {k: entry.get(k) for k in ("case_id", "voxel_ijk", "bbox_ijk") if k in entry}
+    source = {}
+    for out, keys in _SOURCE_KEYS:
+        for key in keys:
+            if key in entry:
+                source[out] = entry[key]
+                break
     gallery = entry.get("gallery")
     if gallery and model_folder:
         gallery = os.path.join(model_folder, gallery)
@@ -131,8 +141,8 @@ def rank_prototypes(
     prototype_class : numpy.ndarray, optional
         ``(P,)`` class of each prototype.
     catalogue : sequence of dict, optional
-        The model card's prototype catalogue (``index``, ``case_id``, ``voxel_ijk``,
-        ``bbox_ijk``, ``gallery`` …); its source fields are copied into the result.
+        The model card's prototype catalogue (``index``, ``class``, ``case``,
+        ``voxel``, ``bbox``, ``gallery``); its source fields are copied into the result.
     class_names : sequence of str, optional
     model_folder : str, optional
         Gallery paths in the catalogue are relative to it.
@@ -146,7 +156,7 @@ def rank_prototypes(
         ``contribution`` (sum over the region of ``w_cj * sim_j``), ``share``
         (of the region's total prototype contribution magnitude), ``weight``
         (``w_cj``), ``mean_similarity`` and ``max_similarity`` over the region,
-        and ``source`` (case, voxel, bounding box, gallery crop path).
+        and ``source`` (``case``, ``voxel`` (i, j, k), ``bbox``, ``gallery`` crop path).
     """
     similarity = np.asarray(similarity)
     weight = np.asarray(weight, dtype=np.float64)
@@ -170,8 +180,9 @@ def rank_prototypes(
         j = int(j)
         pc = int(prototype_class[j]) if prototype_class is not None else None
         entry = entries.get(j)
-        if pc is None and entry is not None and entry.get("class_index") is not None:
-            pc = int(entry["class_index"])
+        if pc is None and entry is not None:
+            given = entry.get("class", entry.get("class_index"))
+            pc = None if given is None else int(given)
         ranking.append({
             "rank": rank,
             "index": j,

@@ -1,0 +1,146 @@
+"""Faithfulness of every explanation method over models and cases, as one table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from CalibSegLib.explain.api import explain
+from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report, scaled
+
+METRICS = ("deletion_auc", "insertion_auc", "correlation")
+
+
+def _load(model):
+    if isinstance(model, str) or hasattr(model, "__fspath__"):
+        from CalibSegLib.models import load_model
+
+        return str(model), load_model(str(model))
+    card = getattr(model, "card", None)
+    name = (card.get("name") if isinstance(card, dict) else getattr(card, "name", None)) or type(
+        model).__name__
+    return name, model
+
+
+def _case(case, index: int) -> tuple[str, np.ndarray, np.ndarray, np.ndarray | None]:
+    if isinstance(case, (tuple, list)):
+        name, image, affine, *rest = case
+        return str(name), image, affine, rest[0] if rest else None
+    return (str(getattr(case, "name", f"case {index}")), case.image, case.affine,
+            getattr(case, "labels", None))
+
+
+def _is_prototype(model) -> bool:
+    if hasattr(model, "is_prototype"):
+        return bool(model.is_prototype)
+    from CalibSegLib.explain.prototype import is_prototype_network
+
+    net = getattr(model, "network", model)
+    return is_prototype_network(net)
+
+
+def _summary(values: list[float]) -> tuple[float, float]:
+    a = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    if a.size == 0:
+        return float("nan"), float("nan")
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def explanation_table(
+    model_folders: Sequence,
+    cases: Iterable,
+    methods: Sequence[str] = ("prototype", "gradcam", "occlusion"),
+    target_class: int | str | None = None,
+    faithfulness_options: dict | None = None,
+    occlusion_options: dict | None = None,
+    device: str = "cpu",
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
+) -> list[dict]:
+    """Deletion AUC, insertion AUC and faithfulness correlation, mean ± sd over cases.
+
+    Parameters
+    ----------
+    model_folders : sequence
+        Model folders (loaded with :func:`CalibSegLib.models.load_model`) or loaded models.
+    cases : iterable
+        Objects with ``image``, ``affine`` and optionally ``labels`` and ``name``
+        (e.g. :class:`~CalibSegLib.data.SampleCase`), or ``(name, image, affine[, labels])``.
+    methods : sequence of str
+        Explanation methods; ``"prototype"`` is skipped for linear-head models.
+    target_class : int or str, optional
+        Explained class (default: each case's largest predicted foreground class).
+    faithfulness_options : dict, optional
+        Passed to :func:`~CalibSegLib.explain.faithfulness.evaluate_faithfulness`.
+
+    Returns
+    -------
+    list of dict
+        One row per model and method, plus one per model, method and random
+        variant (``method="random"``, ``of=<method>``, ``variant``): ``model``,
+        ``method``, ``n_cases``, ``<metric>_mean`` / ``<metric>_sd`` for
+        deletion_auc, insertion_auc and correlation, ``beats_random_fraction``
+        and ``activation_precision_mean`` / ``_sd`` when cases carry labels.
+    """
+    cases = [_case(c, i) for i, c in enumerate(cases)]
+    models = list(model_folders)
+    rows: list[dict] = []
+    jobs = max(1, len(models) * len(cases) * len(methods))
+    done = 0
+    for model in models:
+        name, loaded = _load(model)
+        collected: dict[tuple, dict[str, list]] = {}
+        for case_name, image, affine, labels in cases:
+            for method in methods:
+                check_cancel(cancel, "explanation table")
+                if method == "prototype" and not _is_prototype(loaded):
+                    done += 1
+                    continue
+                sub = scaled(progress, done / jobs, (done + 1) / jobs)
+                e = explain(image, affine, loaded, method, target_class, faithfulness=True,
+                            faithfulness_options=faithfulness_options, reference=labels,
+                            occlusion_options=occlusion_options, device=device, progress=sub,
+                            cancel=cancel)
+                f = e.faithfulness
+                keyed = [((method, None, None), f["explanation"])] + [
+                    (("random", method, variant), r) for variant, r in f["random"].items()]
+                for key, scores in keyed:
+                    bucket = collected.setdefault(key, {m: [] for m in METRICS} | {
+                        "beats_random": [], "activation_precision": [], "cases": []})
+                    for m in METRICS:
+                        bucket[m].append(scores[m])
+                    bucket["cases"].append(case_name)
+                    if key[0] != "random":
+                        bucket["beats_random"].append(float(f.get("beats_random", False)))
+                        if "plausibility" in f:
+                            bucket["activation_precision"].append(
+                                f["plausibility"]["activation_precision"])
+                done += 1
+                report(progress, done / jobs, f"{name}: {case_name} {method}")
+        for (method, of, variant), bucket in collected.items():
+            row = {"model": name, "method": method, "n_cases": len(bucket["cases"])}
+            if of is not None:
+                row |= {"of": of, "variant": variant}
+            for m in METRICS:
+                row[f"{m}_mean"], row[f"{m}_sd"] = _summary(bucket[m])
+            if bucket["beats_random"]:
+                row["beats_random_fraction"] = float(np.mean(bucket["beats_random"]))
+            if bucket["activation_precision"]:
+                (row["activation_precision_mean"],
+                 row["activation_precision_sd"]) = _summary(bucket["activation_precision"])
+            rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A Markdown table of :func:`explanation_table` rows."""
+    lines = ["| model | method | n | deletion AUC ↓ | insertion AUC ↑ | correlation ↑ "
+             "| beats random |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        method = r["method"] if "of" not in r else f"random ({r['variant']}, of {r['of']})"
+        cells = [f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_sd']:.3f}" for m in METRICS]
+        beats = f"{r['beats_random_fraction']:.0%}" if "beats_random_fraction" in r else ""
+        lines.append(f"| {r['model']} | {method} | {r['n_cases']} | " + " | ".join(cells)
+                     + f" | {beats} |")
+    return "\n".join(lines)
