@@ -121,7 +121,7 @@ def explain(
             f"{image.shape}; resample it onto the image grid first."
         )
     image = image.astype(np.float32, copy=False)
-    segmenter = as_segmenter(model).to(device).eval()
+    segmenter = as_segmenter(model, affine=affine).to(device).eval()
     work = (0.0, 0.5) if faithfulness else (0.0, 1.0)
     report(progress, 0.0, "predicting")
     protos = None

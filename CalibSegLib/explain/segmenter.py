@@ -31,9 +31,9 @@ class Segmenter(nn.Module):
         U-Net with strides 2, 2 needs 4) and crop the logits back.
     normalize : callable, optional
         Applied to the image batch before the network (intensity normalisation).
-    network_shape : tuple of int, optional
-        Spatial size the network works at (the model's spacing). When it differs
-        from the input, images are resampled trilinearly to it and logits back.
+    spacing_ratio : tuple of float, optional
+        Input voxel size over the model's voxel size, per (Z, Y, X). When not 1,
+        images are resampled trilinearly to the model's spacing and logits back.
     """
 
     def __init__(
@@ -41,17 +41,20 @@ class Segmenter(nn.Module):
         network: nn.Module,
         divisor: int = 1,
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        network_shape: tuple[int, int, int] | None = None,
+        spacing_ratio: tuple[float, float, float] | None = None,
     ) -> None:
         super().__init__()
         self.network = network
         self.divisor = max(1, int(divisor))
         self.normalize = normalize
-        self.network_shape = tuple(network_shape) if network_shape is not None else None
+        self.spacing_ratio_zyx = tuple(spacing_ratio) if spacing_ratio is not None else None
 
     def geometry(self, input_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """``(resampled_shape, padded_shape)`` the network sees for an input of ``input_shape``."""
-        resampled = tuple(self.network_shape or input_shape)
+        resampled = tuple(int(s) for s in input_shape)
+        if self.spacing_ratio_zyx is not None:
+            resampled = tuple(max(1, int(round(s * r)))
+                              for s, r in zip(resampled, self.spacing_ratio_zyx))
         padded = tuple(int(math.ceil(s / self.divisor) * self.divisor) for s in resampled)
         return resampled, padded
 
@@ -112,15 +115,20 @@ def unet_divisor(network: nn.Module) -> int:
     return 1
 
 
-def as_segmenter(obj: nn.Module | Segmenter, divisor: int | None = None) -> Segmenter:
-    """A :class:`Segmenter` for a segmenter, a CalibSeg ``Model`` or a bare network."""
+def as_segmenter(obj: nn.Module | Segmenter, divisor: int | None = None,
+                 affine: np.ndarray | None = None) -> Segmenter:
+    """A :class:`Segmenter` for a segmenter, a CalibSeg ``Model`` or a bare network.
+
+    ``affine`` (the image's voxel-to-RAS matrix) lets a model resample images
+    whose voxel size differs from its own.
+    """
     if isinstance(obj, Segmenter):
         return obj
     network = getattr(obj, "network", None)
     if isinstance(network, nn.Module) and hasattr(obj, "card"):
-        from CalibSegLib.explain.modeladapter import model_segmenter
+        from CalibSegLib.explain.modeladapter import model_segmenter, spacing_from_affine
 
-        return model_segmenter(obj)
+        return model_segmenter(obj, None if affine is None else spacing_from_affine(affine))
     if not isinstance(obj, nn.Module):
         raise TypeError(f"cannot explain a {type(obj).__name__}; pass a network or a Model")
     return Segmenter(obj, divisor=unet_divisor(obj) if divisor is None else divisor)
