@@ -1,0 +1,85 @@
+"""Explanations of real CalibSeg model folders (tiny untrained models) and the command."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from CalibSegLib.cli import main
+from CalibSegLib.explain.api import check_contributions, explain
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from CalibSegLib.models import load_model
+    from CalibSegLib.models.testing import tiny_model
+
+    root = tmp_path_factory.mktemp("models")
+    names = ["background", "grey matter", "white matter"]
+    folders = {
+        "proto": tiny_model(str(root / "proto"), head="prototype", class_names=names),
+        "linear": tiny_model(str(root / "linear"), head="linear", class_names=names),
+        "proto2mm": tiny_model(str(root / "proto2mm"), head="prototype", class_names=names,
+                               spacing_mm=(2.0, 2.0, 2.0)),
+    }
+    return {k: load_model(v) for k, v in folders.items()} | {"folders": folders}
+
+
+def test_prototype_head_contributions_sum_to_logits(models, mni_case_4mm):
+    assert check_contributions(mni_case_4mm.image, models["proto"]) < 1e-3
+
+
+def test_prototype_explanation_of_a_model(models, mni_case_4mm):
+    case = mni_case_4mm
+    weights = {k: v.clone() for k, v in models["proto"].network.state_dict().items()}
+    e = explain(case.image, case.affine, models["proto"], "prototype", "grey matter",
+                roi=case.labels == 1)
+    assert e.map.shape == case.image.shape and e.class_name == "grey matter"
+    assert len(e.prototypes) == 6 and e.prototypes[0]["rank"] == 1
+    assert "region of interest" in e.region
+    for k, v in models["proto"].network.state_dict().items():
+        assert np.array_equal(v.numpy(), weights[k].numpy())
+
+
+def test_model_at_other_spacing_is_resampled(models, mni_case_4mm):
+    case = mni_case_4mm
+    e = explain(case.image, case.affine, models["proto2mm"], "gradcam", 1, roi=case.labels == 1)
+    assert e.map.shape == case.image.shape
+    # 4 mm image, 2 mm model: the network runs on a twice finer grid.
+    assert e.upsampling.startswith("trilinear from feature grid (24, 29, 25)")
+
+
+def test_linear_model_has_no_prototypes(models, mni_case_4mm):
+    from CalibSegLib.errors import CalibSegError
+
+    with pytest.raises(CalibSegError, match="linear head"):
+        explain(mni_case_4mm.image, mni_case_4mm.affine, models["linear"], "prototype")
+
+
+def test_explain_command_writes_maps_and_scores(models, mni_case_4mm, tmp_path, capsys):
+    from CalibSegLib.io import read_image, write_image
+
+    case = mni_case_4mm
+    image = write_image(str(tmp_path / "t1.nii.gz"), case.image, case.affine)
+    labels = write_image(str(tmp_path / "labels.nrrd"), case.labels, case.affine)
+    out = tmp_path / "out"
+    rc = main(["explain", image, "--model", models["folders"]["proto"], "--method", "prototype",
+               "--class", "1", "--faithfulness", "--steps", "3", "--blocks", "4",
+               "--reference", labels, "--roi", labels, "--format", ".nrrd", "-o", str(out)])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "wrote" in captured.out and "%" in captured.err
+    meta = json.loads((out / "t1_prototype.json").read_text())
+    f = meta["faithfulness"]
+    assert isinstance(f["beats_random"], bool) and f["baseline"]["kind"] == "blur"
+    assert 0.0 <= f["plausibility"]["activation_precision"] <= 1.0
+    assert meta["prototypes"] and meta["files"]["nearest_prototype"]
+    array, affine = read_image(str(out / "t1_prototype.nrrd"))
+    assert array.shape == case.image.shape and np.allclose(affine, case.affine)
+    assert not [p for p in os.listdir(out) if p.startswith(".calibseg-")]
+    rc = main(["explain", image, "--model", models["folders"]["proto"], "--class", "liver",
+               "-q", "-o", str(out)])
+    assert rc == 2 and "Unknown class" in capsys.readouterr().err
