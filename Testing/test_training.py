@@ -156,17 +156,17 @@ def test_push_gallery_points_at_real_voxels_of_the_class(prototype_run, tiny_cas
     protos = network.prototypes.detach()
     assert len(result.catalogue) == protos.shape[0] == 6
     for entry in result.catalogue:
-        case = by_id[entry["case_id"]]
-        i, j, k = entry["voxel_ijk"]
-        assert int(case.labels[k, j, i]) == entry["class_index"]
-        assert entry["class_index"] == int(network.prototype_class[entry["index"]])
+        case = by_id[entry["case"]]
+        i, j, k = entry["voxel"]
+        assert int(case.labels[k, j, i]) == entry["class"]
+        assert entry["class"] == int(network.prototype_class[entry["index"]])
         _, features = case_features(network, normalise(case.image), divisor=4)
         torch.testing.assert_close(features[:, k, j, i], protos[entry["index"]],
                                    rtol=1e-4, atol=1e-4)
         crop, affine = read_image(os.path.join(folder, entry["gallery"]))
-        i0, j0, k0, i1, j1, k1 = entry["bbox_ijk"]
-        assert crop.shape == (k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1)
-        np.testing.assert_allclose(crop, case.image[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1], rtol=1e-5)
+        (i0, i1), (j0, j1), (k0, k1) = entry["bbox"]
+        assert crop.shape == (k1 - k0, j1 - j0, i1 - i0)
+        np.testing.assert_allclose(crop, case.image[k0:k1, j0:j1, i0:i1], rtol=1e-5)
         ras_in_crop = affine @ np.array([i - i0, j - j0, k - k0, 1.0])
         np.testing.assert_allclose(ras_in_crop, case.affine @ np.array([i, j, k, 1.0]), atol=1e-4)
 

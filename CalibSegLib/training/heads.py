@@ -45,21 +45,10 @@ def backbone_parameters(network: nn.Module) -> list[nn.Parameter]:
     return list(network.backbone.parameters())
 
 
-def init_last_layer(network: nn.Module, off_class: float = -0.5) -> None:
-    """Connect each prototype with weight 1 to its class and ``off_class`` to the others."""
-    weight = network.last_layer.weight
-    _, cls = prototypes(network)
-    classes = torch.arange(weight.shape[0], device=weight.device)
-    own = (classes[:, None] == cls[None, :].to(weight.device)).to(weight.dtype)
-    value = own + off_class * (1.0 - own)
-    with torch.no_grad():
-        weight.copy_(value.reshape(weight.shape))
-
-
 def forward_features(network: nn.Module, x: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(logits (B, C, ...), features (B, D, ...) or None)`` in one forward pass."""
-    if not is_prototype(network):
+    if not hasattr(network, "forward_maps"):
         return network(x), None
     maps = network.forward_maps(x)
     return maps["logits"], maps["features"]

@@ -156,6 +156,7 @@ def train(
     overwrite: bool = False,
     command: str | None = None,
     name: str | None = None,
+    class_colors: Sequence[Sequence[float]] | None = None,
     data_description: dict | None = None,
     stop_after: int | None = None,
     keep_checkpoint: bool = False,
@@ -179,8 +180,9 @@ def train(
         Continue from the checkpoint in ``output``.
     overwrite
         Allow starting afresh in a folder that holds a checkpoint or a model.
-    command, name, data_description
-        Recorded in the model card (full command line; what the data were).
+    command, name, class_colors, data_description
+        Recorded in the model card (full command line, model name, class colours, what the
+        data were).
     stop_after
         Stop (with a checkpoint) once this many global steps are done; returns ``None``.
     keep_checkpoint
@@ -214,13 +216,12 @@ def train(
         shutil.rmtree(os.path.join(output, "gallery"), ignore_errors=True)
 
     _set_determinism(config.seed)
-    card = card_mod.initial_card(config, name=name or os.path.basename(os.path.normpath(output)),
-                                 command=command, data=data_description)
+    card = card_mod.initial_card(
+        config, name=name or os.path.basename(os.path.normpath(output)), command=command,
+        data=data_description, affine=train_cases[0].affine, class_colors=class_colors)
     network = card_mod.build(card).to(device)
     normalise = card_mod.normaliser(card)
     divisor = 2 ** len(config.strides)
-    if heads.is_prototype(network):
-        heads.init_last_layer(network)
 
     step, catalogue, history, elapsed = 0, [], [], 0.0
     optim_state, optim_stage, saved_interval = None, None, {}
@@ -320,9 +321,8 @@ def train(
         "validation": card_mod.validation_metrics(logits, val_cases, temperature, config),
     }
     card = card_mod.final_card(card, config, temperature, catalogue, history, summary)
-    card_mod.save(output, card, network, history)
-    if not keep_checkpoint:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    card_mod.save(output, card, network, history,
+                  keep=(CHECKPOINT_DIR,) if keep_checkpoint else ())
     report(progress, 1.0, f"model written to {output}")
     return TrainResult(output, network, card, temperature, catalogue, history, summary)
 
@@ -353,7 +353,7 @@ def _train_step(config: TrainConfig, network: nn.Module, optimizer: torch.optim.
     images, labels = images.to(device), labels.to(device)
     logits, features = heads.forward_features(network, images)
     loss, terms = objective(logits, labels)
-    if features is not None:
+    if features is not None and heads.is_prototype(network):
         protos, proto_class = heads.prototypes(network)
         if config.cluster_weight > 0 and stage != "last":
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)

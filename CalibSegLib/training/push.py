@@ -94,10 +94,11 @@ def push_prototypes(
     Returns
     -------
     list of dict
-        One catalogue entry per prototype: ``index``, ``class_index``, ``class_name``,
-        ``case_id``, ``voxel_ijk``, ``bbox_ijk`` (``[i0, j0, k0, i1, j1, k1]``, inclusive),
-        ``distance`` (squared, before the push), ``similarity`` and ``gallery`` (relative
-        path or ``None``), plus ``source`` (how to regenerate the case).
+        One model-card catalogue entry per prototype: ``index``, ``class``, ``class_name``,
+        ``case`` (source case id), ``voxel`` ``(i, j, k)``, ``bbox``
+        ``[[i0, i1], [j0, j1], [k0, k1]]`` (end exclusive) of the gallery crop, ``gallery``
+        (path relative to the model folder, or ``None``), ``voxel_ras``, ``distance``
+        (squared, before the push) and ``source`` (how to get the case again).
     """
     protos, proto_class = heads.prototypes(network)
     count = protos.shape[0]
@@ -138,11 +139,10 @@ def push_prototypes(
     catalogue = []
     for proto in range(count):
         cls = int(proto_class[proto])
-        entry: dict = {"index": proto, "class_index": cls,
+        entry: dict = {"index": proto, "class": cls,
                        "class_name": class_names[cls] if class_names else str(cls)}
-        if where[proto] is None:
-            entry.update(case_id=None, voxel_ijk=None, bbox_ijk=None, distance=None,
-                         gallery=None, source=None)
+        if where[proto] is None:  # no voxel of this class in the cases searched
+            entry.update(case=None, gallery=None)
             catalogue.append(entry)
             continue
         n, zyx = where[proto]
@@ -156,11 +156,11 @@ def push_prototypes(
             write_image(os.path.join(gallery_folder, name), crop, affine)
             gallery = f"{os.path.basename(os.path.normpath(gallery_folder))}/{name}"
         entry.update(
-            case_id=case.case_id,
-            voxel_ijk=[zyx[2], zyx[1], zyx[0]],
-            voxel_ras=[float(v) for v in (case.affine @ np.array(
+            case=case.case_id,
+            voxel=[zyx[2], zyx[1], zyx[0]],
+            voxel_ras=[round(float(v), 4) for v in (case.affine @ np.array(
                 [zyx[2], zyx[1], zyx[0], 1.0]))[:3]],
-            bbox_ijk=lo + hi,
+            bbox=[[lo[0], hi[0] + 1], [lo[1], hi[1] + 1], [lo[2], hi[2] + 1]],
             distance=float(best[proto]),
             gallery=gallery,
             source=dict(case.source),
