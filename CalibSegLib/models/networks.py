@@ -182,7 +182,7 @@ class PrototypeSegNet(nn.Module):
 
     def logits_from_similarity(self, similarity: torch.Tensor) -> torch.Tensor:
         """Class logits ``(B, C, ...)`` = ``w @ similarity`` per voxel."""
-        w = self.class_weights.to(similarity.dtype)
+        w = self.class_weights.to(device=similarity.device, dtype=similarity.dtype)
         return torch.einsum("cp,bp...->bc...", w, similarity)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,7 +193,7 @@ class PrototypeSegNet(nn.Module):
 
         Memory is ``C·P`` times one map; use on crops or single classes.
         """
-        w = self.class_weights.to(similarity.dtype)
+        w = self.class_weights.to(device=similarity.device, dtype=similarity.dtype)
         return w.reshape(1, *w.shape, *([1] * (similarity.dim() - 2))) * similarity[:, None]
 
     def own_class_mask(self) -> torch.Tensor:
@@ -216,8 +216,8 @@ class PrototypeSegNet(nn.Module):
         logits = self.logits_from_similarity(similarity)
         top, nearest = similarity.max(dim=1)
         winner = logits.argmax(dim=1)
-        own_w = self.class_weights.to(similarity.dtype) * self.own_class_mask().to(
-            similarity.dtype)
+        own_w = self.class_weights * self.own_class_mask()
+        own_w = own_w.to(device=similarity.device, dtype=similarity.dtype)
         own = torch.einsum("cp,bp...->bc...", own_w, similarity)
         winning = own.gather(1, winner.unsqueeze(1)).squeeze(1)
         return {"logits": logits, "similarity": similarity, "nearest_prototype": nearest,
