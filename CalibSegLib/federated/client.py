@@ -1,0 +1,95 @@
+"""The site side: a Flower ``ClientApp`` answering statistics, NLL and training requests.
+
+The site reads its cohort from its node config (:class:`~CalibSegLib.federated.cohort.SiteSpec`),
+rebuilds the model the server sent, computes locally and replies with bounded
+records only. The same ``ClientApp`` runs in the in-process engine, in Flower's
+simulation runtime and on a real SuperNode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from CalibSegLib.errors import CalibSegError
+from CalibSegLib.federated import protocol
+from CalibSegLib.federated.cohort import SiteSpec, load_cohort
+from CalibSegLib.federated.transport import model_from_records
+
+
+def _array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array.from_numpy_ndarray(np.ascontiguousarray(v))
+                        for k, v in arrays.items()})
+
+
+def _site_and_cases(message: Message, context: Context):
+    spec = SiteSpec.from_node_config(context.node_config)
+    cases = load_cohort(spec)
+    max_cases = int(message.content["config"].get("max-cases", protocol.DEFAULT_MAX_CASES))
+    if len(cases) > max_cases:
+        raise CalibSegError(
+            f"Site {spec.name} holds {len(cases)} cases; the server accepts at most {max_cases} "
+            "per round. Split the cohort or raise --max-cases."
+        )
+    return spec, cases
+
+
+def handle_stats(message: Message, context: Context) -> Message:
+    """Reliability statistics of the sent model on this site's cohort."""
+    from CalibSegLib.federated.site import site_statistics
+    from CalibSegLib.federated.statistics import encode_stats
+
+    spec, cases = _site_and_cases(message, context)
+    config = message.content["config"]
+    model = model_from_records(str(message.content["model"]["card"]),
+                               message.content["weights"])
+    n_bins = int(config["n-bins"])
+    stats = site_statistics(model, cases, spec.name, n_bins)
+    meta = protocol.SiteMeta(spec.name, model.version, len(cases), n_bins, model.num_classes)
+    return Message(RecordDict({"stats": _array_record(encode_stats(stats)),
+                               "meta": ConfigRecord(meta.to_record())}), reply_to=message)
+
+
+def handle_nll(message: Message, context: Context) -> Message:
+    """NLL sums of the sent model over the server's temperature grid."""
+    from CalibSegLib.federated.site import site_nll
+
+    spec, cases = _site_and_cases(message, context)
+    model = model_from_records(str(message.content["model"]["card"]),
+                               message.content["weights"])
+    grid = [float(t) for t in message.content["config"]["temperatures"]]
+    sums, count = site_nll(model, cases, grid)
+    meta = protocol.SiteMeta(spec.name, model.version, len(cases), 0, model.num_classes)
+    arrays = {"sums": sums.astype(np.float64), "count": np.array([count], dtype=np.int64)}
+    return Message(RecordDict({"nll": _array_record(arrays),
+                               "meta": ConfigRecord(meta.to_record())}), reply_to=message)
+
+
+def handle_train(message: Message, context: Context) -> Message:
+    """A few local steps from the global weights; reply with the new weights (FedAvg)."""
+    from CalibSegLib.federated.site import local_finetune
+
+    spec, cases = _site_and_cases(message, context)
+    config = message.content["config"]
+    model = model_from_records(str(config["card"]), message.content["arrays"])
+    state, info = local_finetune(
+        model, cases, steps=int(config.get("local-steps", 2)), lr=float(config.get("lr", 1e-3)),
+        calibration_weight=float(config.get("calibration-weight", 1.0)),
+        n_bins=int(config.get("n-bins", 20)),
+        seed=int(config.get("seed", 0)) + 1000 * int(config.get("server-round", 0)),
+    )
+    meta = protocol.SiteMeta(spec.name, model.version, len(cases), 0, model.num_classes)
+    metrics = MetricRecord({"num-examples": len(cases), "loss": float(info["loss"]),
+                            "voxels": int(info["voxels"])})
+    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics,
+                               "meta": ConfigRecord(meta.to_record())}), reply_to=message)
+
+
+def build_client_app() -> ClientApp:
+    """A ClientApp with the three CalibSeg handlers registered."""
+    app = ClientApp()
+    app.query("calibseg_stats")(handle_stats)
+    app.query("calibseg_nll")(handle_nll)
+    app.train()(handle_train)
+    return app

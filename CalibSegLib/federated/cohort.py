@@ -1,0 +1,142 @@
+"""A site's local cohort: what it is, how it is named in Flower's node config, loading it.
+
+A site holds either a folder of ``<id>_image.<ext>`` / ``<id>_labels.<ext>`` pairs
+(the same layout ``calibseg train --cases`` reads) or, for demos and tests,
+deterministic shifted variants of an embedded sample case with site-specific seeds.
+Images never leave the site; the cohort is only ever read by the site's ClientApp.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from CalibSegLib.errors import CalibSegError
+from CalibSegLib.progress import CancelCallback, ProgressCallback
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """Where one site's cohort comes from.
+
+    Attributes
+    ----------
+    name
+        The site's name; it appears in reports (no file names or case ids do).
+    folder
+        A folder of image/label pairs, or None for a sample cohort.
+    sample, seeds, resolution_mm
+        For a sample cohort: the embedded case, one ``shift_seed`` per case (0 means
+        the unshifted case) and the grid resolution.
+    """
+
+    name: str
+    folder: str | None = None
+    sample: str = "mni-t1"
+    seeds: tuple[int, ...] = ()
+    resolution_mm: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in "/\\,\n"):
+            raise CalibSegError(
+                f"Site name {self.name!r} is not usable; use letters, digits, '-' or '_'."
+            )
+        if self.folder is None and not self.seeds:
+            raise CalibSegError(f"Site {self.name}: give a cohort folder or sample seeds.")
+
+    def node_config(self) -> dict[str, str | float]:
+        """The Flower node config that describes this site (``--node-config`` values)."""
+        config: dict[str, str | float] = {"site": self.name}
+        if self.folder is not None:
+            config["cohort"] = self.folder
+        else:
+            config["sample"] = self.sample
+            config["seeds"] = ",".join(str(int(s)) for s in self.seeds)
+            config["resolution-mm"] = float(self.resolution_mm)
+        return config
+
+    @classmethod
+    def from_node_config(cls, config: Mapping[str, object]) -> SiteSpec:
+        """Inverse of :meth:`node_config`; raises :class:`CalibSegError` when incomplete."""
+        if "site" not in config:
+            raise CalibSegError(
+                "This SuperNode has no site name; start it with "
+                "--node-config \"site='<name>' cohort='<folder>'\"."
+            )
+        if "cohort" in config:
+            return cls(name=str(config["site"]), folder=str(config["cohort"]))
+        if "seeds" in config:
+            from CalibSegLib.training.data import parse_seeds
+
+            return cls(
+                name=str(config["site"]), sample=str(config.get("sample", "mni-t1")),
+                seeds=tuple(parse_seeds(str(config["seeds"]))),
+                resolution_mm=float(config.get("resolution-mm", 4.0)),  # type: ignore[arg-type]
+            )
+        raise CalibSegError(
+            f"Site {config['site']}: the node config names no cohort; add cohort='<folder>' "
+            "(or seeds='1,2' for a sample cohort)."
+        )
+
+
+def simulated_sites(n_sites: int, cases_per_site: int = 1, *, resolution_mm: float = 4.0,
+                    sample: str = "mni-t1", base_seed: int = 100) -> list[SiteSpec]:
+    """``n_sites`` sample cohorts with distinct site-specific shift seeds.
+
+    Site ``k`` (named ``site-1`` ...) holds the variants with seeds
+    ``base_seed + 10 * k + j`` for ``j < cases_per_site``, so every site sees a
+    different acquisition shift.
+    """
+    if n_sites < 1 or cases_per_site < 1:
+        raise CalibSegError("Use at least one site and one case per site.")
+    if cases_per_site > 10:
+        raise CalibSegError("At most 10 simulated cases per site.")
+    return [
+        SiteSpec(name=f"site-{k + 1}", sample=sample, resolution_mm=resolution_mm,
+                 seeds=tuple(base_seed + 10 * k + j for j in range(cases_per_site)))
+        for k in range(n_sites)
+    ]
+
+
+@functools.lru_cache(maxsize=64)
+def _sample_variant(sample: str, seed: int, resolution_mm: float):
+    from CalibSegLib.training.data import sample_cases
+
+    (case,) = sample_cases(sample, seeds=[seed], resolution_mm=resolution_mm)
+    for a in (case.image, case.labels):
+        a.setflags(write=False)
+    return case
+
+
+def load_cohort(spec: SiteSpec, progress: ProgressCallback | None = None,
+                cancel: CancelCallback | None = None) -> list:
+    """The site's cases as :class:`~CalibSegLib.training.data.TrainingCase` objects.
+
+    Sample variants are generated once per process and shared read-only.
+    """
+    from CalibSegLib.progress import check_cancel, report
+
+    if spec.folder is not None:
+        from CalibSegLib.training.data import folder_cases
+
+        return folder_cases(spec.folder)
+    cases = []
+    for n, seed in enumerate(spec.seeds):
+        check_cancel(cancel, f"loading of the {spec.name} cohort")
+        cases.append(_sample_variant(spec.sample, int(seed), float(spec.resolution_mm)))
+        report(progress, (n + 1) / len(spec.seeds), f"{spec.name}: case {n + 1}")
+    return cases
+
+
+def parse_site_folders(items: Sequence[str]) -> list[SiteSpec]:
+    """``NAME=FOLDER`` items (command line) to site specs."""
+    specs = []
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise CalibSegError(f"--site {item!r}: write it as NAME=FOLDER.")
+        specs.append(SiteSpec(name=name.strip(), folder=folder.strip()))
+    if len({s.name for s in specs}) != len(specs):
+        raise CalibSegError("Two --site items share a name; give every site its own name.")
+    return specs
