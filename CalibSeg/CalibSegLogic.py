@@ -101,7 +101,7 @@ def modelClassColors(model, count: int) -> tuple:
 
 def modelName(model, folder=None) -> str:
     card = _field(model, "card", default={}) or {}
-    name = _field(card, "name")
+    name = _field(model, "name") or _field(card, "name")
     if name:
         return str(name)
     return os.path.basename(os.path.normpath(folder)) if folder else "model"
@@ -160,6 +160,17 @@ class CalibSegLogic:
         self.chartNodeID: str | None = None
         self.diagonalTableID: str | None = None
         self.metricsTableID: str | None = None
+
+    def getParameterNode(self):
+        """The module's parameter node (a singleton scripted-module node, created on demand)."""
+        node = self.scene.GetSingletonNode("CalibSeg", "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = slicer.vtkMRMLScriptedModuleNode()
+            node.SetSingletonTag("CalibSeg")
+            node.SetName("CalibSeg")
+            node.SetAttribute("ModuleName", "CalibSeg")
+            self.scene.AddNode(node)
+        return node
 
     # ----------------------------------------------------------------------- inputs
     def inputArray(self, volumeNode) -> tuple[np.ndarray, np.ndarray]:
@@ -287,10 +298,8 @@ class CalibSegLogic:
         seg.SetName(f"{base} segmentation")
         built.append(("segmentation", seg))
         result._labels = labels  # used once, by _finishNodes
-        similarity = _numpy(_field(current, "similarity", "top_similarity",
-                                   "prototype_similarity"))
-        nearest = _numpy(_field(current, "nearest_prototype", "prototype_index",
-                                "nearest_prototype_index"))
+        similarity = _numpy(_field(current, "top_similarity"))
+        nearest = _numpy(_field(current, "nearest_prototype"))
         if nearest is not None:
             nearest = (nearest.astype(np.int32) + 1).astype(np.int16)  # 0 = none
             labelNode = arrays.newVolumeNode(nearest, affine, f"{base} nearest prototype",
@@ -341,9 +350,7 @@ class CalibSegLogic:
         return rows
 
     def _prototypeClasses(self, result) -> list[int]:
-        classes = _field(result.current, "prototype_classes", default=None)
-        if classes is None:
-            classes = _field(result.model, "prototype_classes", default=None)
+        classes = _field(result.current, "prototype_class", default=None)
         if classes is None:
             classes = [int(_field(p, "class_index", "class", "label", default=0))
                        for p in prototypeCatalogue(result.model)]
@@ -701,17 +708,15 @@ class CalibSegLogic:
     def _probePrototypes(self, result, index, topK) -> list[dict]:
         current = result.current
         catalogue = prototypeCatalogue(result.model)
-        allSim = _numpy(_field(current, "prototype_similarities", "similarities"))
+        allSim = _numpy(_field(current, "similarity"))
         candidates = []
         if allSim is not None and allSim.ndim == 4:
             values = allSim[(slice(None),) + index]
             order = np.argsort(-values)[:topK]
             candidates = [(int(k), float(values[k])) for k in order]
         else:
-            nearest = _numpy(_field(current, "nearest_prototype", "prototype_index",
-                                    "nearest_prototype_index"))
-            similarity = _numpy(_field(current, "similarity", "top_similarity",
-                                       "prototype_similarity"))
+            nearest = _numpy(_field(current, "nearest_prototype"))
+            similarity = _numpy(_field(current, "top_similarity"))
             if nearest is not None:
                 sim = float(similarity[index]) if similarity is not None else math.nan
                 candidates = [(int(nearest[index]), sim)]
@@ -742,8 +747,13 @@ class CalibSegLogic:
         gallery = _field(source, "gallery", "gallery_file", "crop", "file")
         if not gallery:
             raise CalibSegError(f"Prototype {k} of {result.name} has no gallery crop in its card.")
-        base = folder or _field(result.model, "folder", "path", default=None) or ""
-        path = gallery if os.path.isabs(str(gallery)) else os.path.join(str(base), str(gallery))
+        base = folder or _field(result.model, "folder", default=None) or ""
+        if os.path.isabs(str(gallery)):
+            path = str(gallery)
+        elif hasattr(result.model, "gallery_path") and not folder:
+            path = result.model.gallery_path(str(gallery)) or str(gallery)
+        else:
+            path = os.path.join(str(base), str(gallery))
         image, affine = readCrop(path)
         name = f"CalibSeg prototype {k} source ({result.name})"
         node = arrays.newVolumeNode(image.astype(np.float32), affine, name)
@@ -766,22 +776,40 @@ class CalibSegLogic:
                 return node
         return None
 
-    def showContributionMap(self, index: int = 0, slot: str = "A"):
-        """Create (or refresh) the contribution map volume ``index`` of model ``slot``."""
+    def showContributionMap(self, prototype: int | None = None, slot: str = "A"):
+        """Create (or refresh) a contribution map of model ``slot`` and show it.
+
+        Without ``prototype``: the part of the winning class's logit given by its own
+        prototypes (``prototype_contribution``). With ``prototype`` ``k``: ``w[c, k] *
+        similarity[k]``, the contribution of prototype ``k`` to its class ``c``.
+        """
         result = self.results.get(slot)
         if result is None:
             raise CalibSegError(f"No model result in slot {slot}: apply a model first.")
-        maps = _numpy(_field(result.current, "contribution", "contributions",
-                             "contribution_map", "contribution_maps"))
-        if maps is None:
+        current = result.current
+        if prototype is None:
+            values = _numpy(_field(current, "prototype_contribution"))
+            key, title = "contribution", "contribution"
+        else:
+            weights = _numpy(_field(current, "prototype_weights"))
+            similarity = _numpy(_field(current, "similarity"))
+            classes = _numpy(_field(current, "prototype_class"))
+            values = None
+            if weights is not None and similarity is not None and classes is not None:
+                k = int(prototype)
+                if not 0 <= k < similarity.shape[0]:
+                    raise CalibSegError(f"Model {result.name} has no prototype {k} "
+                                        f"({similarity.shape[0]} prototypes).")
+                values = float(weights[int(classes[k]), k]) * similarity[k]
+            key, title = f"contribution{int(prototype)}", f"prototype {int(prototype)} contribution"
+        if values is None:
             raise CalibSegError(f"Model {result.name} gives no contribution maps "
                                 "(only prototype models do).")
-        values = maps if maps.ndim == 3 else maps[int(index)]
-        key = "contribution" if maps.ndim == 3 else f"contribution{int(index)}"
+        values = np.asarray(values, dtype=np.float32)
         node = self.scene.GetNodeByID(result.nodeIDs.get(key, ""))
         if node is None:
-            node = arrays.newVolumeNode(values.astype(np.float32), self.inputAffine,
-                                        f"{result.name} ({slot}) contribution {index}")
+            node = arrays.newVolumeNode(values, self.inputAffine,
+                                        f"{result.name} ({slot}) {title}")
             node.SetAttribute("CalibSeg.Slot", slot)
             node.SetAttribute("CalibSeg.Role", key)
             self.scene.AddNode(node)
@@ -790,7 +818,7 @@ class CalibSegLogic:
                 colors.similarityTable(self.scene).GetID())
             result.nodeIDs[key] = node.GetID()
         else:
-            arrays.fillNode(node, values.astype(np.float32), self.inputAffine)
+            arrays.fillNode(node, values, self.inputAffine)
         if key == "contribution":
             self.showOverlay("contribution", self.opacity)
         return node

@@ -1,0 +1,55 @@
+"""CalibSeg: calibrated, explainable segmentation in 3D Slicer (module entry point).
+
+Only the module description lives here; the panel is :mod:`CalibSegWidget`, the
+MRML logic :mod:`CalibSegLogic`, background inference :mod:`CalibSegProcess`,
+dependency installation :mod:`CalibSegInstaller`, the self-test
+:mod:`CalibSegSelfTest`.
+"""
+
+from __future__ import annotations
+
+from CalibSegLogic import CalibSegLogic
+from CalibSegSelfTest import CalibSegTest  # noqa: F401  (found by name by Slicer's test runner)
+from CalibSegWidget import CalibSegWidget  # noqa: F401  (found by name by Slicer)
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic
+
+HELP = """
+<p>Run one or two segmentation models on a scan and see where they are unsure:
+per-voxel <b>confidence</b> and <b>entropy</b> overlays, <b>prototype</b> explanations
+("this looks like that") and, against a reference segmentation, a <b>reliability
+diagram</b> with ACE, ECE, MCE and Dice. Change the <b>temperature</b> (or fit it to the
+reference) and watch overlays and diagram update; compare two models side by side in
+linked views.</p>
+<p>Documentation: <a href="https://github.com/calibseg/SlicerCalibSeg/blob/main/docs/slicer.md">
+Use in 3D Slicer</a>. Models are folders with a <tt>model.json</tt> card; see the
+<a href="https://github.com/calibseg/SlicerCalibSeg#readme">project page</a>.</p>
+"""
+
+ACKNOWLEDGEMENT = """
+CalibSeg builds on 3D Slicer, PyTorch and MONAI. The sample data is the MNI ICBM152 2009a
+template (Fonov et al., NeuroImage 2011).
+"""
+
+
+class CalibSeg(ScriptedLoadableModule):
+    """Module description shown by Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "CalibSeg"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["CalibSeg contributors"]
+        self.parent.helpText = HELP
+        self.parent.acknowledgementText = ACKNOWLEDGEMENT
+
+
+class CalibSegModuleLogic(ScriptedLoadableModuleLogic):
+    """Slicer-style logic object; everything is delegated to :class:`CalibSegLogic`."""
+
+    def __init__(self, scene=None):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.impl = CalibSegLogic(scene)
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["impl"], name)

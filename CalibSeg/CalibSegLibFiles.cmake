@@ -1,0 +1,65 @@
+# CalibSegLib files installed with the Slicer extension (paths from the repository
+# root). Keep in sync with the repository: Testing/test_extension_packaging.py
+# checks it and `python Testing/test_extension_packaging.py --write-cmake`
+# regenerates it.
+set(CALIBSEGLIB_PYTHON_SCRIPTS
+  CalibSegLib/__init__.py
+  CalibSegLib/cli.py
+  CalibSegLib/commands/__init__.py
+  CalibSegLib/commands/demo.py
+  CalibSegLib/commands/explain.py
+  CalibSegLib/commands/sample_data.py
+  CalibSegLib/commands/train.py
+  CalibSegLib/data/__init__.py
+  CalibSegLib/data/sample.py
+  CalibSegLib/data/shift.py
+  CalibSegLib/errors.py
+  CalibSegLib/explain/__init__.py
+  CalibSegLib/explain/api.py
+  CalibSegLib/explain/faithfulness.py
+  CalibSegLib/explain/modeladapter.py
+  CalibSegLib/explain/posthoc.py
+  CalibSegLib/explain/prototype.py
+  CalibSegLib/explain/region.py
+  CalibSegLib/explain/segmenter.py
+  CalibSegLib/explain/table.py
+  CalibSegLib/explain/types.py
+  CalibSegLib/federated/client.py
+  CalibSegLib/federated/cohort.py
+  CalibSegLib/federated/drift.py
+  CalibSegLib/federated/loopback.py
+  CalibSegLib/federated/protocol.py
+  CalibSegLib/federated/server.py
+  CalibSegLib/federated/site.py
+  CalibSegLib/federated/transport.py
+  CalibSegLib/inference/__init__.py
+  CalibSegLib/inference/predict.py
+  CalibSegLib/inference/prediction.py
+  CalibSegLib/inference/resample.py
+  CalibSegLib/inference/sliding.py
+  CalibSegLib/io.py
+  CalibSegLib/models/__init__.py
+  CalibSegLib/models/bundle.py
+  CalibSegLib/models/card.py
+  CalibSegLib/models/importers.py
+  CalibSegLib/models/networks.py
+  CalibSegLib/models/normalization.py
+  CalibSegLib/models/store.py
+  CalibSegLib/models/testing.py
+  CalibSegLib/progress.py
+  CalibSegLib/training/__init__.py
+  CalibSegLib/training/card.py
+  CalibSegLib/training/checkpoint.py
+  CalibSegLib/training/config.py
+  CalibSegLib/training/data.py
+  CalibSegLib/training/heads.py
+  CalibSegLib/training/loop.py
+  CalibSegLib/training/losses.py
+  CalibSegLib/training/patches.py
+  CalibSegLib/training/push.py
+  CalibSegLib/training/throughput.py
+  )
+
+set(CALIBSEGLIB_PYTHON_RESOURCES
+  CalibSegLib/resources/model_card.schema.json
+  )

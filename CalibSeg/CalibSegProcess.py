@@ -1,0 +1,277 @@
+"""Inference in a separate process, so Slicer stays responsive.
+
+The input is written to a temporary NRRD, ``CalibSegRunner.py`` runs in
+``PythonSlicer`` (the same Python as Slicer's), prints machine-readable progress
+lines and writes the prediction to a ``.npz``; a reader thread collects its
+output and the widget's ``qt.QTimer`` calls :meth:`InferenceJob.poll` on the main
+thread, where all MRML changes happen. Cancel kills the whole process tree;
+temporary files are removed in every case.
+
+Nothing here imports Qt or MRML, so it is tested headless with a plain Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+PROGRESS_PREFIX = "CALIBSEG-PROGRESS"
+ERROR_PREFIX = "CALIBSEG-ERROR"
+DONE_PREFIX = "CALIBSEG-DONE"
+#: Fields not written: recomputed from the logits at the saved temperature on loading.
+RECOMPUTED = ("probs", "confidence", "entropy")
+RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "CalibSegRunner.py")
+
+
+def progressLine(fraction: float, message: str = "") -> str:
+    """The line the runner prints for a progress step."""
+    return f"{PROGRESS_PREFIX} {min(max(float(fraction), 0.0), 1.0):.4f} {message}".rstrip()
+
+
+def parseLine(line: str):
+    """``("progress", fraction, message)``, ``("error", message)``, ``("done", path)`` or
+    ``("log", line)`` for one output line of the runner."""
+    text = line.rstrip("\r\n")
+    if text.startswith(PROGRESS_PREFIX + " "):
+        parts = text[len(PROGRESS_PREFIX) + 1:].split(" ", 1)
+        try:
+            fraction = min(max(float(parts[0]), 0.0), 1.0)
+        except ValueError:
+            return ("log", text)
+        return ("progress", fraction, parts[1] if len(parts) > 1 else "")
+    if text.startswith(ERROR_PREFIX + " "):
+        return ("error", text[len(ERROR_PREFIX) + 1:])
+    if text.startswith(DONE_PREFIX + " "):
+        return ("done", text[len(DONE_PREFIX) + 1:])
+    return ("log", text)
+
+
+def pythonExecutable() -> str:
+    """``PythonSlicer`` when running inside Slicer, else this interpreter."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+def buildCommand(inputPath: str, modelFolder: str, outputPath: str, device: str = "auto",
+                 python: str | None = None, runner: str = RUNNER) -> list[str]:
+    """The runner's command line (a list: no shell, paths with spaces are safe)."""
+    return [python or pythonExecutable(), runner, "--input", inputPath, "--model", modelFolder,
+            "--output", outputPath, "--device", device]
+
+
+def runnerEnvironment(base=None) -> dict:
+    """Environment of the runner: ``CalibSegLib`` (next to this file) importable."""
+    env = dict(os.environ if base is None else base)
+    here = os.path.dirname(os.path.abspath(__file__))
+    roots = [here, os.path.dirname(here)]  # installed: here; source checkout: the parent
+    libRoots = [r for r in roots if os.path.isdir(os.path.join(r, "CalibSegLib"))]
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join(libRoots + ([old] if old else []))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def savePrediction(path: str, prediction) -> str:
+    """Write a prediction (dataclass or object with array attributes) to ``.npz`` atomically."""
+    if dataclasses.is_dataclass(prediction):  # no asdict: it would deep-copy every array
+        fields = {f.name: getattr(prediction, f.name) for f in dataclasses.fields(prediction)}
+    else:
+        fields = dict(vars(prediction))
+    arrays, meta = {}, {}
+    for key, value in fields.items():
+        if value is None or key in RECOMPUTED:
+            continue
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().numpy()
+        if isinstance(value, np.ndarray):
+            arrays[key] = value
+        else:
+            meta[key] = value.tolist() if hasattr(value, "tolist") else value
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta, default=str).encode(), dtype=np.uint8)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".calibseg-", suffix=".npz", dir=folder)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+    return path
+
+
+def loadPredictionFields(path: str) -> dict:
+    """The fields saved by :func:`savePrediction` (arrays and plain values)."""
+    with np.load(path, allow_pickle=False) as data:
+        fields = {k: np.array(data[k]) for k in data.files if k != "__meta__"}
+        meta = json.loads(bytes(data["__meta__"]).decode()) if "__meta__" in data.files else {}
+    fields.update(meta)
+    if "class_names" in fields:
+        fields["class_names"] = tuple(fields["class_names"])
+    return fields
+
+
+def loadPrediction(path: str):
+    """A CalibSegLib ``Prediction`` rebuilt from :func:`savePrediction`'s file."""
+    import torch
+
+    from CalibSegLib.inference import Prediction, probability_maps
+
+    fields = loadPredictionFields(path)
+    logits = torch.from_numpy(np.ascontiguousarray(fields["logits"]))
+    probs, confidence, entropy = probability_maps(logits, float(fields.get("temperature", 1.0)))
+    fields.update(probs=probs.numpy(), confidence=confidence.numpy(), entropy=entropy.numpy())
+    for key in ("class_colors",):
+        if key in fields:
+            fields[key] = tuple(tuple(c) for c in fields[key])
+    if dataclasses.is_dataclass(Prediction):
+        names = {f.name for f in dataclasses.fields(Prediction)}
+        fields = {k: v for k, v in fields.items() if k in names}
+    return Prediction(**fields)
+
+
+def killTree(process: subprocess.Popen, grace: float = 2.0) -> None:
+    """Stop ``process`` and every process it started."""
+    if process.poll() is not None:
+        return
+    if os.name == "nt":  # pragma: no cover - Windows only
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)],
+                       capture_output=True, check=False)
+    else:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace)
+
+
+class InferenceJob:
+    """One model run in a child process; call :meth:`poll` regularly (e.g. from a QTimer).
+
+    States: ``"ready"`` -> ``"running"`` -> ``"finished"`` | ``"failed"`` | ``"cancelled"``.
+    """
+
+    def __init__(self, modelFolder: str, device: str = "auto", python: str | None = None,
+                 runner: str = RUNNER, command=None):
+        self.modelFolder = modelFolder
+        self.device = device
+        self.python = python
+        self.runner = runner
+        self._command = command  # tests inject another program here
+        self.tempDir = tempfile.mkdtemp(prefix="CalibSeg-")
+        self.inputPath = os.path.join(self.tempDir, "input.nrrd")
+        self.outputPath = os.path.join(self.tempDir, "prediction.npz")
+        self.state = "ready"
+        self.fraction = 0.0
+        self.message = ""
+        self.error = ""
+        self.log: list[str] = []
+        self.process: subprocess.Popen | None = None
+        self._lines: queue.Queue = queue.Queue()
+        self._reader: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def writeInput(self, image: np.ndarray, affine: np.ndarray) -> str:
+        """Write the input ``(Z, Y, X)`` image and its affine as the temporary NRRD."""
+        from CalibSegLib.io import write_image
+
+        return write_image(self.inputPath, image, affine)
+
+    def command(self) -> list[str]:
+        if self._command is not None:
+            return list(self._command)
+        return buildCommand(self.inputPath, self.modelFolder, self.outputPath, self.device,
+                            self.python, self.runner)
+
+    def start(self) -> None:
+        kwargs = {}
+        if os.name == "nt":  # pragma: no cover
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+        else:
+            kwargs["start_new_session"] = True  # own process group: cancel kills the tree
+        self.process = subprocess.Popen(
+            self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            encoding="utf-8", errors="replace", env=runnerEnvironment(), bufsize=1, **kwargs)
+        self.state = "running"
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def poll(self) -> list[tuple]:
+        """Handle new output; return its parsed events. Updates ``state``/``fraction``."""
+        events = []
+        ended = False
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                ended = True
+                break
+            event = parseLine(line)
+            events.append(event)
+            if event[0] == "progress":
+                self.fraction, self.message = event[1], event[2]
+            elif event[0] == "error":
+                self.error = event[1]
+            elif event[0] == "log" and event[1]:
+                self.log.append(event[1])
+                self.log = self.log[-200:]
+        if self.state == "running" and ended:
+            code = self.process.wait()
+            if code == 0 and os.path.isfile(self.outputPath):
+                self.state, self.fraction = "finished", 1.0
+            else:
+                self.state = "failed"
+                if not self.error:
+                    tail = "\n".join(self.log[-10:])
+                    self.error = f"Inference process ended with code {code}.\n{tail}".strip()
+        return events
+
+    def wait(self, timeout: float = 60.0, interval: float = 0.05) -> str:
+        """Poll until the job ends (for tests and scripts); return the final state."""
+        deadline = time.monotonic() + timeout
+        while self.state == "running" and time.monotonic() < deadline:
+            self.poll()
+            time.sleep(interval)
+        return self.state
+
+    def cancel(self) -> None:
+        """Kill the process tree; the job ends ``"cancelled"`` and its files are removed."""
+        if self.process is not None:
+            killTree(self.process)
+        self.state = "cancelled"
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Remove the temporary folder (input NRRD and output)."""
+        shutil.rmtree(self.tempDir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.state == "running":
+            self.cancel()
+        self.cleanup()

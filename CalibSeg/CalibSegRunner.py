@@ -1,0 +1,61 @@
+"""Run one CalibSeg model on one image file, as a child process of Slicer.
+
+Usage (started by :mod:`CalibSegProcess` with ``PythonSlicer``)::
+
+    CalibSegRunner.py --input in.nrrd --model MODEL_FOLDER --output out.npz [--device auto]
+
+This is ``calibseg predict`` for the Slicer module: the same library calls, but
+it prints one machine-readable line per progress step
+(``CALIBSEG-PROGRESS <fraction> <message>``), ``CALIBSEG-ERROR <message>`` for an
+error the user can fix, and ``CALIBSEG-DONE <path>`` at the end, and it keeps the
+logits (for temperature changes without re-inference) in the output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for root in (here, os.path.dirname(here)):
+        if os.path.isdir(os.path.join(root, "CalibSegLib")) and root not in sys.path:
+            sys.path.insert(0, root)
+    from CalibSegProcess import DONE_PREFIX, ERROR_PREFIX, progressLine, savePrediction
+
+    from CalibSegLib.errors import CalibSegError
+
+    def progress(fraction, message=""):
+        print(progressLine(0.05 + 0.9 * fraction, message), flush=True)
+
+    try:
+        from CalibSegLib.inference import predict
+        from CalibSegLib.io import read_image
+        from CalibSegLib.models import load_model
+
+        print(progressLine(0.0, "reading input"), flush=True)
+        image, affine = read_image(args.input)
+        print(progressLine(0.02, "loading model"), flush=True)
+        model = load_model(args.model)
+        prediction = predict(image, affine, model, device=args.device, progress=progress)
+        print(progressLine(0.96, "writing result"), flush=True)
+        savePrediction(args.output, prediction)
+    except CalibSegError as exc:
+        print(f"{ERROR_PREFIX} {' '.join(str(exc).split())}", flush=True)
+        return 2
+    print(progressLine(1.0, "done"), flush=True)
+    print(f"{DONE_PREFIX} {args.output}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
