@@ -37,8 +37,8 @@ def _site_and_cases(message: Message, context: Context):
 
 def handle_stats(message: Message, context: Context) -> Message:
     """Reliability statistics of the sent model on this site's cohort."""
+    from CalibSegLib.federated.reliability import encode_stats
     from CalibSegLib.federated.site import site_statistics
-    from CalibSegLib.federated.statistics import encode_stats
 
     spec, cases = _site_and_cases(message, context)
     config = message.content["config"]

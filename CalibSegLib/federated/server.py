@@ -159,12 +159,12 @@ class EvaluationResult:
     flags: list = field(default_factory=list)
 
     def site_metrics(self) -> dict[str, dict]:
-        from CalibSegLib.federated.statistics import summary_metrics
+        from CalibSegLib.federated.reliability import summary_metrics
 
         return {name: summary_metrics(s) for name, s in sorted(self.site_stats.items())}
 
     def pooled_metrics(self) -> dict:
-        from CalibSegLib.federated.statistics import summary_metrics
+        from CalibSegLib.federated.reliability import summary_metrics
 
         return summary_metrics(self.pooled)
 
@@ -175,7 +175,7 @@ def evaluation_round(grid: Grid, model, *, n_bins: int = 20, min_sites: int = 1,
                      group: str = "evaluate", progress: ProgressCallback | None = None,
                      cancel: CancelCallback | None = None) -> EvaluationResult:
     """Collect, check and merge every site's reliability statistics of ``model``."""
-    from CalibSegLib.federated import statistics
+    from CalibSegLib.federated import reliability as statistics
     from CalibSegLib.federated.drift import calibration_drift
 
     report(progress, 0.0, f"evaluation round: sending {model.name} {model.version} to sites")
