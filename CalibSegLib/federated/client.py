@@ -23,8 +23,20 @@ def _array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
                         for k, v in arrays.items()})
 
 
+#: Site specs by partition id, for Flower's simulation runtime (its nodes carry only
+#: ``partition-id`` in their node config).
+_PARTITIONS: list[SiteSpec] = []
+
+
+def _site_spec(context: Context) -> SiteSpec:
+    config = context.node_config
+    if "site" not in config and "partition-id" in config and _PARTITIONS:
+        return _PARTITIONS[int(config["partition-id"])]
+    return SiteSpec.from_node_config(config)
+
+
 def _site_and_cases(message: Message, context: Context):
-    spec = SiteSpec.from_node_config(context.node_config)
+    spec = _site_spec(context)
     cases = load_cohort(spec)
     max_cases = int(message.content["config"].get("max-cases", protocol.DEFAULT_MAX_CASES))
     if len(cases) > max_cases:
@@ -86,8 +98,13 @@ def handle_train(message: Message, context: Context) -> Message:
                                "meta": ConfigRecord(meta.to_record())}), reply_to=message)
 
 
-def build_client_app() -> ClientApp:
-    """A ClientApp with the three CalibSeg handlers registered."""
+def build_client_app(partitions: list[SiteSpec] | None = None) -> ClientApp:
+    """A ClientApp with the three CalibSeg handlers registered.
+
+    ``partitions`` maps Flower simulation partition ids to sites (simulation only).
+    """
+    if partitions is not None:
+        _PARTITIONS[:] = partitions
     app = ClientApp()
     app.query("calibseg_stats")(handle_stats)
     app.query("calibseg_nll")(handle_nll)
