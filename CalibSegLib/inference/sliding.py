@@ -134,7 +134,7 @@ def sliding_window(x: torch.Tensor, network: Callable[[torch.Tensor], Any],
                 x, roi_size=tuple(int(r) for r in roi_size), sw_batch_size=batch,
                 predictor=predictor, overlap=float(overlap), mode="gaussian",
                 padding_mode="replicate", sw_device=x.device,
-                device=torch.device(stitch) if stitch else x.device,
+                device=torch.device(stitch) if stitch else None,
             )
         except Exception as exc:
             if cuda and _is_cuda_oom(exc):

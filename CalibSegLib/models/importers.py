@@ -240,8 +240,10 @@ def import_bundle(source: str, folder: str, *, name: str | None = None,
     meta_channels, meta_names = _bundle_metadata(source)
     if class_names is None and meta_names:
         class_names = meta_names
-    count = len(class_names) if class_names is not None else (
-        meta_channels or _output_channels(network, patch))
+    count = _output_channels(network, patch)
+    if meta_channels is not None and meta_channels != count:
+        log.warning("Bundle metadata says %d output channels; the network gives %d.",
+                    meta_channels, count)
     data = _card_data(
         name or os.path.basename(os.path.normpath(source)), _class_names(class_names, count),
         {"architecture": "monai.bundle", "config": items, "network_key": key}, source,
@@ -273,7 +275,7 @@ def import_torchscript(source: str, folder: str, *, name: str | None = None,
     source = os.fspath(source)
     network = load_torchscript(source, "cpu")
     patch = list(patch_size or [96, 96, 96])
-    count = len(class_names) if class_names is not None else _output_channels(network, patch)
+    count = _output_channels(network, patch)
     stem = os.path.basename(source).split(".")[0] or "imported"
     data = _card_data(
         name or stem, _class_names(class_names, count),
