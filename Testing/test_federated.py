@@ -1,0 +1,232 @@
+"""Federated evaluation, temperature fitting and fine-tuning across simulated sites (Flower)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from test_federated_standin import install
+
+install()
+
+from CalibSegLib.errors import CalibSegError  # noqa: E402
+from CalibSegLib.federated import (  # noqa: E402
+    SiteSpec,
+    federated_calibrate,
+    federated_evaluate,
+    federated_finetune,
+    load_cohort,
+    simulated_sites,
+)
+from CalibSegLib.federated import reliability, site  # noqa: E402
+from CalibSegLib.federated.drift import calibration_drift  # noqa: E402
+
+N_BINS = 10
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    from CalibSegLib.models.testing import tiny_model
+
+    return tiny_model(str(tmp_path_factory.mktemp("fed") / "tiny"), head="linear", seed=0)
+
+
+@pytest.fixture(scope="module")
+def model(model_folder):
+    from CalibSegLib.models import load_model
+
+    return load_model(model_folder)
+
+
+@pytest.fixture(scope="module")
+def sites():
+    return simulated_sites(3, 1, resolution_mm=4.0)
+
+
+@pytest.fixture(scope="module")
+def evaluation(model, sites):
+    return federated_evaluate(model, sites, n_bins=N_BINS, min_sites=3, plots=False)
+
+
+def _central(model, sites):
+    merged = None
+    for spec in sites:
+        s = site.site_statistics(model, load_cohort(spec), spec.name, N_BINS)
+        merged = s if merged is None else merged.merge(s)
+    return merged
+
+
+def test_pooled_federated_statistics_equal_central(evaluation, model, sites):
+    result, _ = evaluation
+    assert [o.status for o in result.outcomes] == ["ok"] * 3
+    fed, central = result.pooled.to_arrays(), _central(model, sites).to_arrays()
+    assert set(fed) == set(central)
+    for key in central:
+        a, b = np.asarray(fed[key]), np.asarray(central[key])
+        if a.dtype.kind in "iub":
+            np.testing.assert_array_equal(a, b)
+        elif a.dtype.kind == "f":
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+        else:
+            assert [str(x) for x in a] == [str(x) for x in b]
+    fed_m, central_m = result.pooled_metrics(), reliability.summary_metrics(
+        _central(model, sites))
+    for key in central_m:
+        assert fed_m[key] == pytest.approx(central_m[key], abs=1e-6)
+
+
+def test_payloads_are_bounded_statistics_only(evaluation, model):
+    _, grid = evaluation
+    voxels = load_cohort(simulated_sites(1)[0])[0].labels.size
+    stats_replies = [r for r in grid.received if r.message_type.endswith("calibseg_stats")]
+    assert len(stats_replies) == 3
+    for r in stats_replies:
+        n_cases = int(r.content["meta"]["n-cases"])
+        bound = reliability.payload_bound(model.num_classes, N_BINS, n_cases)
+        assert set(r.content.array_records) == {"stats"}
+        assert not r.content.metric_records
+        arrays = {k: r.content["stats"][k].numpy() for k in r.content["stats"]}
+        assert set(arrays) == set(reliability.wire_schema(model.num_classes, N_BINS))
+        assert sum(a.size for a in arrays.values()) <= bound < voxels // 10
+        assert all(a.size < voxels // 10 for a in arrays.values())
+        assert set(r.content["meta"]) == {"site", "model-version", "n-cases", "n-bins",
+                                         "n-classes"}
+
+
+def test_federated_temperature_equals_central(model, sites, tmp_path):
+    from CalibSegLib.calibration import fit_temperature_from_grid, nll_over_temperature_grid
+
+    temps = tuple(np.round(np.linspace(0.5, 3.0, 26), 3))
+    result, _ = federated_calibrate(model, sites, temperatures=temps, min_sites=3,
+                                    output_model=str(tmp_path / "calibrated"))
+    logits, labels = [], []
+    for spec in sites:
+        for case in load_cohort(spec):
+            logits.append(site.case_prediction(model, case).logits.reshape(
+                model.num_classes, -1))
+            labels.append(case.labels.reshape(-1))
+    sums, count = nll_over_temperature_grid(np.concatenate(logits, 1), np.concatenate(labels),
+                                            np.asarray(temps))
+    assert result.voxel_count == count
+    assert result.temperature == fit_temperature_from_grid(sums, np.asarray(temps))
+    np.testing.assert_allclose(result.nll_sums, sums, rtol=1e-6)
+    from CalibSegLib.models import load_model
+
+    assert load_model(str(tmp_path / "calibrated")).temperature == result.temperature
+
+
+def _nan_payload(content):
+    arrays = content["stats"]
+    key = sorted(arrays)[0]
+    from flwr.app import Array
+
+    bad = arrays[key].numpy().astype(np.float64).copy()
+    bad.flat[0] = np.nan
+    arrays[key] = Array.from_numpy_ndarray(bad)
+    return content
+
+
+def _negative_payload(content):
+    from flwr.app import Array
+
+    key = next(k for k in content["stats"] if "count" in k)
+    bad = content["stats"][key].numpy().copy()
+    bad.flat[0] = -5
+    content["stats"][key] = Array.from_numpy_ndarray(bad)
+    return content
+
+
+def _wrong_shape_payload(content):
+    from flwr.app import Array
+
+    key = sorted(content["stats"])[0]
+    content["stats"][key] = Array.from_numpy_ndarray(np.zeros(7))
+    return content
+
+
+@pytest.mark.parametrize("tamper, word", [(_nan_payload, "NaN"), (_negative_payload, "negative"),
+                                          (_wrong_shape_payload, "shape")])
+def test_malformed_payload_is_rejected_and_does_not_poison_the_pool(model, sites, tamper, word,
+                                                                    caplog):
+    caplog.set_level("WARNING", logger="CalibSegLib.federated")
+    result, _ = federated_evaluate(model, sites, n_bins=N_BINS, min_sites=2, plots=False,
+                                   faults={"site-3": tamper})
+    status = {o.site: (o.status, o.reason) for o in result.outcomes}
+    assert status["site-3"][0] == "rejected" and word in status["site-3"][1]
+    assert any("site-3" in r.getMessage() and word in r.getMessage() for r in caplog.records)
+    clean = _central(model, sites[:2]).to_arrays()
+    pooled = result.pooled.to_arrays()
+    for key in clean:
+        if np.asarray(clean[key]).dtype.kind in "biuf":
+            np.testing.assert_allclose(pooled[key], clean[key], rtol=1e-6, atol=1e-6)
+
+
+def test_site_dropping_out_mid_round_is_named_and_round_completes(model, sites, tmp_path):
+    result, _ = federated_evaluate(model, sites, n_bins=N_BINS, min_sites=2,
+                                   faults={"site-2": "drop"}, output=str(tmp_path / "r"),
+                                   plots=False)
+    status = {o.site: o.status for o in result.outcomes}
+    assert status == {"site-1": "ok", "site-2": "dropped", "site-3": "ok"}
+    assert sorted(result.site_stats) == ["site-1", "site-3"]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert {"site": "site-2", "status": "dropped"}.items() <= next(
+        o for o in summary["outcomes"] if o["site"] == "site-2").items()
+    assert "site-2" in (tmp_path / "r" / "sites.csv").read_text()
+    with pytest.raises(CalibSegError, match="site-2: dropped"):
+        federated_evaluate(model, sites, n_bins=N_BINS, min_sites=3, plots=False,
+                           faults={"site-2": "drop"})
+
+
+def test_site_error_is_reported(model, sites, tmp_path):
+    broken = SiteSpec(name="site-x", folder=str(tmp_path / "missing"))
+    result, _ = federated_evaluate(model, [*sites[:1], broken], n_bins=N_BINS, min_sites=1,
+                                   plots=False)
+    status = {o.site: (o.status, o.reason) for o in result.outcomes}
+    assert status["site-x"][0] == "error" and "no such folder" in status["site-x"][1]
+
+
+def test_drift_rule_flags_a_miscalibrated_site():
+    def ace(cases):
+        return float(np.mean(cases))
+
+    good = [0.05, 0.06, 0.05, 0.04]
+    per_site = {"a": good, "b": good[::-1], "d": good, "e": good,
+                "c": [0.20, 0.22, 0.19, 0.21]}
+    flags = {f.site: f for f in calibration_drift(per_site, ace, threshold=0.05)}
+    assert flags["c"].flagged and flags["c"].p_value < 0.05
+    assert not any(flags[s].flagged for s in "abde")
+    few = calibration_drift({"a": [0.05], "c": [0.3]}, ace, threshold=0.05)
+    assert all(f.flagged for f in few) and "threshold only" in few[0].reason
+
+
+def test_one_finetuning_round_end_to_end(model_folder, sites, tmp_path):
+    from CalibSegLib.models import load_model
+
+    out = str(tmp_path / "finetuned")
+    result, grid = federated_finetune(model_folder, sites[:2], output_model=out, rounds=1,
+                                      local_steps=1, lr=1e-3, n_bins=N_BINS, min_sites=2)
+    new = load_model(out)
+    fed = new.card.training["federated"]
+    assert new.card.version.endswith("+fed1") and fed["rounds"] == 1
+    assert [o["site"] for o in fed["sites"]["1"]] == ["site-1", "site-2"]
+    assert set(fed["train_metrics"]["1"]) == {"site-1", "site-2"}
+    assert fed["pooled_before"] is not None and fed["pooled_after"] is not None
+    old = load_model(model_folder)
+    changed = any(not np.array_equal(a.numpy(), b.numpy()) for a, b in zip(
+        old.network.state_dict().values(), new.network.state_dict().values()))
+    assert changed
+    train = [r for r in grid.received if r.message_type == "train"]
+    assert len(train) == 2 and all(set(r.content.array_records) == {"arrays"} for r in train)
+
+
+def test_cli_evaluate(model_folder, tmp_path):
+    from CalibSegLib.cli import main
+
+    out = tmp_path / "report"
+    assert main(["federated", "evaluate", "--model", model_folder, "--sites", "2",
+                 "--bins", str(N_BINS), "--output", str(out), "-q"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["sites"]) == ["site-1", "site-2"]
+    assert os.path.exists(out / "sites.csv")
