@@ -151,6 +151,7 @@ class RegionProbability:
         self.batch_size = max(1, int(batch_size))
         self.device = torch.device(device)
         self.forwards = 0
+        self.images = 0
 
     def __call__(self, n: int, make: Callable[[int], torch.Tensor],
                  progress: ProgressCallback | None = None, cancel: CancelCallback | None = None,
@@ -166,6 +167,7 @@ class RegionProbability:
                     self.score(batch)[:, self.target_class].double().cpu().numpy()
                 )
                 self.forwards += 1
+                self.images += len(idx)
                 report(progress, (start + len(idx)) / n, f"{what} {start + len(idx)}/{n}")
         return out
 
@@ -340,7 +342,8 @@ def evaluate_faithfulness(
         "n_blocks": int(n_blocks),
         "block_size": [b.stop - b.start for b in blocks[0]] if blocks else [],
         "seed": int(seed),
-        "forward_passes": score.forwards,
+        "forward_batches": score.forwards,
+        "perturbed_images": score.images,
         "explanation": main,
         "random": {
             name: {k: v for k, v in r.items() if k not in ("fractions",)}

@@ -177,7 +177,7 @@ class _Watched(nn.Module):
         return out
 
 
-def occlusion_mask_size(shape: tuple[int, ...], per_axis: int = 6) -> tuple[int, ...]:
+def occlusion_mask_size(shape: tuple[int, ...], per_axis: int = 5) -> tuple[int, ...]:
     """Occlusion box of about ``1/per_axis`` of each dimension (at least 2 voxels)."""
     return tuple(max(2, int(math.ceil(s / per_axis))) for s in shape)
 
@@ -200,7 +200,7 @@ def occlusion_map(
     Parameters
     ----------
     mask_size : tuple of int, optional
-        Occluded box (default :func:`occlusion_mask_size`: ~1/6 of each dimension).
+        Occluded box (default :func:`occlusion_mask_size`: ~1/5 of each dimension).
     overlap : float
         Overlap of neighbouring boxes in [0, 1); more overlap, smoother map, more passes.
     mode : str or float

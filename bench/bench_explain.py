@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""Time to explain one sample case per method, with and without faithfulness scores.
+
+Usage: ``bench/bench_explain.py [--quick]``. ``run(quick)`` returns rows
+``{"name", "value", "target", "unit"}`` for ``bench/run``. The model is the
+tiny untrained prototype U-Net of :mod:`CalibSegLib.models.testing` at the
+case's spacing, so the numbers measure the explanation machinery (and its
+forward passes), not a trained network's quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+METHODS = ("prototype", "gradcam", "gradcampp", "occlusion")
+#: Seconds allowed per explanation of the 2 mm case on a 2-core CPU.
+TARGETS = {"prototype": 5.0, "gradcam": 10.0, "gradcampp": 10.0, "occlusion": 90.0}
+FAITHFULNESS_TARGET = 120.0
+
+
+def _timed(fn, repeats: int) -> tuple[float, object]:
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def run(quick: bool = False) -> list[dict]:
+    import torch
+
+    from CalibSegLib.data import sample_case
+    from CalibSegLib.explain.api import explain
+    from CalibSegLib.models import load_model
+    from CalibSegLib.models.testing import tiny_model
+
+    torch.manual_seed(0)
+    resolution = 4.0 if quick else 2.0
+    case = sample_case("mni-t1", resolution_mm=resolution)
+    label = f"{resolution:g} mm case {'x'.join(str(s) for s in case.image.shape)}"
+    options = ({"steps": 10, "n_blocks": 16} if quick else {"steps": 20, "n_blocks": 32})
+    repeats = 1 if quick else 2
+    print(f"[bench_explain] {label}, faithfulness {options}", file=sys.stderr)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = tiny_model(os.path.join(tmp, "proto"), head="prototype",
+                            class_names=list(case.class_names),
+                            spacing_mm=(resolution,) * 3)
+        model = load_model(folder)
+        for method in METHODS:
+            seconds, _ = _timed(lambda m=method: explain(
+                case.image, case.affine, model, m, "grey matter"),
+                1 if method == "occlusion" else repeats)
+            target = TARGETS[method] * (0.25 if quick else 1.0)
+            rows.append({"name": f"explain {method}, {label}", "value": seconds,
+                         "target": target, "unit": "s"})
+            seconds, e = _timed(lambda m=method: explain(
+                case.image, case.affine, model, m, "grey matter", faithfulness=True,
+                faithfulness_options=options, reference=case.labels), 1)
+            f = e.faithfulness
+            rows.append({"name": f"explain {method} + faithfulness ({f['perturbed_images']} "
+                                 "images)", "value": seconds,
+                         "target": FAITHFULNESS_TARGET * (0.25 if quick else 1.0), "unit": "s"})
+            for key in ("deletion_auc", "insertion_auc", "correlation"):
+                rows.append({"name": f"  {method} {key} (untrained net; random "
+                                     f"{f['random']['permuted'][key]:.3f})",
+                             "value": f["explanation"][key], "target": None, "unit": ""})
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4 mm case, fewer steps")
+    args = parser.parse_args()
+    rows = run(quick=args.quick)
+    print(f"{'benchmark':<64} {'value':>9} {'unit':<4} {'target':>7}")
+    for r in rows:
+        target = "" if r["target"] is None else f"{r['target']:g}"
+        print(f"{r['name']:<64} {r['value']:>9.3f} {r['unit']:<4} {target:>7}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
