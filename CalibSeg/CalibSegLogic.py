@@ -273,8 +273,11 @@ class CalibSegLogic:
                 result.nodeIDs[key] = node.GetID()
             self._finishNodes(result, volumeNode)
         except Exception:
+            for nodeID in list(result.nodeIDs.values()):
+                self._removeNode(self.scene.GetNodeByID(nodeID))
             for node in reversed(added):
-                self.scene.RemoveNode(node)
+                self._removeNode(node)
+            result.nodeIDs.clear()
             raise
         self.results[slot] = result
         self.inputNodeID = volumeNode.GetID()
@@ -386,11 +389,25 @@ class CalibSegLogic:
     def inputAffineOf(volumeNode) -> np.ndarray:
         return arrays.affineFromNode(volumeNode)
 
+    def _removeNode(self, node) -> None:
+        """Remove ``node`` and its display and storage nodes from the scene."""
+        if node is None or node.GetScene() is None:
+            return
+        if node.IsA("vtkMRMLDisplayableNode"):
+            for i in reversed(range(node.GetNumberOfDisplayNodes())):
+                display = node.GetNthDisplayNode(i)
+                if display is not None:
+                    self.scene.RemoveNode(display)
+        if node.IsA("vtkMRMLStorableNode"):
+            for i in reversed(range(node.GetNumberOfStorageNodes())):
+                storage = node.GetNthStorageNode(i)
+                if storage is not None:
+                    self.scene.RemoveNode(storage)
+        self.scene.RemoveNode(node)
+
     def _removeNodes(self, result: ModelResult) -> None:
         for nodeID in result.nodeIDs.values():
-            node = self.scene.GetNodeByID(nodeID)
-            if node is not None:
-                self.scene.RemoveNode(node)
+            self._removeNode(self.scene.GetNodeByID(nodeID))
         result.nodeIDs.clear()
 
     def clear(self) -> None:
@@ -399,10 +416,9 @@ class CalibSegLogic:
             self._removeNodes(result)
         self.results.clear()
         for attr in ("chartNodeID", "diagonalTableID", "metricsTableID"):
-            node = self.scene.GetNodeByID(getattr(self, attr) or "")
-            if node is not None:
-                self.scene.RemoveNode(node)
+            self._removeNode(self.scene.GetNodeByID(getattr(self, attr) or ""))
             setattr(self, attr, None)
+        self._removeNode(self.scene.GetNodeByID(getattr(self, "_diagonalSeriesID", "") or ""))
         self.referenceLabels = None
         self.referenceNodeID = None
 
@@ -526,6 +542,11 @@ class CalibSegLogic:
                 unknown.append(segment.GetName())
             else:
                 pairs.append((segmentation.GetNthSegmentID(i), lookup[key]))
+        if not unknown and not pairs:
+            raise CalibSegError(
+                f"Reference segmentation '{segNode.GetName()}' has no segments; "
+                "choose a segmentation with the model's classes."
+            )
         if unknown:
             raise CalibSegError(
                 f"Reference segments {unknown} are not classes of the model "
@@ -539,7 +560,9 @@ class CalibSegLogic:
             for segmentID, _ in pairs:
                 ids.InsertNextValue(segmentID)
             colorTable = None
-            if not logic.ExportSegmentsToLabelmapNode(segNode, ids, labelNode, volumeNode):
+            if not logic.ExportSegmentsToLabelmapNode(segNode, ids, labelNode, volumeNode) \
+                    or labelNode.GetImageData() is None \
+                    or labelNode.GetImageData().GetPointData().GetScalars() is None:
                 raise CalibSegError(
                     f"Could not rasterise reference '{segNode.GetName()}' on the input grid.")
             exported = slicer.util.arrayFromVolume(labelNode).astype(np.int64)
@@ -556,10 +579,7 @@ class CalibSegLogic:
         finally:
             if colorTable is not None and colorTable.GetScene() is not None:
                 self.scene.RemoveNode(colorTable)
-            display = labelNode.GetDisplayNode()
-            if display is not None:
-                self.scene.RemoveNode(display)
-            self.scene.RemoveNode(labelNode)
+            self._removeNode(labelNode)
         return labels
 
     def setReference(self, referenceNode) -> dict:

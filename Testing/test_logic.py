@@ -1,0 +1,433 @@
+"""CalibSegLogic on real MRML (slicer-core): nodes, geometry, colours, layers, plots, errors."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+
+import CalibSegArrays as arrays  # noqa: E402
+import CalibSegColors as colors  # noqa: E402
+import CalibSegLayouts as layouts  # noqa: E402
+import CalibSegPlots as plots  # noqa: E402
+from CalibSegLogic import CalibSegLogic, loadModel  # noqa: E402
+from test_logic_support import (  # noqa: E402
+    add_volume,
+    calibration_available,
+    case4,
+    model_folders,
+    models_and_predictions,
+    new_scene,
+    node_ids,
+)
+
+from CalibSegLib.errors import CalibSegError  # noqa: E402
+from CalibSegLib.inference import apply_temperature  # noqa: E402
+
+pytestmark = pytest.mark.mrml
+needs_calibration = pytest.mark.skipif(not calibration_available(),
+                                       reason="CalibSegLib.calibration not available yet")
+
+
+@pytest.fixture
+def scene():
+    return new_scene()
+
+
+@pytest.fixture
+def setup(scene):
+    """Scene with the input volume, the Red view and the logic with model A shown."""
+    case = case4()
+    volume = add_volume(scene, case.image, case.affine, "mni-t1")
+    layouts.sliceNode(scene, "Red")
+    logic = CalibSegLogic(scene)
+    (model_a, pred_a), (model_b, pred_b) = models_and_predictions()
+    logic.addPrediction(volume, model_a, pred_a, slot="A")
+    return scene, volume, logic
+
+
+def reference_node(scene, labels=None, affine=None, name="reference"):
+    case = case4()
+    return add_volume(scene, (case.labels if labels is None else labels).astype(np.int16),
+                      case.affine if affine is None else affine, name,
+                      "vtkMRMLLabelMapVolumeNode")
+
+
+# ------------------------------------------------------------------------------------ nodes
+def test_overlay_nodes_have_the_input_geometry_and_values(setup):
+    scene, volume, logic = setup
+    (_, pred), _ = models_and_predictions()
+    expected = arrays.affineFromNode(volume)
+    np.testing.assert_allclose(expected, case4().affine)
+    for key, values in (("confidence", pred.confidence), ("entropy", pred.entropy),
+                        ("similarity", pred.top_similarity),
+                        ("prototypes", pred.nearest_prototype.astype(np.int32) + 1)):
+        node = logic.node("A", key)
+        assert node is not None, key
+        assert np.array_equal(arrays.affineFromNode(node), expected), key
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(node), values, rtol=1e-6,
+                                   err_msg=key)
+        assert node.GetID() != volume.GetID()
+    assert logic.node("A", "prototypes").IsA("vtkMRMLLabelMapVolumeNode")
+
+
+def test_colour_tables_and_window_level(setup):
+    scene, _, logic = setup
+    confidence = logic.node("A", "confidence").GetDisplayNode()
+    entropy = logic.node("A", "entropy").GetDisplayNode()
+    assert confidence.GetColorNode().GetName() == colors.CONFIDENCE_TABLE
+    assert entropy.GetColorNode().GetName() == colors.ENTROPY_TABLE
+    assert not confidence.GetAutoWindowLevel()
+    assert confidence.GetWindow() == pytest.approx(2 / 3)
+    assert confidence.GetLevel() == pytest.approx(2 / 3)
+    table = confidence.GetColorNode()
+    low, high = [0.0] * 4, [0.0] * 4
+    table.GetColor(0, low)
+    table.GetColor(table.GetNumberOfColors() - 1, high)
+    assert low[3] > 0.9 and low[0] > 0.8 and low[1] < 0.1  # low confidence: opaque red
+    assert high[3] == 0.0  # high confidence: transparent
+    # Prototype label map: one entry per prototype (+ "none"), shaded from the class colour.
+    (_, pred), _ = models_and_predictions()
+    proto_table = logic.node("A", "prototypes").GetDisplayNode().GetColorNode()
+    assert proto_table.GetNumberOfColors() == len(pred.prototype_class) + 1
+    rgba = [0.0] * 4
+    proto_table.GetColor(0, rgba)
+    assert rgba[3] == 0.0
+    # Tables are shared: a second result does not create new confidence/entropy tables.
+    count = scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode")
+    (model_b, pred_b) = models_and_predictions()[1]
+    logic.addPrediction(scene.GetNodeByID(logic.inputNodeID), model_b, pred_b, slot="B")
+    assert scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode") == count
+
+
+def test_segmentation_node_has_class_names_colours_and_labels(setup):
+    scene, volume, logic = setup
+    (model, pred), _ = models_and_predictions()
+    seg = logic.node("A", "segmentation")
+    assert seg.IsA("vtkMRMLSegmentationNode")
+    segmentation = seg.GetSegmentation()
+    present = set(np.unique(pred.labels).tolist()) - {0}
+    names = {segmentation.GetNthSegment(i).GetName(): segmentation.GetNthSegment(i)
+             for i in range(segmentation.GetNumberOfSegments())}
+    assert set(names) == {model.class_names[c] for c in present}
+    for c in present:
+        assert names[model.class_names[c]].GetColor() == pytest.approx(model.class_colors[c])
+    # Read back through the reference path: the segmentation reproduces the labels.
+    labels = logic._labelsFromSegmentation(seg, volume, model.class_names)
+    np.testing.assert_array_equal(labels, pred.labels)
+
+
+def test_input_volume_is_never_modified(scene):
+    case = case4()
+    volume = add_volume(scene, case.image, case.affine, "mni-t1")
+    before = slicer.util.arrayFromVolume(volume).copy()
+    mtime = volume.GetMTime()
+    image_mtime = volume.GetImageData().GetMTime()
+    logic = CalibSegLogic(scene)
+    (model_a, pred_a), (model_b, pred_b) = models_and_predictions()
+    layouts.sliceNode(scene, "Red")
+    logic.addPrediction(volume, model_a, pred_a, slot="A")
+    logic.addPrediction(volume, model_b, pred_b, slot="B")
+    logic.showOverlay("entropy", 0.4)
+    logic.setTemperature(1.7)
+    logic.showLayout(compare=True)
+    logic.probe(arrays.indexToRas(case.affine, (20, 30, 25)))
+    logic.showContributionMap()
+    assert volume.GetMTime() == mtime
+    assert volume.GetImageData().GetMTime() == image_mtime
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), before)
+
+
+# ------------------------------------------------------------------------------------ display
+def test_foreground_layer_and_opacity(setup):
+    scene, volume, logic = setup
+    composite = layouts.compositeNode(scene, "Red")
+    assert composite.GetBackgroundVolumeID() == volume.GetID()
+    assert composite.GetForegroundVolumeID() == logic.node("A", "confidence").GetID()
+    assert composite.GetForegroundOpacity() == pytest.approx(0.6)
+    logic.showOverlay("entropy", 0.25)
+    assert composite.GetForegroundVolumeID() == logic.node("A", "entropy").GetID()
+    assert composite.GetForegroundOpacity() == pytest.approx(0.25)
+    logic.setOpacity(0.9)
+    assert composite.GetForegroundOpacity() == pytest.approx(0.9)
+    logic.showOverlay("none")
+    assert composite.GetForegroundVolumeID() is None
+    logic.showPrototypeMap(True, 0.5)
+    assert composite.GetLabelVolumeID() == logic.node("A", "prototypes").GetID()
+    with pytest.raises(CalibSegError, match="Unknown overlay"):
+        logic.showOverlay("sparkles")
+
+
+def test_layouts_registered_and_comparison_wiring(setup):
+    scene, volume, logic = setup
+    layout_node = logic.registerLayouts()
+    assert layout_node.IsLayoutDescription(layouts.LAYOUT_OVERVIEW)
+    assert layout_node.IsLayoutDescription(layouts.LAYOUT_COMPARE)
+    assert "vtkMRMLPlotViewNode" in layout_node.GetLayoutDescription(layouts.LAYOUT_OVERVIEW)
+    assert layouts.COMPARE_VIEW in layout_node.GetLayoutDescription(layouts.LAYOUT_COMPARE)
+    assert logic.showLayout(compare=False) == layouts.LAYOUT_OVERVIEW
+    assert layout_node.GetViewArrangement() == layouts.LAYOUT_OVERVIEW
+    with pytest.raises(CalibSegError, match="two models"):
+        logic.showLayout(compare=True)
+    _, (model_b, pred_b) = models_and_predictions()
+    logic.addPrediction(volume, model_b, pred_b, slot="B")
+    assert logic.showLayout(compare=True) == layouts.LAYOUT_COMPARE
+    red = layouts.compositeNode(scene, "Red")
+    other = layouts.compositeNode(scene, layouts.COMPARE_VIEW)
+    assert red.GetID() != other.GetID()
+    assert red.GetLinkedControl() and other.GetLinkedControl()
+    assert red.GetHotLinkedControl() and other.GetHotLinkedControl()
+    assert red.GetForegroundVolumeID() == logic.node("A", "confidence").GetID()
+    assert other.GetForegroundVolumeID() == logic.node("B", "confidence").GetID()
+    assert other.GetBackgroundVolumeID() == volume.GetID()
+    assert (layouts.sliceNode(scene, "Red").GetViewGroup()
+            == layouts.sliceNode(scene, layouts.COMPARE_VIEW).GetViewGroup())
+    assert layouts.sliceNode(scene, layouts.COMPARE_VIEW).GetOrientation() == "Axial"
+
+
+# ------------------------------------------------------------------------------------ temperature
+def test_temperature_updates_overlays_in_place(setup):
+    scene, _, logic = setup
+    (_, pred), _ = models_and_predictions()
+    before = dict(logic.results["A"].nodeIDs)
+    count = scene.GetNumberOfNodes()
+    logic.setTemperature(2.5)
+    assert logic.results["A"].nodeIDs == before
+    assert scene.GetNumberOfNodes() == count
+    expected = apply_temperature(pred, 2.5)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(logic.node("A", "confidence")),
+                               expected.confidence, rtol=1e-6)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(logic.node("A", "entropy")),
+                               expected.entropy, rtol=1e-6)
+    assert np.array_equal(arrays.affineFromNode(logic.node("A", "confidence")), case4().affine)
+    with pytest.raises(CalibSegError, match="positive"):
+        logic.setTemperature(0.0)
+
+
+def test_card_temperature_is_the_default(setup):
+    scene, volume, logic = setup
+    (model, pred), _ = models_and_predictions()
+    assert logic.results["A"].temperature == pytest.approx(model.temperature)
+
+
+# ------------------------------------------------------------------------------------ reference
+@needs_calibration
+def test_reliability_diagram_and_metrics_equal_the_library(setup):
+    from CalibSegLib.calibration import ReliabilityStats
+
+    scene, volume, logic = setup
+    _, (model_b, pred_b) = models_and_predictions()
+    logic.addPrediction(volume, model_b, pred_b, slot="B")
+    reference = reference_node(scene)
+    logic.setReference(reference)
+    chart = scene.GetNodeByID(logic.chartNodeID)
+    assert chart.GetNumberOfPlotSeriesNodes() == 5  # diagonal + 2 per model
+    labels = case4().labels.astype(np.int64)
+    for slot, temperature in (("A", None), ("B", None), ("A", 1.8)):
+        if temperature is not None:
+            ids = dict(logic.results[slot].nodeIDs)
+            logic.setTemperature(temperature, slot)
+            assert logic.results[slot].nodeIDs == ids
+        result = logic.results[slot]
+        stats = ReliabilityStats.from_probs(result.current.probs, labels, n_bins=20)
+        expected = plots.diagramArrays(stats.reliability_diagram())
+        table = scene.GetNodeByID(result.nodeIDs["reliability"])
+        for column in (plots.CONFIDENCE, plots.OBSERVED, plots.COUNT, plots.FRACTION):
+            np.testing.assert_allclose(plots.readColumn(table, column), expected[column],
+                                       rtol=1e-9, equal_nan=True, err_msg=column)
+        series = scene.GetNodeByID(result.nodeIDs["observedSeries"])
+        assert series.GetTableNodeID() == table.GetID()
+        assert series.GetXColumnName() == plots.CONFIDENCE
+        assert series.GetYColumnName() == plots.OBSERVED
+        metrics = stats.metrics()
+        values = plots.readMetricsTable(scene.GetNodeByID(logic.metricsTableID))
+        column = values[logic.columnName(slot)]
+        for label, key in (("ACE", "ace"), ("ECE", "ece"), ("MCE", "mce")):
+            assert column[label] == pytest.approx(metrics[key], rel=1e-9, abs=1e-12)
+        for label, value in plots.metricRows(metrics, result.classNames):
+            if label.startswith("Dice"):
+                assert column[label] == pytest.approx(value, rel=1e-9, nan_ok=True)
+        assert column["temperature"] == pytest.approx(result.temperature)
+
+
+@needs_calibration
+def test_fit_temperature_to_reference(setup):
+    from CalibSegLib.calibration import fit_temperature
+
+    scene, volume, logic = setup
+    logic.setReference(reference_node(scene))
+    fitted = logic.fitTemperatureToReference()
+    (_, pred), _ = models_and_predictions()
+    expected = fit_temperature(pred.logits, case4().labels.astype(np.int64))
+    assert fitted["A"] == pytest.approx(float(expected))
+    assert logic.results["A"].temperature == pytest.approx(float(expected))
+
+
+@needs_calibration
+def test_segmentation_node_as_reference(setup):
+    scene, volume, logic = setup
+    seg = logic.node("A", "segmentation")  # the model's own segmentation: all correct
+    metrics = logic.setReference(seg)
+    assert metrics["A"] is not None
+    assert logic.referenceNodeID == seg.GetID()
+
+
+def test_fit_needs_a_reference(setup):
+    _, _, logic = setup
+    with pytest.raises(CalibSegError, match="reference"):
+        logic.fitTemperatureToReference()
+
+
+# ------------------------------------------------------------------------------------ bad inputs
+def test_bad_inputs_give_clear_errors_and_no_half_made_nodes(setup):
+    scene, volume, logic = setup
+    case = case4()
+    with pytest.raises(CalibSegError, match="No model selected"):
+        loadModel("")
+    with pytest.raises(CalibSegError, match="does not exist"):
+        loadModel(os.path.join(os.path.dirname(model_folders()[0]), "nope"))
+    with pytest.raises(CalibSegError, match="No model selected"):
+        logic.run(volume, [])
+    shifted = case.affine.copy()
+    shifted[:3, 3] += 5.0
+    wrong_grid = reference_node(scene, affine=shifted, name="shifted")
+    unknown = reference_node(scene, labels=case.labels.astype(np.int16) + 3, name="unknown")
+    seg = slicer.vtkMRMLSegmentationNode()
+    scene.AddNode(seg)
+    blob = np.zeros(case.labels.shape, np.int16)
+    blob[10:14, 20:24, 20:24] = 1
+    image = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(
+        arrays.newVolumeNode(blob, case.affine, "blob", "vtkMRMLLabelMapVolumeNode"))
+    slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(image, seg, "x")
+    seg.GetSegmentation().GetNthSegment(0).SetName("tumour")
+    empty = slicer.vtkMRMLSegmentationNode()
+    scene.AddNode(empty)
+    before = node_ids(scene)
+    with pytest.raises(CalibSegError, match="another geometry"):
+        logic.setReference(wrong_grid)
+    with pytest.raises(CalibSegError, match=r"label values \[3, 4, 5\].*does not know"):
+        logic.setReference(unknown)
+    with pytest.raises(CalibSegError, match="tumour"):
+        logic.setReference(seg)
+    with pytest.raises(CalibSegError, match="no segments"):
+        logic.setReference(empty)
+    assert node_ids(scene) == before
+    assert logic.referenceLabels is None
+    # A prediction made on another grid is refused before any node is created.
+    other = add_volume(scene, case.image[:, :, :-2], case.affine, "cropped")
+    before = node_ids(scene)
+    (model, pred), _ = models_and_predictions()
+    with pytest.raises(CalibSegError, match="does not match the input"):
+        logic.addPrediction(other, model, pred, slot="B")
+    with pytest.raises(CalibSegError, match="No input volume"):
+        logic.addPrediction(None, model, pred, slot="B")
+    with pytest.raises(CalibSegError, match="No model result"):
+        logic.addPrediction(volume, model, None, slot="B")
+    assert node_ids(scene) == before
+    assert "B" not in logic.results
+
+
+def test_failure_while_adding_removes_the_nodes(setup, monkeypatch):
+    scene, volume, logic = setup
+    _, (model_b, pred_b) = models_and_predictions()
+    before = node_ids(scene)
+
+    def boom(*args, **kwargs):
+        raise CalibSegError("simulated failure")
+
+    monkeypatch.setattr(logic, "_fillSegmentation", boom)
+    with pytest.raises(CalibSegError, match="simulated"):
+        logic.addPrediction(volume, model_b, pred_b, slot="B")
+    after = set(node_ids(scene)) - set(before)
+    # Only shared colour tables may remain (created once per scene, reused later).
+    assert all(scene.GetNodeByID(i).IsA("vtkMRMLColorTableNode") for i in after), after
+    assert "B" not in logic.results
+
+
+# ------------------------------------------------------------------------------------ probe etc.
+def test_probe_reads_the_maps_and_prototypes(setup):
+    scene, volume, logic = setup
+    (model, pred), _ = models_and_predictions()
+    zyx = (20, 30, 25)
+    answer = logic.probe(arrays.indexToRas(case4().affine, zyx))["A"]
+    assert answer["index_zyx"] == zyx
+    assert answer["confidence"] == pytest.approx(float(pred.confidence[zyx]))
+    assert answer["entropy"] == pytest.approx(float(pred.entropy[zyx]))
+    assert answer["class_index"] == int(pred.labels[zyx])
+    probs = [answer["probabilities"][n] for n in model.class_names]
+    np.testing.assert_allclose(probs, pred.probs[(slice(None),) + zyx], rtol=1e-6)
+    protos = answer["prototypes"]
+    assert len(protos) == 3
+    assert protos[0]["prototype"] == int(pred.nearest_prototype[zyx])
+    assert protos[0]["similarity"] == pytest.approx(float(pred.top_similarity[zyx]), rel=1e-5)
+    assert protos[0]["source"]["case"] == "mni-t1"
+    assert logic.probe([1e4, 1e4, 1e4]) == {}
+
+
+def test_show_prototype_source_loads_the_crop_and_centres_views(setup):
+    scene, volume, logic = setup
+    red = layouts.sliceNode(scene, "Red")
+    folder = model_folders()[0]
+    node = logic.showPrototypeSource(0)
+    from CalibSegLib.io import read_image
+
+    crop, crop_affine = read_image(os.path.join(folder, "gallery", "proto_000.nii.gz"))
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(node), crop)
+    np.testing.assert_allclose(arrays.affineFromNode(node), crop_affine, atol=1e-4)
+    centre = arrays.indexToRas(crop_affine, [(s - 1) / 2 for s in crop.shape])
+    slice_to_ras = red.GetSliceToRAS()
+    origin = [slice_to_ras.GetElement(r, 3) for r in range(3)]
+    np.testing.assert_allclose(origin, centre, atol=1e-3)
+    with pytest.raises(CalibSegError, match="no gallery crop"):
+        logic.showPrototypeSource(1)
+    with pytest.raises(CalibSegError, match="no prototype 99"):
+        logic.showPrototypeSource(99)
+
+
+def test_contribution_maps_on_demand(setup):
+    scene, volume, logic = setup
+    (_, pred), (model_b, pred_b) = models_and_predictions()
+    node = logic.showContributionMap()
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(node), pred.prototype_contribution)
+    assert layouts.compositeNode(scene, "Red").GetForegroundVolumeID() == node.GetID()
+    k = 3
+    node_k = logic.showContributionMap(prototype=k)
+    c = int(pred.prototype_class[k])
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(node_k),
+                               pred.prototype_weights[c, k] * pred.similarity[k], rtol=1e-6)
+    assert logic.showContributionMap(prototype=k).GetID() == node_k.GetID()
+    logic.addPrediction(volume, model_b, pred_b, slot="B")
+    with pytest.raises(CalibSegError, match="only prototype models"):
+        logic.showContributionMap(slot="B")
+
+
+def test_export_writes_maps(setup, tmp_path):
+    _, _, logic = setup
+    written = logic.export(str(tmp_path))
+    names = sorted(os.path.basename(p) for p in written)
+    assert any(n.endswith("-confidence.nii.gz") for n in names)
+    from CalibSegLib.io import read_image
+
+    (_, pred), _ = models_and_predictions()
+    conf = [p for p in written if p.endswith("-confidence.nii.gz")][0]
+    array, affine = read_image(conf)
+    np.testing.assert_allclose(array, pred.confidence, rtol=1e-6)
+    np.testing.assert_allclose(affine, case4().affine, atol=1e-4)
+
+
+def test_clear_removes_every_created_node(scene):
+    case = case4()
+    volume = add_volume(scene, case.image, case.affine, "mni-t1")
+    before = node_ids(scene)
+    logic = CalibSegLogic(scene)
+    (model, pred), _ = models_and_predictions()
+    logic.addPrediction(volume, model, pred, slot="A")
+    logic.clear()
+    left = set(node_ids(scene)) - set(before)
+    assert all(scene.GetNodeByID(i).IsA("vtkMRMLColorTableNode")
+               or scene.GetNodeByID(i).IsA("vtkMRMLLayoutNode")
+               or scene.GetNodeByID(i).IsA("vtkMRMLSliceCompositeNode")
+               for i in left), left
