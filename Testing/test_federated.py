@@ -18,9 +18,10 @@ from CalibSegLib.federated import (  # noqa: E402
     federated_evaluate,
     federated_finetune,
     load_cohort,
+    reliability,
     simulated_sites,
+    site,
 )
-from CalibSegLib.federated import reliability, site  # noqa: E402
 from CalibSegLib.federated.drift import calibration_drift  # noqa: E402
 
 N_BINS = 10
@@ -146,21 +147,42 @@ def _wrong_shape_payload(content):
     return content
 
 
-@pytest.mark.parametrize("tamper, word", [(_nan_payload, "NaN"), (_negative_payload, "negative"),
-                                          (_wrong_shape_payload, "shape")])
-def test_malformed_payload_is_rejected_and_does_not_poison_the_pool(model, sites, tamper, word,
-                                                                    caplog):
+def test_malformed_payloads_are_rejected_and_do_not_poison_the_pool(model, sites, caplog):
     caplog.set_level("WARNING", logger="CalibSegLib.federated")
-    result, _ = federated_evaluate(model, sites, n_bins=N_BINS, min_sites=2, plots=False,
-                                   faults={"site-3": tamper})
+    result, _ = federated_evaluate(model, sites, n_bins=N_BINS, min_sites=1, plots=False,
+                                   faults={"site-2": _nan_payload, "site-3": _wrong_shape_payload})
     status = {o.site: (o.status, o.reason) for o in result.outcomes}
-    assert status["site-3"][0] == "rejected" and word in status["site-3"][1]
-    assert any("site-3" in r.getMessage() and word in r.getMessage() for r in caplog.records)
-    clean = _central(model, sites[:2]).to_arrays()
+    assert status["site-1"][0] == "ok"
+    for name, word in (("site-2", "NaN"), ("site-3", "shape")):
+        assert status[name][0] == "rejected" and word in status[name][1]
+        assert any(name in r.getMessage() and word in r.getMessage() for r in caplog.records)
+    clean = _central(model, sites[:1]).to_arrays()
     pooled = result.pooled.to_arrays()
     for key in clean:
         if np.asarray(clean[key]).dtype.kind in "biuf":
             np.testing.assert_allclose(pooled[key], clean[key], rtol=1e-6, atol=1e-6)
+
+
+def test_negative_counts_and_sums_above_counts_are_rejected(model):
+    from flwr.app import RecordDict
+
+    from CalibSegLib.federated.protocol import PayloadRejected
+
+    stats = site.site_statistics(model, load_cohort(simulated_sites(1)[0]), "site-1", N_BINS)
+    arrays = reliability.encode_stats(stats)
+    reliability.decode_stats(dict(arrays), site="site-1", n_cases=1,
+                             n_classes=model.num_classes, n_bins=N_BINS)
+    from flwr.app import Array, ArrayRecord
+
+    content = RecordDict({"stats": ArrayRecord({k: Array.from_numpy_ndarray(v)
+                                                for k, v in arrays.items()})})
+    bad = {k: content["stats"][k].numpy() for k in _negative_payload(content)["stats"]}
+    with pytest.raises(PayloadRejected, match="negative"):
+        reliability.decode_stats(bad, site="site-1", n_cases=1, n_classes=model.num_classes,
+                                 n_bins=N_BINS)
+    with pytest.raises(PayloadRejected, match="shape"):
+        reliability.decode_stats(dict(arrays), site="site-1", n_cases=2,
+                                 n_classes=model.num_classes, n_bins=N_BINS)
 
 
 def test_site_dropping_out_mid_round_is_named_and_round_completes(model, sites, tmp_path):
