@@ -1,0 +1,138 @@
+"""``calibseg predict``: segment an image and write probability, confidence and explanation maps."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+NAME = "predict"
+HELP = ("segment an image with a model; write labels, probabilities, confidence, entropy and "
+        "prototype maps")
+EXAMPLE = "calibseg predict out/sample/mni-t1_image.nii.gz --model MODEL_DIR -o out/pred"
+
+_FORMATS = (".nii.gz", ".nrrd", ".mha")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", help="image file (NIfTI, NRRD, MetaImage) or DICOM series folder")
+    parser.add_argument("--model", required=True, help="model folder (model.json + weights)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto: CUDA when available (default)")
+    parser.add_argument("-o", "--output", default="out/predict", help="output folder")
+    parser.add_argument("--format", default=".nii.gz", choices=_FORMATS, help="output format")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="softmax temperature (default: the model card's)")
+    parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap")
+    parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per network call")
+    parser.add_argument("--no-maps", action="store_true", help="skip prototype maps")
+
+
+def _stem(path: str) -> str:
+    from CalibSegLib.io import image_suffix
+
+    name = os.path.basename(os.path.normpath(path))
+    suffix = image_suffix(name)
+    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
+
+
+def outputs(prediction) -> dict[str, tuple]:
+    """``{suffix: (array (Z, Y, X[, C]), is_vector)}`` of what ``predict`` writes."""
+    files = {
+        "seg": (prediction.labels, False),
+        "probs": (prediction.probs.transpose(1, 2, 3, 0), True),
+        "confidence": (prediction.confidence, False),
+        "entropy": (prediction.entropy, False),
+    }
+    if prediction.is_prototype:
+        files.update({
+            "top_similarity": (prediction.top_similarity, False),
+            "nearest_prototype": (prediction.nearest_prototype, False),
+            "prototype_contribution": (prediction.prototype_contribution, False),
+        })
+    return files
+
+
+def write_prediction(prediction, folder: str, stem: str, fmt: str = ".nii.gz") -> list[str]:
+    """Write every map of ``prediction`` to ``folder`` as ``<stem>_<map><fmt>`` plus a JSON.
+
+    All files are written to a temporary folder first and moved into place only
+    when every one was written, so a failure leaves no partial result.
+    """
+    from CalibSegLib.io import write_image
+
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".calibseg-predict-", dir=folder)
+    try:
+        names = []
+        for key, (array, vector) in outputs(prediction).items():
+            name = f"{stem}_{key}{fmt}"
+            write_image(os.path.join(tmp, name), array, prediction.affine, vector=vector)
+            names.append(name)
+        meta = {
+            "model": {"name": prediction.model_name, "version": prediction.model_version},
+            "class_names": list(prediction.class_names),
+            "class_colors": [list(c) for c in prediction.class_colors],
+            "temperature": prediction.temperature,
+            "files": names,
+            "info": {k: v for k, v in prediction.info.items()
+                     if isinstance(v, (str, int, float, bool, list))},
+        }
+        if prediction.is_prototype:
+            meta["prototype_class"] = prediction.prototype_class.tolist()
+        name = f"{stem}_prediction.json"
+        with open(os.path.join(tmp, name), "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=2)
+        names.append(name)
+        written = []
+        for name in names:
+            os.replace(os.path.join(tmp, name), os.path.join(folder, name))
+            written.append(os.path.join(folder, name))
+        return written
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp)
+
+
+def run(args: argparse.Namespace) -> int:
+    from CalibSegLib.inference import predict, resolve_device
+    from CalibSegLib.io import read_image
+    from CalibSegLib.models import load_model
+
+    quiet = getattr(args, "quiet", False)
+    device = resolve_device(args.device)
+    model = load_model(args.model, device=device)
+    image, affine = read_image(args.image)
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=100, desc="predict", unit="%", file=sys.stderr,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = round(100 * fraction, 1)
+        bar.set_postfix_str(message, refresh=False)
+        bar.refresh()
+
+    try:
+        prediction = predict(image, affine, model, device=str(device),
+                             progress=progress if bar else None, overlap=args.overlap,
+                             sw_batch_size=args.sw_batch_size, maps=not args.no_maps,
+                             temperature=args.temperature)
+    finally:
+        if bar is not None:
+            bar.close()
+    written = write_prediction(prediction, args.output, _stem(args.image), args.format)
+    if not quiet:
+        info = prediction.info
+        print(f"{model.name} {model.version} on {info.get('device')}: "
+              f"{prediction.shape} voxels, {info.get('windows')} windows, "
+              f"{info.get('seconds', 0):.1f} s, temperature {prediction.temperature:g}")
+        for path in written:
+            print(f"wrote {path}")
+    return 0
