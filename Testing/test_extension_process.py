@@ -1,0 +1,197 @@
+"""Background inference of the Slicer module, headless: command line, progress lines,
+temporary files, cancel, and the real runner on a tiny model."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "CalibSeg"))
+
+import CalibSegProcess as proc  # noqa: E402
+
+
+def test_progress_lines_round_trip():
+    line = proc.progressLine(0.4567, "sliding window 3/8")
+    assert proc.parseLine(line + "\n") == ("progress", 0.4567, "sliding window 3/8")
+    assert proc.parseLine(proc.progressLine(7.0)) == ("progress", 1.0, "")
+    assert proc.parseLine(proc.progressLine(-1, "x")) == ("progress", 0.0, "x")
+    assert proc.parseLine("CALIBSEG-PROGRESS nan-ish oops") == (
+        "log", "CALIBSEG-PROGRESS nan-ish oops")
+    assert proc.parseLine("CALIBSEG-ERROR Model folder x is missing.") == (
+        "error", "Model folder x is missing.")
+    assert proc.parseLine("CALIBSEG-DONE /tmp/p.npz") == ("done", "/tmp/p.npz")
+    assert proc.parseLine("Some warning from torch\r\n") == ("log", "Some warning from torch")
+
+
+def test_command_line_is_a_list_with_every_argument():
+    cmd = proc.buildCommand("/tmp/in put.nrrd", "/models/my model", "/tmp/out.npz", "cuda",
+                            python="/opt/Slicer/bin/PythonSlicer")
+    assert cmd[0] == "/opt/Slicer/bin/PythonSlicer"
+    assert cmd[1].endswith("CalibSegRunner.py") and os.path.isfile(cmd[1])
+    assert cmd[2:] == ["--input", "/tmp/in put.nrrd", "--model", "/models/my model",
+                       "--output", "/tmp/out.npz", "--device", "cuda"]
+    env = proc.runnerEnvironment({"PYTHONPATH": "/elsewhere"})
+    parts = env["PYTHONPATH"].split(os.pathsep)
+    assert parts[-1] == "/elsewhere"
+    assert any(os.path.isdir(os.path.join(p, "CalibSegLib")) for p in parts)
+
+
+def _fake(tmp_path, body: str) -> list[str]:
+    script = tmp_path / "fake_runner.py"
+    script.write_text(textwrap.dedent(body))
+    return [sys.executable, str(script)]
+
+
+def test_job_reports_progress_and_finishes(tmp_path):
+    out = tmp_path / "never-used"
+    job = proc.InferenceJob("model", command=None)
+    fake = _fake(tmp_path, f"""
+        import sys
+        for i in range(5):
+            print("CALIBSEG-PROGRESS", i / 4, "step", i, flush=True)
+        print("a log line", flush=True)
+        open({job.outputPath!r}, "w").write("x")
+        print("CALIBSEG-DONE", {job.outputPath!r}, flush=True)
+    """)
+    job._command = fake
+    job.start()
+    seen = []
+    deadline = time.monotonic() + 30
+    while job.state == "running" and time.monotonic() < deadline:
+        seen += job.poll()
+        time.sleep(0.02)
+    assert job.state == "finished", job.error
+    assert job.fraction == 1.0
+    fractions = [e[1] for e in seen if e[0] == "progress"]
+    assert fractions == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert "a log line" in job.log
+    assert os.path.isdir(job.tempDir)
+    job.cleanup()
+    assert not os.path.exists(job.tempDir)
+    assert not out.exists()
+
+
+def test_job_failure_carries_the_error_message(tmp_path):
+    job = proc.InferenceJob("model")
+    job._command = _fake(tmp_path, """
+        import sys
+        print("CALIBSEG-ERROR Reference and volume differ: resample first.", flush=True)
+        sys.exit(2)
+    """)
+    job.start()
+    assert job.wait(30) == "failed"
+    assert job.error == "Reference and volume differ: resample first."
+    job.cleanup()
+    crash = proc.InferenceJob("model")
+    crash._command = _fake(tmp_path, """
+        raise RuntimeError("boom")
+    """)
+    crash.start()
+    assert crash.wait(30) == "failed"
+    assert "code 1" in crash.error and "RuntimeError: boom" in crash.error
+    crash.cleanup()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="process groups")
+def test_cancel_kills_the_process_tree_and_removes_files(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    job = proc.InferenceJob("model")
+    job.writeInput(np.zeros((4, 5, 6), np.float32), np.eye(4))
+    assert os.path.isfile(job.inputPath)
+    job._command = _fake(tmp_path, f"""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        open({str(pidfile)!r}, "w").write(str(child.pid))
+        print("CALIBSEG-PROGRESS 0.1 started", flush=True)
+        time.sleep(60)
+    """)
+    job.start()
+    deadline = time.monotonic() + 20
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    started = time.monotonic()
+    job.cancel()
+    assert time.monotonic() - started < 10
+    assert job.state == "cancelled"
+    assert job.process.poll() is not None
+    assert not os.path.exists(job.tempDir)
+    # The grandchild is gone too (reaped by init, or a zombie at most).
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{child}/stat") as fh:
+                if fh.read().split()[2] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("grandchild still running after cancel")
+
+
+def test_prediction_file_round_trip(tmp_path):
+    from test_logic_support import models_and_predictions
+
+    (_, pred), _ = models_and_predictions()
+    path = proc.savePrediction(str(tmp_path / "p.npz"), pred)
+    back = proc.loadPrediction(path)
+    for name in ("logits", "labels", "confidence", "entropy", "probs", "similarity",
+                 "nearest_prototype", "prototype_class", "prototype_weights", "affine"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(pred, name), err_msg=name)
+    assert back.class_names == pred.class_names
+    assert back.temperature == pred.temperature
+    assert back.class_colors == pred.class_colors
+
+
+def test_real_runner_matches_in_process_inference(tmp_path, capsys):
+    from test_logic_support import case4, model_folders
+
+    from CalibSegLib.inference import predict
+    from CalibSegLib.models import load_model
+
+    case = case4()
+    image = np.ascontiguousarray(case.image[8:40, 16:48, 12:44])  # 32^3 keeps it quick
+    affine = case.affine.copy()
+    affine[:3, 3] = (case.affine @ np.array([12, 16, 8, 1.0]))[:3]
+    folder = model_folders()[1]
+    job = proc.InferenceJob(folder, "cpu")
+    job.writeInput(image, affine)
+    job.start()
+    events = []
+    deadline = time.monotonic() + 120
+    while job.state == "running" and time.monotonic() < deadline:
+        events += job.poll()
+        time.sleep(0.05)
+    assert job.state == "finished", job.error + "\n" + "\n".join(job.log)
+    assert any(e[0] == "done" for e in events)
+    assert len([e for e in events if e[0] == "progress"]) >= 3
+    back = proc.loadPrediction(job.outputPath)
+    expected = predict(image, affine, load_model(folder), device="cpu")
+    np.testing.assert_allclose(back.logits, expected.logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-4)
+    job.cleanup()
+    assert not os.path.exists(job.tempDir)
+
+
+def test_runner_reports_user_errors_as_one_line(tmp_path, capsys):
+    import CalibSegRunner
+
+    from CalibSegLib.io import write_image
+
+    image = str(tmp_path / "in.nrrd")
+    write_image(image, np.zeros((4, 4, 4), np.float32), np.eye(4))
+    code = CalibSegRunner.main(["--input", image, "--model", str(tmp_path / "no-such-model"),
+                                "--output", str(tmp_path / "out.npz")])
+    assert code == 2
+    lines = capsys.readouterr().out.strip().splitlines()
+    kind, message = proc.parseLine(lines[-1])
+    assert kind == "error" and "no-such-model" in message
+    assert not (tmp_path / "out.npz").exists()
