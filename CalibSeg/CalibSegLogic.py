@@ -589,9 +589,13 @@ class CalibSegLogic:
         volumeNode = self.scene.GetNodeByID(self.inputNodeID)
         labels = self._referenceLabels(referenceNode, volumeNode,
                                        [r.model for r in self.results.values()])
-        self.referenceLabels = labels
-        self.referenceNodeID = referenceNode.GetID()
-        return self._updateStats()
+        previous = (self.referenceLabels, self.referenceNodeID)
+        self.referenceLabels, self.referenceNodeID = labels, referenceNode.GetID()
+        try:
+            return self._updateStats()
+        except Exception:
+            self.referenceLabels, self.referenceNodeID = previous
+            raise
 
     def _updateStats(self, slots=None) -> dict:
         """(Re)compute statistics of ``slots`` and refresh the chart and metrics table."""

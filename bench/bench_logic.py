@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Benchmark of the Slicer module's MRML logic (headless, real MRML from slicer-core).
+
+- temperature refresh: ``CalibSegLogic.setTemperature`` on the 1 mm sample case
+  (3 classes): new probabilities from the stored logits, confidence and entropy
+  volumes updated in place and, with a reference, the reliability diagram and
+  metrics table recomputed; reported as a ratio to one softmax pass over the
+  same logits (target <= 3);
+- MRML round trip: a (Z, Y, X) float32 array into a new volume node with its
+  geometry and back (``CalibSegArrays``), as a ratio to a plain numpy copy.
+
+``run(quick)`` returns rows ``{name, value, target, unit}`` for ``bench/run``;
+run this file directly for a table. ``--quick`` uses the 2 mm case.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for path in (ROOT, os.path.join(ROOT, "CalibSeg")):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times) if len(times) < 3 else statistics.median(times)
+
+
+def _prediction(case):
+    """Logits of the sample case's shape with 3 classes (from its soft reference), as a
+    CalibSegLib Prediction."""
+    import torch
+
+    from CalibSegLib.inference import Prediction, probability_maps
+
+    rng = np.random.default_rng(0)
+    ref = np.clip(case.reference_probs, 1e-4, 1.0)
+    logits = (np.log(ref) * 2.5 + rng.normal(0.0, 0.7, ref.shape)).astype(np.float32)
+    probs, confidence, entropy = probability_maps(torch.from_numpy(logits), 1.0)
+    return Prediction(logits=logits, probs=probs.numpy(), labels=logits.argmax(0).astype(np.uint8),
+                      confidence=confidence.numpy(), entropy=entropy.numpy(), affine=case.affine,
+                      class_names=tuple(case.class_names), temperature=1.0,
+                      class_colors=tuple(case.class_colors))
+
+
+class _Model:
+    def __init__(self, case):
+        self.name = "synthetic"
+        self.class_names = tuple(case.class_names)
+        self.class_colors = tuple(case.class_colors)
+        self.temperature = 1.0
+        self.card = {"name": "synthetic"}
+
+
+def run(quick: bool = False) -> list[dict]:
+    import CalibSegArrays as arrays
+    import slicer
+    import torch
+    from CalibSegLogic import CalibSegLogic
+
+    from CalibSegLib.data import sample_case
+
+    resolution = 2.0 if quick else 1.0
+    repeats = 3 if quick else 5
+    case = sample_case("mni-t1", resolution_mm=resolution)
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    colors = slicer.vtkMRMLColorLogic()
+    colors.SetMRMLScene(scene)
+    volume = arrays.newVolumeNode(case.image, case.affine, "mni-t1")
+    scene.AddNode(volume)
+    prediction = _prediction(case)
+    logic = CalibSegLogic(scene)
+    logic.addPrediction(volume, _Model(case), prediction, slot="A")
+    with_reference = True
+    try:
+        reference = arrays.newVolumeNode(case.labels.astype(np.int16), case.affine, "reference",
+                                         "vtkMRMLLabelMapVolumeNode")
+        scene.AddNode(reference)
+        logic.setReference(reference)
+    except ImportError:  # calibration statistics not available in this checkout
+        with_reference = False
+
+    logits = torch.from_numpy(prediction.logits)
+    softmax = _best(lambda: torch.softmax(logits / 1.3, dim=0), repeats)
+    temperatures = iter(np.linspace(0.6, 2.4, 4 * repeats + 4))
+    refresh = _best(lambda: logic.setTemperature(float(next(temperatures))), repeats)
+
+    image = case.image.astype(np.float32)
+
+    def round_trip():
+        node = arrays.newVolumeNode(image, case.affine, "round trip")
+        scene.AddNode(node)
+        back, affine = arrays.arrayFromNode(node)
+        scene.RemoveNode(node)
+        assert back.shape == image.shape
+
+    copy = _best(lambda: image.copy(), repeats)
+    trip = _best(round_trip, repeats)
+    shape = "x".join(str(s) for s in image.shape)
+    what = "overlays + diagram" if with_reference else "overlays only (no calibration module)"
+    return [
+        {"name": f"temperature refresh / softmax ({what}, {shape})",
+         "value": refresh / softmax, "target": 3, "unit": "ratio"},
+        {"name": f"temperature refresh ({shape})", "value": refresh * 1000, "target": None,
+         "unit": "ms"},
+        {"name": f"softmax pass, 3 classes ({shape})", "value": softmax * 1000, "target": None,
+         "unit": "ms"},
+        {"name": f"MRML round trip array->node->array / numpy copy ({shape})",
+         "value": trip / copy, "target": None, "unit": "ratio"},
+        {"name": f"MRML round trip array->node->array ({shape})", "value": trip * 1000,
+         "target": None, "unit": "ms"},
+    ]
+
+
+if __name__ == "__main__":
+    rows = run(quick="--quick" in sys.argv)
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        target = "" if r["target"] is None else f"<= {r['target']}"
+        print(f"{r['name']:<{width}}  {r['value']:10.3f} {r['unit']:<6} {target}")
