@@ -44,6 +44,19 @@ def test_prototype_explanation_of_a_model(models, mni_case_4mm):
         assert np.array_equal(v.numpy(), weights[k].numpy())
 
 
+def test_segmenter_computes_what_predict_computes(models, mni_case_4mm):
+    from CalibSegLib.explain.segmenter import as_segmenter, predict_logits
+    from CalibSegLib.inference import predict
+
+    case = mni_case_4mm
+    for key in ("proto", "proto2mm"):
+        expected = predict(case.image, case.affine, models[key], device="cpu").logits
+        seg = as_segmenter(models[key], affine=case.affine)
+        assert seg.sliding
+        np.testing.assert_allclose(predict_logits(seg, case.image).numpy(), expected,
+                                   atol=1e-4)
+
+
 def test_model_at_other_spacing_is_resampled(models, mni_case_4mm):
     case = mni_case_4mm
     e = explain(case.image, case.affine, models["proto2mm"], "gradcam", 1, roi=case.labels == 1)

@@ -90,7 +90,8 @@ def torch_normalizer(spec: Mapping[str, Any] | None) -> Callable[[torch.Tensor],
     return table[kind]
 
 
-def model_segmenter(model: Any, input_spacing_xyz: tuple[float, float, float] | None = None
+def model_segmenter(model: Any, affine: np.ndarray | None = None,
+                    shape: tuple[int, int, int] | None = None, overlap: float = 0.25
                     ) -> Segmenter:
     """A :class:`Segmenter` for a loaded model (``.card`` and ``.network``).
 
@@ -98,23 +99,58 @@ def model_segmenter(model: Any, input_spacing_xyz: tuple[float, float, float] | 
     ----------
     model : Model
         From :func:`CalibSegLib.models.load_model`.
-    input_spacing_xyz : tuple of float, optional
-        Voxel size of the images to explain, mm (X, Y, Z). When it differs from
-        the card's ``spacing_mm`` the segmenter resamples to the model's spacing.
+    affine : numpy.ndarray, optional
+        Voxel-to-RAS matrix of the images to explain. When their spacing or
+        orientation differs from the model's, the segmenter resamples to the
+        model grid (:func:`CalibSegLib.inference.resample.model_grid`) and back;
+        ``shape`` (Z, Y, X) is then needed too, or the segmenter adapts to the
+        first image it sees.
+    overlap : float
+        Sliding-window overlap (the card's ``patch_size`` is the window), as in
+        :func:`CalibSegLib.inference.predict`.
     """
     card = model.card
     network = model.network
     divisor = int(_card_get(card, "divisor", 0) or unet_divisor(network))
-    segmenter = Segmenter(network, divisor=divisor,
-                          normalize=torch_normalizer(_card_get(card, "normalization")))
-    model_spacing = _card_get(card, "spacing_mm")
-    if input_spacing_xyz is not None and model_spacing is not None:
-        ratio = np.asarray(input_spacing_xyz, float) / np.asarray(model_spacing, float)
-        if not np.allclose(ratio, 1.0, atol=1e-3):
-            segmenter.spacing_ratio_zyx = tuple(float(r) for r in ratio[::-1])
+    patch = _card_get(card, "patch_size")
+    window = ({"roi": tuple(int(v) for v in reversed(tuple(patch))), "overlap": overlap,
+               "sw_batch_size": 4} if patch else None)
+    segmenter = _ModelSegmenter(network, divisor=divisor, window=window,
+                                normalize=torch_normalizer(_card_get(card, "normalization")))
+    segmenter.card = card
+    segmenter.input_affine = None if affine is None else np.asarray(affine, np.float64)
+    if shape is not None and affine is not None:
+        segmenter.set_input_grid(tuple(shape))
     return segmenter
 
 
-def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size (X, Y, Z) in mm of an IJK-to-RAS matrix."""
-    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+class _ModelSegmenter(Segmenter):
+    """A :class:`Segmenter` that finds the model grid for the input grid it is given."""
+
+    card: Any = None
+    input_affine: np.ndarray | None = None
+    _grid_shape: tuple[int, ...] | None = None
+
+    def set_input_grid(self, shape: tuple[int, ...]) -> None:
+        from CalibSegLib.inference.resample import model_grid, same_grid
+
+        self._grid_shape = tuple(int(s) for s in shape)
+        if self.input_affine is None:
+            self.grid = None
+            return
+        spacing = _card_get(self.card, "spacing_mm")
+        orientation = _card_get(self.card, "orientation", "RAS")
+        grid_shape, grid_affine = model_grid(shape, self.input_affine, spacing, orientation)
+        if same_grid(shape, self.input_affine, grid_shape, grid_affine):
+            self.grid = None
+        else:
+            self.grid = (self.input_affine, tuple(grid_shape), grid_affine)
+
+    def geometry(self, input_shape: tuple[int, ...]):
+        if tuple(int(s) for s in input_shape) != self._grid_shape:
+            self.set_input_grid(tuple(input_shape))
+        return super().geometry(input_shape)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        self.geometry(tuple(x.shape[2:]))
+        return super()._prepare(x)

@@ -143,7 +143,9 @@ def gradcam_map(
     cam_type = GradCAMpp if plusplus else GradCAM
     cam = cam_type(nn_module=scorer, target_layers=f"segmenter.network.{layer}")
     x = torch.as_tensor(image, device=device)[None, None]
-    feature = cam.compute_map(x, class_idx=int(target_class)).detach()
+    # One pass over the whole volume: MONAI's hooks keep one activation per layer.
+    with scorer.segmenter.whole_volume():
+        feature = cam.compute_map(x, class_idx=int(target_class)).detach()
     feature_shape = tuple(int(s) for s in feature.shape[2:])
     with torch.no_grad():
         full = segmenter.to_input_grid(feature.float(), image.shape)[0, 0]
@@ -153,7 +155,8 @@ def gradcam_map(
         upsampling = (f"trilinear from feature grid {feature_shape} to image grid "
                       f"{tuple(image.shape)}")
     info = {"layer": layer, "feature_shape": list(feature_shape), "upsampling": upsampling,
-            "score": "mean class logit over the region"}
+            "score": "mean class logit over the region",
+            "network_pass": "whole volume" if segmenter.window else "as predicted"}
     return full.cpu().numpy().astype(np.float32), info
 
 

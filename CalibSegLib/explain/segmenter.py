@@ -10,8 +10,9 @@ network's layers stay reachable by name for Grad-CAM (``segmenter.network.*``).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -31,9 +32,19 @@ class Segmenter(nn.Module):
         U-Net with strides 2, 2 needs 4) and crop the logits back.
     normalize : callable, optional
         Applied to the image batch before the network (intensity normalisation).
-    spacing_ratio : tuple of float, optional
-        Input voxel size over the model's voxel size, per (Z, Y, X). When not 1,
-        images are resampled trilinearly to the model's spacing and logits back.
+    grid : tuple, optional
+        ``(input_affine, model_shape, model_affine)``: the network works on another
+        grid (the model's spacing and orientation) than the input. Images are
+        resampled trilinearly onto it and logits back (the same resampling as
+        :func:`CalibSegLib.inference.predict`). Only valid for inputs on the grid
+        of ``input_affine`` with the shape the grid was made for.
+    window : dict, optional
+        ``{"roi": (z, y, x), "overlap": 0.25, "sw_batch_size": 4}``: run the network
+        in Gaussian-blended sliding windows exactly as
+        :func:`CalibSegLib.inference.predict` does, so explanations and
+        faithfulness probe the function the user's prediction came from. Inside
+        :meth:`whole_volume` (used by Grad-CAM, which needs one pass for its
+        hooks) the network runs once on the padded volume instead.
     """
 
     def __init__(
@@ -41,56 +52,92 @@ class Segmenter(nn.Module):
         network: nn.Module,
         divisor: int = 1,
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        spacing_ratio: tuple[float, float, float] | None = None,
+        grid: tuple[np.ndarray, tuple[int, int, int], np.ndarray] | None = None,
+        window: dict | None = None,
     ) -> None:
         super().__init__()
         self.network = network
         self.divisor = max(1, int(divisor))
         self.normalize = normalize
-        self.spacing_ratio_zyx = tuple(spacing_ratio) if spacing_ratio is not None else None
+        self.grid = grid
+        self.window = dict(window) if window else None
+        self._whole = False
+
+    @contextlib.contextmanager
+    def whole_volume(self) -> Iterator[None]:
+        """Within this block the network runs once on the whole (padded) volume."""
+        previous, self._whole = self._whole, True
+        try:
+            yield
+        finally:
+            self._whole = previous
+
+    @property
+    def sliding(self) -> bool:
+        """Whether the next forward pass uses sliding windows."""
+        return self.window is not None and not self._whole
+
+    def _windowed(self, x: torch.Tensor, predictor: Callable) -> torch.Tensor:
+        from monai.inferers import sliding_window_inference
+
+        w = self.window
+        return sliding_window_inference(
+            x, roi_size=tuple(int(r) for r in w["roi"]),
+            sw_batch_size=int(w.get("sw_batch_size", 4)), predictor=predictor,
+            overlap=float(w.get("overlap", 0.25)), mode="gaussian", padding_mode="replicate")
 
     def geometry(self, input_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """``(resampled_shape, padded_shape)`` the network sees for an input of ``input_shape``."""
-        resampled = tuple(int(s) for s in input_shape)
-        if self.spacing_ratio_zyx is not None:
-            resampled = tuple(max(1, int(round(s * r)))
-                              for s, r in zip(resampled, self.spacing_ratio_zyx))
+        resampled = tuple(int(s) for s in (self.grid[1] if self.grid else input_shape))
         padded = tuple(int(math.ceil(s / self.divisor) * self.divisor) for s in resampled)
         return resampled, padded
 
     def to_input_grid(self, maps: torch.Tensor, input_shape: tuple[int, ...]) -> torch.Tensor:
         """Bring ``(B, K, …)`` maps from the padded network grid to the input grid (trilinear)."""
-        resampled, padded = self.geometry(input_shape)
+        _, padded = self.geometry(input_shape)
         if tuple(maps.shape[2:]) != padded:
             maps = nnf.interpolate(maps, size=padded, mode="trilinear", align_corners=False)
-        maps = maps[(..., *[slice(0, s) for s in resampled])]
-        if resampled != tuple(input_shape):
-            maps = nnf.interpolate(maps, size=tuple(input_shape), mode="trilinear",
-                                 align_corners=False)
-        return maps
+        return self._restore(maps, tuple(input_shape))
+
+    def _to_model(self, x: torch.Tensor) -> torch.Tensor:
+        from CalibSegLib.inference.resample import resample
+
+        src, shape, dst = self.grid
+        return resample(x, src, shape, dst)
+
+    def _to_input(self, x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        from CalibSegLib.inference.resample import resample
+
+        src, _, dst = self.grid
+        return resample(x, dst, shape, src)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape[2:])
         if self.normalize is not None:
             x = self.normalize(x)
         resampled, padded = self.geometry(shape)
-        if resampled != shape:
-            x = nnf.interpolate(x, size=resampled, mode="trilinear", align_corners=False)
+        if self.grid is not None:
+            x = self._to_model(x)
         pad = [p - s for s, p in zip(resampled, padded)]
-        if any(pad):
+        if any(pad) and not self.sliding:
             x = nnf.pad(x, [0, pad[2], 0, pad[1], 0, pad[0]], mode="replicate")
         return x
 
     def _restore(self, out: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         resampled, _ = self.geometry(shape)
         out = out[(..., *[slice(0, s) for s in resampled])]
-        if resampled != shape:
-            out = nnf.interpolate(out, size=shape, mode="trilinear", align_corners=False)
+        if self.grid is not None:
+            out = self._to_input(out, shape)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape[2:])
-        return self._restore(self.network(self._prepare(x)), shape)
+        prepared = self._prepare(x)
+        if self.sliding:
+            out = torch.as_tensor(self._windowed(prepared, self.network))
+        else:
+            out = self.network(prepared)
+        return self._restore(out, shape)
 
     def forward_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network's ``forward_maps`` (prototype head), every 3D map on the input grid.
@@ -98,7 +145,14 @@ class Segmenter(nn.Module):
         Resampling is linear, so contributions ``w_cj * sim_j`` still sum to the logits.
         """
         shape = tuple(x.shape[2:])
-        _, padded = self.geometry(shape)
+        resampled, padded = self.geometry(shape)
+        if self.sliding:
+            sim = torch.as_tensor(self._windowed(self._prepare(x), self.network.similarity))
+            weight = self.network.last_layer.weight
+            weight = weight.reshape(weight.shape[0], weight.shape[1]).to(sim.dtype)
+            logits = torch.einsum("cp,bp...->bc...", weight, sim)
+            return {"logits": self._restore(logits, shape),
+                    "similarity": self._restore(sim, shape)}
         out = self.network.forward_maps(self._prepare(x))
         return {k: self._restore(v.float(), shape)
                 if isinstance(v, torch.Tensor) and v.is_floating_point() and v.ndim == 5
@@ -126,9 +180,9 @@ def as_segmenter(obj: nn.Module | Segmenter, divisor: int | None = None,
         return obj
     network = getattr(obj, "network", None)
     if isinstance(network, nn.Module) and hasattr(obj, "card"):
-        from CalibSegLib.explain.modeladapter import model_segmenter, spacing_from_affine
+        from CalibSegLib.explain.modeladapter import model_segmenter
 
-        return model_segmenter(obj, None if affine is None else spacing_from_affine(affine))
+        return model_segmenter(obj, affine)
     if not isinstance(obj, nn.Module):
         raise TypeError(f"cannot explain a {type(obj).__name__}; pass a network or a Model")
     return Segmenter(obj, divisor=unet_divisor(obj) if divisor is None else divisor)
