@@ -8,6 +8,9 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/commands/__init__.py
   CalibSegLib/commands/demo.py
   CalibSegLib/commands/explain.py
+  CalibSegLib/commands/federated.py
+  CalibSegLib/commands/import_model.py
+  CalibSegLib/commands/predict.py
   CalibSegLib/commands/sample_data.py
   CalibSegLib/commands/train.py
   CalibSegLib/data/__init__.py
@@ -24,12 +27,18 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/explain/segmenter.py
   CalibSegLib/explain/table.py
   CalibSegLib/explain/types.py
+  CalibSegLib/federated/__init__.py
+  CalibSegLib/federated/api.py
+  CalibSegLib/federated/app.py
   CalibSegLib/federated/client.py
   CalibSegLib/federated/cohort.py
   CalibSegLib/federated/drift.py
   CalibSegLib/federated/loopback.py
   CalibSegLib/federated/protocol.py
+  CalibSegLib/federated/reliability.py
+  CalibSegLib/federated/report.py
   CalibSegLib/federated/server.py
+  CalibSegLib/federated/simulation.py
   CalibSegLib/federated/site.py
   CalibSegLib/federated/transport.py
   CalibSegLib/inference/__init__.py

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "CalibSeg"))
 
 import CalibSegArrays as arrays  # noqa: E402
 import CalibSegColors as colors  # noqa: E402

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "CalibSeg"))
 
 from CalibSegLogic import CalibSegLogic  # noqa: E402
 from test_logic_support import add_volume, case4, models_and_predictions, new_scene  # noqa: E402
