@@ -10,7 +10,7 @@ from __future__ import annotations
 import CalibSegInstaller
 import qt
 import slicer
-from CalibSegLogic import SLOTS, CalibSegLogic
+from CalibSegLogic import SLOTS, CalibSegLogic, loadModel
 from CalibSegParameters import CalibSegParameterNode
 from CalibSegProcess import InferenceJob, loadPrediction
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
@@ -148,6 +148,7 @@ class CalibSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 job.writeInput(image, affine)
                 self._jobs.append((slot, folder, job))
             self._inputID = volume.GetID()
+            self._jobTotal = len(self._jobs)
             self._startNext()
 
     def _startNext(self):
@@ -169,9 +170,9 @@ class CalibSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         slot, folder, job = self._job
         job.poll()
-        done = len(SLOTS) - len(self._jobs)
-        total = done + len(self._jobs)
-        self.ui.progressBar.value = int(100 * (done + job.fraction) / max(total, 1))
+        total = max(getattr(self, "_jobTotal", 1), 1)
+        done = total - len(self._jobs)
+        self.ui.progressBar.value = int(100 * (done + job.fraction) / total)
         self.ui.statusLabel.text = f"Model {slot}: {job.message}"
         if job.state == "running":
             return
@@ -179,15 +180,13 @@ class CalibSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             if job.state != "finished":
                 raise CalibSegError(job.error or f"Model {slot} failed.")
-            with slicer.util.tryWithErrorDisplay(f"Could not show model {slot}.", waitCursor=True):
+            with slicer.util.WaitCursor():
                 prediction = loadPrediction(job.outputPath)
-                from CalibSegLogic import loadModel
-
                 model = loadModel(folder)
                 volume = slicer.mrmlScene.GetNodeByID(self._inputID)
                 self.logic.addPrediction(volume, model, prediction, slot=slot, folder=folder)
-        except CalibSegError as exc:
-            self._abort(str(exc))
+        except Exception as exc:  # shown to the user; nothing half-made stays in the scene
+            self._abort(f"Model {slot}: {exc}")
             return
         finally:
             job.cleanup()
