@@ -57,12 +57,20 @@ def test_segmenter_computes_what_predict_computes(models, mni_case_4mm):
                                    atol=1e-4)
 
 
+def _crop(case):
+    """A 20 x 24 x 22 block from the middle of the case, with its own affine."""
+    box = (slice(14, 34), slice(17, 41), slice(14, 36))
+    affine = case.affine.copy()
+    affine[:3, 3] = case.affine[:3, :3] @ [14, 17, 14] + case.affine[:3, 3]
+    return case.image[box].copy(), affine, case.labels[box].copy()
+
+
 def test_model_at_other_spacing_is_resampled(models, mni_case_4mm):
-    case = mni_case_4mm
-    e = explain(case.image, case.affine, models["proto2mm"], "gradcam", 1, roi=case.labels == 1)
-    assert e.map.shape == case.image.shape
-    # 4 mm image, 2 mm model: the network runs on a twice finer grid.
-    assert e.upsampling.startswith("trilinear from feature grid (24, 29, 25)")
+    image, affine, labels = _crop(mni_case_4mm)
+    e = explain(image, affine, models["proto2mm"], "gradcam", 1, roi=labels == 1)
+    assert e.map.shape == image.shape
+    # 4 mm image, 2 mm model: the network runs on a twice finer grid (39 x 47 x 43, padded).
+    assert e.upsampling.startswith("trilinear from feature grid (10, 12, 11)")
 
 
 def test_linear_model_has_no_prototypes(models, mni_case_4mm):
@@ -75,9 +83,9 @@ def test_linear_model_has_no_prototypes(models, mni_case_4mm):
 def test_explain_command_writes_maps_and_scores(models, mni_case_4mm, tmp_path, capsys):
     from CalibSegLib.io import read_image, write_image
 
-    case = mni_case_4mm
-    image = write_image(str(tmp_path / "t1.nii.gz"), case.image, case.affine)
-    labels = write_image(str(tmp_path / "labels.nrrd"), case.labels, case.affine)
+    crop, affine, crop_labels = _crop(mni_case_4mm)
+    image = write_image(str(tmp_path / "t1.nii.gz"), crop, affine)
+    labels = write_image(str(tmp_path / "labels.nrrd"), crop_labels, affine)
     out = tmp_path / "out"
     rc = main(["explain", image, "--model", models["folders"]["proto"], "--method", "prototype",
                "--class", "1", "--faithfulness", "--steps", "3", "--blocks", "4",
@@ -91,7 +99,7 @@ def test_explain_command_writes_maps_and_scores(models, mni_case_4mm, tmp_path, 
     assert 0.0 <= f["plausibility"]["activation_precision"] <= 1.0
     assert meta["prototypes"] and meta["files"]["nearest_prototype"]
     array, affine = read_image(str(out / "t1_prototype.nrrd"))
-    assert array.shape == case.image.shape and np.allclose(affine, case.affine)
+    assert array.shape == crop.shape and np.allclose(affine, read_image(image)[1])
     assert not [p for p in os.listdir(out) if p.startswith(".calibseg-")]
     rc = main(["explain", image, "--model", models["folders"]["proto"], "--class", "liver",
                "-q", "-o", str(out)])

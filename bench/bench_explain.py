@@ -53,7 +53,7 @@ def run(quick: bool = False) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = tiny_model(os.path.join(tmp, "proto"), head="prototype",
                             class_names=list(case.class_names),
-                            spacing_mm=(resolution,) * 3)
+                            spacing_mm=(resolution,) * 3, patch_size=(64, 64, 64))
         model = load_model(folder)
         for method in METHODS:
             seconds, _ = _timed(lambda m=method: explain(
