@@ -137,7 +137,7 @@ def _parse_crop(text: str | None):
 
 
 def load_data(args: argparse.Namespace, progress=None):
-    """``(train cases, validation cases, class names, data description)`` from ``args``."""
+    """``(train cases, validation cases, class names, colours, data description)``."""
     from CalibSegLib.errors import CalibSegError
     from CalibSegLib.training import data as td
 
@@ -158,7 +158,8 @@ def load_data(args: argparse.Namespace, progress=None):
         train, val = cases[: len(train_seeds)], cases[len(train_seeds):]
         from CalibSegLib.data import sample_case
 
-        names = list(sample_case(args.sample, resolution_mm=args.resolution).class_names)
+        reference = sample_case(args.sample, resolution_mm=args.resolution)
+        names, colors = list(reference.class_names), [list(c) for c in reference.class_colors]
         description = {
             "kind": "sample", "sample": args.sample, "resolution_mm": args.resolution,
             "train_seeds": td.format_seeds(train_seeds), "val_seeds": td.format_seeds(val_seeds),
@@ -186,6 +187,7 @@ def load_data(args: argparse.Namespace, progress=None):
         top = max(int(c.labels.max()) for c in cases)
         names = [f"class{i}" for i in range(top + 1)]
         names[0] = "background"
+        colors = None
         description = {
             "kind": "files", "data": os.path.abspath(args.data),
             "val": os.path.abspath(args.val) if args.val else None,
@@ -197,7 +199,8 @@ def load_data(args: argparse.Namespace, progress=None):
         )
     if args.classes:
         names = [n.strip() for n in args.classes.split(",")]
-    return train, val, names, description
+        colors = colors if colors is not None and len(colors) == len(names) else None
+    return train, val, names, colors, description
 
 
 def config_from_args(args: argparse.Namespace, class_names: list[str]):
@@ -234,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
             print(message, file=sys.stderr)
 
     say("generating / reading training cases ...")
-    train_cases, val_cases, names, description = load_data(args)
+    train_cases, val_cases, names, colors, description = load_data(args)
     config = config_from_args(args, names)
     command = command_line(args)
     say(f"{len(train_cases)} training and {len(val_cases)} validation cases; "
@@ -243,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         result = train(
             config, train_cases, val_cases, args.output, resume=args.resume,
             overwrite=args.overwrite, command=command, data_description=description,
-            keep_checkpoint=args.keep_checkpoint, show_progress=not quiet,
+            keep_checkpoint=args.keep_checkpoint, show_progress=not quiet, class_colors=colors,
             name=args.name or os.path.basename(os.path.normpath(args.output)),
         )
     except KeyboardInterrupt:

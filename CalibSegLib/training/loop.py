@@ -114,17 +114,40 @@ def _summarise(history: list[dict], window: int = 5) -> dict:
     return out
 
 
-def validation_logits(network: nn.Module, cases: Sequence[TrainingCase],
-                      normalise: Callable[[np.ndarray], np.ndarray], divisor: int,
+def validation_logits(network: nn.Module, card, cases: Sequence[TrainingCase],
                       device: str | torch.device = "cpu",
                       cancel: CancelCallback | None = None) -> list[torch.Tensor]:
-    """Whole-volume logits ``(C, Z, Y, X)`` of each case."""
+    """Logits ``(C, Z, Y, X)`` of each case exactly as :func:`CalibSegLib.inference.predict`
+    computes them (card normalisation, sliding window over the card's patch size)."""
+    from CalibSegLib.inference import predict
+    from CalibSegLib.models import Model
+
+    model = Model(card=card, network=network)
     out = []
-    network.eval()
     for case in cases:
         check_cancel(cancel, "validation")
-        logits, _ = case_features(network, normalise(case.image), divisor, device)
-        out.append(logits.float().cpu())
+        prediction = predict(case.image, case.affine, model, device=str(device), maps=False,
+                             temperature=1.0, cancel=cancel)
+        out.append(torch.from_numpy(np.array(prediction.logits, dtype=np.float32)))
+    network.train()
+    return out
+
+
+@torch.no_grad()
+def quick_dice(network: nn.Module, case: TrainingCase,
+               normalise: Callable[[np.ndarray], np.ndarray], divisor: int,
+               device: str | torch.device = "cpu") -> list[float]:
+    """Per-class Dice of a whole-volume forward pass on one case (training diagnostics)."""
+    was_training = network.training
+    network.eval()
+    logits, _ = case_features(network, normalise(case.image), divisor, device)
+    network.train(was_training)
+    pred = logits.argmax(0).cpu().numpy()
+    out = []
+    for c in range(logits.shape[0]):
+        a, b = pred == c, case.labels == c
+        denom = int(a.sum()) + int(b.sum())
+        out.append(round(2.0 * int((a & b).sum()) / denom, 4) if denom else 1.0)
     return out
 
 
@@ -223,7 +246,7 @@ def train(
     normalise = card_mod.normaliser(card)
     divisor = 2 ** len(config.strides)
 
-    step, catalogue, history, elapsed = 0, [], [], 0.0
+    step, catalogue, history, checks, elapsed = 0, [], [], [], 0.0
     optim_state, optim_stage, saved_interval = None, None, {}
     if resume:
         state, weights, optim_state = load_checkpoint(ckpt_dir)
@@ -235,6 +258,7 @@ def train(
         network.load_state_dict(weights)
         step, catalogue = int(state["step"]), list(state.get("catalogue", []))
         history, elapsed = list(state.get("history", [])), float(state.get("seconds", 0.0))
+        checks = list(state.get("checks", []))
         optim_stage = state.get("optimizer_stage")
         saved_interval = state.get("interval") or {}
 
@@ -247,7 +271,8 @@ def train(
     def checkpoint(optimizer: torch.optim.Optimizer | None, stage: str | None) -> None:
         save_checkpoint(ckpt_dir, network, optimizer, {
             "step": step, "config": config.to_dict(), "catalogue": catalogue,
-            "history": history, "seconds": elapsed, "optimizer_stage": stage,
+            "history": history, "checks": checks, "seconds": elapsed,
+            "optimizer_stage": stage,
             "interval": {"sums": interval.sums, "count": interval.count},
         })
 
@@ -265,9 +290,15 @@ def train(
         while step < total or (heads.is_prototype(network) and not pushed):
             stage, local, length = stage_at(config, step)
             if stage == "last" and not pushed and heads.is_prototype(network):
+                checks.append({"step": step, "when": "before push",
+                               "dice": quick_dice(network, val_cases[0], normalise, divisor,
+                                                  device)})
                 catalogue = _push(config, network, train_cases, normalise, divisor, output,
                                   device, progress, cancel, bar)
                 pushed = True
+                checks.append({"step": step, "when": "after push",
+                               "dice": quick_dice(network, val_cases[0], normalise, divisor,
+                                                  device)})
                 optimizer, current = None, None
                 checkpoint(None, None)
                 continue
@@ -290,6 +321,10 @@ def train(
             step += 1
             interval.add(terms)
             boundary = stage_at(config, step)[0] != stage or step == total
+            if boundary:
+                checks.append({"step": step, "when": f"end of {stage}",
+                               "dice": quick_dice(network, val_cases[0], normalise, divisor,
+                                                  device)})
             if step % max(config.log_every, 1) == 0 or boundary:
                 history.append({"step": step, "stage": stage, "lr": lr,
                                 "seconds": round(elapsed, 3), **interval.pop()})
@@ -311,13 +346,14 @@ def train(
             bar.close()
 
     report(progress, 0.92, "fitting the temperature on the validation cases")
-    logits = validation_logits(network, val_cases, normalise, divisor, device, cancel)
+    logits = validation_logits(network, card, val_cases, device, cancel)
     temperature = card_mod.fit_validation_temperature(logits, [c.labels for c in val_cases])
     summary = {
         "steps": total, "seconds": round(elapsed, 1),
         "iterations_per_second": round(total / max(elapsed, 1e-9), 3),
         "voxels_per_second": round(total * sampler.voxels_per_batch / max(elapsed, 1e-9), 1),
         "stages": _summarise(history),
+        "dice_checks": {"case": val_cases[0].case_id, "class_dice": checks},
         "validation": card_mod.validation_metrics(logits, val_cases, temperature, config),
     }
     card = card_mod.final_card(card, config, temperature, catalogue, history, summary)
