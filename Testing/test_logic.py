@@ -434,3 +434,27 @@ def test_clear_removes_every_created_node(scene):
                or scene.GetNodeByID(i).IsA("vtkMRMLLayoutNode")
                or scene.GetNodeByID(i).IsA("vtkMRMLSliceCompositeNode")
                for i in left), left
+
+
+# ------------------------------------------------------------------------------------ helpers
+def test_plot_helpers_normalise_library_output():
+    diagram = {"bin_centers": [0.25, 0.75], "mean_confidence": [0.3, np.nan],
+               "observed_frequency": [0.2, np.nan], "counts": [4, 0]}
+    cols = plots.diagramArrays(diagram)
+    np.testing.assert_allclose(cols[plots.FRACTION], [1.0, 0.0])
+    assert np.isnan(cols[plots.OBSERVED][1])
+    rows = dict(plots.metricRows({"ace": 0.1, "ece": 0.2, "mce": 0.3,
+                                  "dice": {"a": 0.9, "b": 0.8}}, ["a", "b"]))
+    assert rows == {"ACE": 0.1, "ECE": 0.2, "MCE": 0.3, "Dice a": 0.9, "Dice b": 0.8}
+    rows = dict(plots.metricRows({"ece": 0.2, "dice": [0.5, 0.6]}, ["a", "b"]))
+    assert rows == {"ECE": 0.2, "Dice a": 0.5, "Dice b": 0.6}
+
+
+def test_prototype_colours_are_shades_of_the_class_colour():
+    table = colors.prototypeColors([0, 1, 1, 1], [(0, 0, 0), (1.0, 0.2, 0.2)])
+    assert table.shape == (5, 4)
+    assert table[0, 3] == 0.0 and np.all(table[1:, 3] == 1.0)
+    reds = table[2:5, :3]
+    assert len({tuple(np.round(r, 3)) for r in reds}) == 3  # distinct shades
+    assert np.all(reds[:, 0] >= reds[:, 1])  # still red-ish
+    assert np.allclose(table[1, 0], table[1, 1])  # black class: grey
