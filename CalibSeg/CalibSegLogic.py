@@ -256,7 +256,8 @@ class CalibSegLogic:
         T = float(temperature if temperature is not None
                   else _field(prediction, "temperature", default=None)
                   or _field(model, "temperature", default=1.0) or 1.0)
-        current = applyTemperature(prediction, T)
+        same = abs(float(_field(prediction, "temperature", default=math.nan)) - T) < 1e-12
+        current = prediction if same else applyTemperature(prediction, T)
         result = ModelResult(slot=slot, model=model, name=modelName(model, folder),
                              prediction=prediction, current=current, temperature=T,
                              classNames=names, classColors=modelClassColors(model, len(names)))
@@ -358,8 +359,8 @@ class CalibSegLogic:
             classes = [int(_field(p, "class_index", "class", "label", default=0))
                        for p in prototypeCatalogue(result.model)]
         classes = [int(c) for c in _numpy(classes).ravel()] if len(classes) else []
-        nearest = self.scene.GetNodeByID(result.nodeIDs["prototypes"])
-        count = int(slicer.util.arrayFromVolume(nearest).max())
+        nearest = _numpy(_field(result.current, "nearest_prototype"))
+        count = int(nearest.max()) + 1 if nearest is not None and nearest.size else 0
         if len(classes) < count:  # unknown classes: shade them as class 0
             classes = classes + [0] * (count - len(classes))
         return classes
@@ -565,7 +566,7 @@ class CalibSegLogic:
                     or labelNode.GetImageData().GetPointData().GetScalars() is None:
                 raise CalibSegError(
                     f"Could not rasterise reference '{segNode.GetName()}' on the input grid.")
-            exported = slicer.util.arrayFromVolume(labelNode).astype(np.int64)
+            exported = arrays.arrayFromNode(labelNode)[0].astype(np.int64)
             colorTable = labelNode.GetDisplayNode().GetColorNode() if labelNode.GetDisplayNode() \
                 else None
             labels = np.zeros(exported.shape, dtype=np.int64)
