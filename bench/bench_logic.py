@@ -92,7 +92,7 @@ def run(quick: bool = False) -> list[dict]:
     except ImportError:  # calibration statistics not available in this checkout
         with_reference = False
 
-    logits = torch.from_numpy(prediction.logits)
+    logits = torch.from_numpy(np.array(prediction.logits))  # writable copy for torch
     softmax = _best(lambda: torch.softmax(logits / 1.3, dim=0), repeats)
     from CalibSegLib.inference import apply_temperature
 
