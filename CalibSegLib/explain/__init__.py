@@ -5,6 +5,13 @@ it explains, how it reached that grid and, on request, faithfulness scores
 against random maps of equal histogram.
 """
 
+from CalibSegLib.explain.api import (
+    check_contributions,
+    explain,
+    random_explanation,
+    resolve_class,
+    save_explanation,
+)
 from CalibSegLib.explain.faithfulness import (
     activation_precision,
     deletion_insertion,
@@ -13,13 +20,16 @@ from CalibSegLib.explain.faithfulness import (
     random_map,
 )
 from CalibSegLib.explain.posthoc import default_layer, gradcam_map, list_layers, occlusion_map
+from CalibSegLib.explain.prototype import rank_prototypes
 from CalibSegLib.explain.region import RegionScore, region_mask
 from CalibSegLib.explain.segmenter import Segmenter, as_segmenter
+from CalibSegLib.explain.table import explanation_table, format_table
 from CalibSegLib.explain.types import METHODS, Explanation
 
 __all__ = [
     "METHODS", "Explanation", "RegionScore", "Segmenter", "activation_precision",
-    "as_segmenter", "default_layer", "deletion_insertion", "evaluate_faithfulness",
-    "faithfulness_correlation", "gradcam_map", "list_layers", "occlusion_map", "random_map",
-    "region_mask",
+    "as_segmenter", "check_contributions", "default_layer", "deletion_insertion",
+    "evaluate_faithfulness", "explain", "explanation_table", "faithfulness_correlation",
+    "format_table", "gradcam_map", "list_layers", "occlusion_map", "random_explanation",
+    "random_map", "rank_prototypes", "region_mask", "resolve_class", "save_explanation",
 ]
