@@ -160,16 +160,20 @@ class PrototypeSegNet(nn.Module):
         """Squared L2 distance ``(B, P, ...)`` of each voxel's feature to each prototype.
 
         Computed as ``||f||² - 2 f·p + ||p||²`` (a 1×1×1 convolution), clamped at 0;
-        the ``(B, P, D, ...)`` difference tensor is never formed.
+        the ``(B, P, D, ...)`` difference tensor is never formed. Always in float32 (also
+        under float16 autocast), as the expansion cancels badly in half precision.
         """
-        protos = self.prototypes.to(features.dtype)
-        spatial = features.dim() - 2
-        kernel = protos.reshape(*protos.shape, *([1] * spatial))
-        conv = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}[spatial]
-        cross = conv(features, kernel)
-        f2 = (features * features).sum(dim=1, keepdim=True)
-        p2 = (protos * protos).sum(dim=1).reshape(1, -1, *([1] * spatial))
-        return (f2 - 2.0 * cross + p2).clamp_min(0.0)
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            features = features.float()
+            protos = self.prototypes.float()
+            spatial = features.dim() - 2
+            kernel = protos.reshape(*protos.shape, *([1] * spatial))
+            conv = {1: nn.functional.conv1d, 2: nn.functional.conv2d,
+                    3: nn.functional.conv3d}[spatial]
+            cross = conv(features, kernel)
+            f2 = (features * features).sum(dim=1, keepdim=True)
+            p2 = (protos * protos).sum(dim=1).reshape(1, -1, *([1] * spatial))
+            return (f2 - 2.0 * cross + p2).clamp_min(0.0)
 
     def similarity_from_features(self, features: torch.Tensor) -> torch.Tensor:
         """``log((d + 1) / (d + eps))`` for every prototype: ``(B, P, ...)``."""
