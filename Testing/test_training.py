@@ -160,7 +160,7 @@ def test_push_gallery_points_at_real_voxels_of_the_class(prototype_run, tiny_cas
         i, j, k = entry["voxel"]
         assert int(case.labels[k, j, i]) == entry["class"]
         assert entry["class"] == int(network.prototype_class[entry["index"]])
-        _, features = case_features(network, normalise(case.image), divisor=4)
+        _, features = case_features(network, normalise(case.image), (16, 16, 16))
         torch.testing.assert_close(features[:, k, j, i], protos[entry["index"]],
                                    rtol=1e-4, atol=1e-4)
         crop, affine = read_image(os.path.join(folder, entry["gallery"]))

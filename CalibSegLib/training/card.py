@@ -108,7 +108,8 @@ def fit_validation_temperature(logits: Sequence[torch.Tensor],
     flat = torch.cat([lg.reshape(lg.shape[0], -1) for lg in logits], dim=1)
     target = torch.cat([torch.from_numpy(np.asarray(lb, dtype=np.int64).reshape(-1))
                         for lb in labels])
-    return float(fit_temperature(flat[None, :, :, None, None], target[None, None, :, None, None]))
+    # all validation voxels as one (C, N, 1, 1) volume
+    return float(fit_temperature(flat[:, :, None, None].numpy(), target[:, None, None].numpy()))
 
 
 def validation_metrics(logits: Sequence[torch.Tensor], cases, temperature: float,

@@ -135,13 +135,10 @@ def validation_logits(network: nn.Module, card, cases: Sequence[TrainingCase],
 
 @torch.no_grad()
 def quick_dice(network: nn.Module, case: TrainingCase,
-               normalise: Callable[[np.ndarray], np.ndarray], divisor: int,
+               normalise: Callable[[np.ndarray], np.ndarray], patch_size: Sequence[int],
                device: str | torch.device = "cpu") -> list[float]:
     """Per-class Dice of a whole-volume forward pass on one case (training diagnostics)."""
-    was_training = network.training
-    network.eval()
-    logits, _ = case_features(network, normalise(case.image), divisor, device)
-    network.train(was_training)
+    logits, _ = case_features(network, normalise(case.image), patch_size, device)
     pred = logits.argmax(0).cpu().numpy()
     out = []
     for c in range(logits.shape[0]):
@@ -244,7 +241,6 @@ def train(
         data=data_description, affine=train_cases[0].affine, class_colors=class_colors)
     network = card_mod.build(card).to(device)
     normalise = card_mod.normaliser(card)
-    divisor = 2 ** len(config.strides)
 
     step, catalogue, history, checks, elapsed = 0, [], [], [], 0.0
     optim_state, optim_stage, saved_interval = None, None, {}
@@ -267,6 +263,9 @@ def train(
     objective = SegmentationObjective(config)
     total = config.total_steps
     pushed = bool(catalogue)
+
+    def check() -> list[float]:
+        return quick_dice(network, val_cases[0], normalise, config.patch_size, device)
 
     def checkpoint(optimizer: torch.optim.Optimizer | None, stage: str | None) -> None:
         save_checkpoint(ckpt_dir, network, optimizer, {
@@ -291,14 +290,12 @@ def train(
             stage, local, length = stage_at(config, step)
             if stage == "last" and not pushed and heads.is_prototype(network):
                 checks.append({"step": step, "when": "before push",
-                               "dice": quick_dice(network, val_cases[0], normalise, divisor,
-                                                  device)})
-                catalogue = _push(config, network, train_cases, normalise, divisor, output,
+                               "dice": check()})
+                catalogue = _push(config, network, train_cases, normalise, output,
                                   device, progress, cancel, bar)
                 pushed = True
                 checks.append({"step": step, "when": "after push",
-                               "dice": quick_dice(network, val_cases[0], normalise, divisor,
-                                                  device)})
+                               "dice": check()})
                 optimizer, current = None, None
                 checkpoint(None, None)
                 continue
@@ -323,8 +320,7 @@ def train(
             boundary = stage_at(config, step)[0] != stage or step == total
             if boundary:
                 checks.append({"step": step, "when": f"end of {stage}",
-                               "dice": quick_dice(network, val_cases[0], normalise, divisor,
-                                                  device)})
+                               "dice": check()})
             if step % max(config.log_every, 1) == 0 or boundary:
                 history.append({"step": step, "stage": stage, "lr": lr,
                                 "seconds": round(elapsed, 3), **interval.pop()})
@@ -363,13 +359,14 @@ def train(
     return TrainResult(output, network, card, temperature, catalogue, history, summary)
 
 
-def _push(config, network, cases, normalise, divisor, output, device, progress, cancel, bar):
+def _push(config, network, cases, normalise, output, device, progress, cancel, bar):
     if bar is not None:
         bar.set_description("push")
     subset = list(cases)[: config.push_cases] if config.push_cases else list(cases)
     network.eval()
     catalogue = push_prototypes(
-        network, subset, normalise, divisor, gallery_folder=os.path.join(output, "gallery"),
+        network, subset, normalise, config.patch_size,
+        gallery_folder=os.path.join(output, "gallery"),
         gallery_size=config.gallery_size, class_names=config.class_names, device=device,
         cancel=cancel, progress=None if progress is None else (
             lambda f, m: report(progress, 0.9 * (config.warmup_steps + config.steps) /

@@ -21,28 +21,37 @@ from CalibSegLib.training import heads
 from CalibSegLib.training.data import TrainingCase
 
 
-def pad_to_multiple(image: torch.Tensor, divisor: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Replicate-pad a ``(B, C, Z, Y, X)`` tensor at the far end to multiples of ``divisor``."""
-    shape = image.shape[2:]
-    extra = [(-n) % divisor for n in shape]
-    if not any(extra):
-        return image, tuple(shape)
-    pad = (0, extra[2], 0, extra[1], 0, extra[0])
-    return torch.nn.functional.pad(image, pad, mode="replicate"), tuple(shape)
-
-
 @torch.no_grad()
-def case_features(network: nn.Module, image: np.ndarray, divisor: int,
-                  device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def case_features(network: nn.Module, image: np.ndarray, patch_size: Sequence[int],
+                  device: str | torch.device = "cpu", overlap: float = 0.25
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits ``(C, Z, Y, X)`` and features ``(D, Z, Y, X)`` of a normalised whole image.
 
-    The image is padded to a multiple of ``divisor`` and the outputs cropped back.
+    Computed like :func:`CalibSegLib.inference.predict` does: a sliding window of the
+    training patch size (so instance normalisation sees patch-sized inputs, as in
+    training) with Gaussian blending; the features are the blended backbone outputs.
     """
+    from CalibSegLib.inference.sliding import sliding_window
+
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
-    x, shape = pad_to_multiple(x, divisor)
-    logits, features = heads.forward_features(network, x)
-    crop = (0, slice(None)) + tuple(slice(0, n) for n in shape)
-    return logits[crop], (None if features is None else features[crop])
+    num_classes = None
+
+    def both(batch: torch.Tensor) -> torch.Tensor:
+        nonlocal num_classes
+        logits, features = heads.forward_features(network, batch)
+        num_classes = logits.shape[1]
+        return logits if features is None else torch.cat([logits, features], dim=1)
+
+    was_training = network.training
+    network.eval()
+    try:
+        out, _ = sliding_window(x, both, tuple(int(p) for p in patch_size), overlap=overlap)
+    finally:
+        network.train(was_training)
+    out = out[0]
+    if out.shape[0] == num_classes:
+        return out[:num_classes], None
+    return out[:num_classes], out[num_classes:]
 
 
 def gallery_crop(case: TrainingCase, zyx: Sequence[int], size: int
@@ -68,7 +77,7 @@ def push_prototypes(
     network: nn.Module,
     cases: Sequence[TrainingCase],
     normalise: Callable[[np.ndarray], np.ndarray],
-    divisor: int,
+    patch_size: Sequence[int],
     gallery_folder: str | None = None,
     gallery_size: int = 24,
     class_names: Sequence[str] | None = None,
@@ -86,8 +95,8 @@ def push_prototypes(
         Cases searched, whole volumes.
     normalise
         The network's input normalisation (raw image -> network input).
-    divisor
-        Input sizes must be multiples of this (``2 ** len(strides)``).
+    patch_size
+        ``(Z, Y, X)`` sliding-window size (the training patch size).
     gallery_folder
         Where ``proto_###.nii.gz`` crops are written (nothing written when ``None``).
 
@@ -107,7 +116,7 @@ def push_prototypes(
     vectors = protos.detach().clone()
     for n, case in enumerate(cases):
         check_cancel(cancel, "prototype push")
-        _, features = case_features(network, normalise(case.image), divisor, device)
+        _, features = case_features(network, normalise(case.image), patch_size, device)
         dim = features.shape[0]
         flat = features.reshape(dim, -1).T.double()  # (N, D)
         labels = torch.from_numpy(case.labels.reshape(-1).astype(np.int64))
