@@ -212,3 +212,36 @@ def test_bad_settings_are_user_errors(tmp_path, tiny_cases):
         train(tiny_config(calibration_loss="medium"), *tiny_cases, str(tmp_path / "x"))
     with pytest.raises(CalibSegError, match="classes"):
         train(tiny_config(class_names=["bg", "fg"]), *tiny_cases, str(tmp_path / "x"))
+
+
+def test_measure_throughput(tiny_cases):
+    from CalibSegLib.training import measure_throughput
+
+    rows = measure_throughput(("none", "hard", "soft"), config=tiny_config(), cases=tiny_cases[0],
+                              steps=2, warmup=1)
+    assert [r["loss"] for r in rows] == ["none", "hard", "soft"]
+    for row in rows:
+        assert row["iterations_per_second"] > 0
+        assert row["voxels_per_second"] == pytest.approx(
+            row["iterations_per_second"] * 2 * 16 ** 3)
+
+
+def test_train_command_line(tmp_path):
+    from CalibSegLib.cli import main
+    from CalibSegLib.models import load_model
+
+    out = str(tmp_path / "cli-model")
+    argv = ["train", "-q", "--sample", "mni-t1", "--resolution", "4", "--crop", "8:40,12:44,8:40",
+            "--train-seeds", "1-2", "--val-seeds", "41", "--head", "linear", "--channels",
+            "4,8,16", "--res-units", "0", "--patch", "16", "--batch", "1", "--steps", "3",
+            "--calibration-loss", "hard", "--calibration-weight", "0.5", "-o", out]
+    assert main(argv) == 0
+    model = load_model(out)
+    training = model.card.training
+    assert "--calibration-loss hard --calibration-weight 0.5" in training["command"]
+    assert training["weights"]["ace"] == 0.5
+    assert training["data"]["train_seeds"] == "1-2"
+    assert main(argv) == 2  # the folder is used: --resume or --overwrite needed
+    assert main(argv + ["--overwrite"]) == 0
+    assert main(["train", "-q", "--sample", "mni-t1", "--train-seeds", "1-3", "--val-seeds", "3",
+                 "-o", str(tmp_path / "x")]) == 2  # overlapping seeds
