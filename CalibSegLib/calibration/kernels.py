@@ -1,0 +1,247 @@
+"""Fused one-pass accumulation of reliability statistics.
+
+Two back ends fill the same sufficient statistics:
+
+- :func:`accumulate_numba` (CPU): one parallel pass over voxels reading every
+  class probability of a voxel once; bins, counts and sums for all classes, the
+  top label, Dice counts, NLL and Brier together, into per-thread partial
+  histograms that are summed at the end (no atomics, no one-hot, no per-voxel
+  temporaries).
+- :func:`accumulate_torch` (any torch device, used for CUDA tensors): bucketize
+  plus ``bincount``/``scatter_add`` per chunk on the tensors' device, float64
+  accumulators.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+#: Clamp for log(p) in the NLL so a zero probability gives a large finite value.
+NLL_FLOOR = 1e-12
+#: Tolerance on sum_c p_c = 1 per voxel.
+SUM_TOLERANCE = 1e-3
+
+
+class Accumulators:
+    """Float64/int64 sums for one image, filled chunk by chunk."""
+
+    def __init__(self, num_classes: int, n_bins: int, soft: bool) -> None:
+        c, b = num_classes, n_bins
+        self.count = np.zeros((c, b), np.int64)
+        self.sum_p = np.zeros((c, b), np.float64)
+        self.sum_y = np.zeros((c, b), np.float64)
+        self.soft_y = np.zeros((c if soft else 0, b), np.float64)
+        self.top_count = np.zeros(b, np.int64)
+        self.top_sum_p = np.zeros(b, np.float64)
+        self.top_sum_y = np.zeros(b, np.float64)
+        self.top_soft_y = np.zeros(b if soft else 0, np.float64)
+        self.intersection = np.zeros(c, np.int64)
+        self.predicted = np.zeros(c, np.int64)
+        self.reference = np.zeros(c, np.int64)
+        # nll sum, brier sum, voxel count, invalid labels, NaN probabilities, bad sums
+        self.scalars = np.zeros(6, np.float64)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _accumulate(probs, p0, labels, l0, ref, r0, mask, n, edges, has_ref, has_mask, n_threads,
+                count, sum_p, sum_y, soft_y, top_count, top_sum_p, top_sum_y, top_soft_y,
+                intersection, predicted, reference, scalars):  # pragma: no cover - compiled
+    n_classes = probs.shape[0]
+    n_bins = edges.shape[0] - 1
+    n_blocks = n_threads * 2
+    if n < n_blocks:
+        n_blocks = max(n, 1)
+    step = (n + n_blocks - 1) // n_blocks
+    soft_c = soft_y.shape[0]
+    soft_b = top_soft_y.shape[0]
+    b_count = np.zeros((n_blocks, n_classes, n_bins), np.int64)
+    b_sum_p = np.zeros((n_blocks, n_classes, n_bins), np.float64)
+    b_sum_y = np.zeros((n_blocks, n_classes, n_bins), np.float64)
+    b_soft = np.zeros((n_blocks, soft_c, n_bins), np.float64)
+    b_tc = np.zeros((n_blocks, n_bins), np.int64)
+    b_tp = np.zeros((n_blocks, n_bins), np.float64)
+    b_ty = np.zeros((n_blocks, n_bins), np.float64)
+    b_ts = np.zeros((n_blocks, soft_b), np.float64)
+    b_int = np.zeros((n_blocks, n_classes), np.int64)
+    b_pred = np.zeros((n_blocks, n_classes), np.int64)
+    b_ref = np.zeros((n_blocks, n_classes), np.int64)
+    b_sc = np.zeros((n_blocks, 6), np.float64)
+    top_bin = n_bins - 1
+    for blk in numba.prange(n_blocks):
+        start = blk * step
+        stop = min(n, start + step)
+        nll = 0.0
+        brier = 0.0
+        voxels = 0
+        bad_label = 0
+        bad_nan = 0
+        bad_sum = 0
+        for i in range(start, stop):
+            if has_mask and not mask[l0 + i]:
+                continue
+            t = np.int64(labels[l0 + i])
+            if t < 0 or t >= n_classes:
+                bad_label += 1
+                continue
+            best = np.float32(-1.0)
+            arg = 0
+            total = 0.0
+            sq = 0.0
+            for c in range(n_classes):
+                p = probs[c, p0 + i]
+                if p != p:
+                    bad_nan += 1
+                k = int(p * n_bins)
+                if k > top_bin:
+                    k = top_bin
+                elif k < 0:
+                    k = 0
+                while k > 0 and p <= edges[k]:
+                    k -= 1
+                while k < top_bin and p > edges[k + 1]:
+                    k += 1
+                pf = np.float64(p)
+                b_count[blk, c, k] += 1
+                b_sum_p[blk, c, k] += pf
+                if c == t:
+                    b_sum_y[blk, c, k] += 1.0
+                    sq += (pf - 1.0) * (pf - 1.0)
+                    nll -= math.log(max(pf, 1e-12))
+                else:
+                    sq += pf * pf
+                if has_ref:
+                    b_soft[blk, c, k] += np.float64(ref[c, r0 + i])
+                if p > best:
+                    best = p
+                    arg = c
+                total += pf
+            if abs(total - 1.0) > 1e-3:
+                bad_sum += 1
+            k = int(best * n_bins)
+            if k > top_bin:
+                k = top_bin
+            elif k < 0:
+                k = 0
+            while k > 0 and best <= edges[k]:
+                k -= 1
+            while k < top_bin and best > edges[k + 1]:
+                k += 1
+            b_tc[blk, k] += 1
+            b_tp[blk, k] += np.float64(best)
+            if arg == t:
+                b_ty[blk, k] += 1.0
+                b_int[blk, t] += 1
+            if has_ref:
+                b_ts[blk, k] += np.float64(ref[arg, r0 + i])
+            b_pred[blk, arg] += 1
+            b_ref[blk, t] += 1
+            brier += sq
+            voxels += 1
+        b_sc[blk, 0] = nll
+        b_sc[blk, 1] = brier
+        b_sc[blk, 2] = voxels
+        b_sc[blk, 3] = bad_label
+        b_sc[blk, 4] = bad_nan
+        b_sc[blk, 5] = bad_sum
+    for blk in range(n_blocks):
+        count += b_count[blk]
+        sum_p += b_sum_p[blk]
+        sum_y += b_sum_y[blk]
+        soft_y += b_soft[blk]
+        top_count += b_tc[blk]
+        top_sum_p += b_tp[blk]
+        top_sum_y += b_ty[blk]
+        top_soft_y += b_ts[blk]
+        intersection += b_int[blk]
+        predicted += b_pred[blk]
+        reference += b_ref[blk]
+        scalars += b_sc[blk]
+
+
+_EMPTY_REF = np.zeros((0, 1), np.float32)
+_EMPTY_MASK = np.zeros(0, np.bool_)
+
+
+def accumulate_numba(acc: Accumulators, probs: np.ndarray, p0: int, labels: np.ndarray, l0: int,
+                     n: int, edges: np.ndarray, ref: np.ndarray | None = None, r0: int = 0,
+                     mask: np.ndarray | None = None) -> None:
+    """Add voxels ``[0, n)`` of the given windows to ``acc`` (CPU, numba).
+
+    ``probs`` is ``(C, M)`` float32 read from column ``p0``; ``labels`` and
+    ``mask`` are 1-D read from ``l0``; ``ref`` is ``(C, M)`` float32 read from ``r0``.
+    """
+    _accumulate(probs, p0, labels, l0, _EMPTY_REF if ref is None else ref, r0,
+                _EMPTY_MASK if mask is None else mask, n, edges, ref is not None,
+                mask is not None, numba.get_num_threads(), acc.count, acc.sum_p, acc.sum_y,
+                acc.soft_y, acc.top_count, acc.top_sum_p, acc.top_sum_y, acc.top_soft_y,
+                acc.intersection,
+                acc.predicted, acc.reference, acc.scalars)
+
+
+def accumulate_torch(acc: Accumulators, probs, labels, edges: np.ndarray, ref=None,
+                     mask=None) -> None:
+    """Add one chunk to ``acc`` with torch ops on the tensors' device.
+
+    ``probs`` ``(C, n)`` float tensor, ``labels`` ``(n,)`` integer tensor, ``ref``
+    ``(C, n)`` or None, ``mask`` ``(n,)`` bool or None.
+    """
+    import torch
+
+    device = probs.device
+    n_classes = probs.shape[0]
+    n_bins = len(edges) - 1
+    p = probs.float()
+    t = labels.long()
+    if mask is not None:
+        keep = mask.bool()
+        p, t = p[:, keep], t[keep]
+        ref = None if ref is None else ref[:, keep]
+    bad_label = (t < 0) | (t >= n_classes)
+    n_bad_label = int(bad_label.sum())
+    if n_bad_label:
+        keep = ~bad_label
+        p, t = p[:, keep], t[keep]
+        ref = None if ref is None else ref[:, keep]
+    n_nan = int(torch.isnan(p).sum())
+    n_bad_sum = int(((p.double().sum(0) - 1.0).abs() > SUM_TOLERANCE).sum())
+    bounds = torch.as_tensor(edges[1:], device=device)
+    k = torch.bucketize(p, bounds, right=False).clamp_(max=n_bins - 1)
+    flat = (k + torch.arange(n_classes, device=device)[:, None] * n_bins).reshape(-1)
+    size = n_classes * n_bins
+    onehot_y = torch.zeros_like(p, dtype=torch.float64)
+    onehot_y.scatter_(0, t[None], 1.0)
+
+    def binsum(weights):
+        return torch.zeros(size, dtype=torch.float64, device=device).index_add_(
+            0, flat, weights.reshape(-1).double())
+
+    shape = (n_classes, n_bins)
+    acc.count += torch.bincount(flat, minlength=size).reshape(shape).cpu().numpy()
+    acc.sum_p += binsum(p).reshape(shape).cpu().numpy()
+    acc.sum_y += binsum(onehot_y).reshape(shape).cpu().numpy()
+    best, arg = p.max(dim=0)
+    kt = torch.bucketize(best, bounds, right=False).clamp_(max=n_bins - 1)
+    correct = (arg == t)
+    acc.top_count += torch.bincount(kt, minlength=n_bins).cpu().numpy()
+    acc.top_sum_p += torch.zeros(n_bins, dtype=torch.float64, device=device).index_add_(
+        0, kt, best.double()).cpu().numpy()
+    acc.top_sum_y += torch.zeros(n_bins, dtype=torch.float64, device=device).index_add_(
+        0, kt, correct.double()).cpu().numpy()
+    if ref is not None:
+        r = ref.double()
+        acc.soft_y += binsum(r).reshape(shape).cpu().numpy()
+        acc.top_soft_y += torch.zeros(n_bins, dtype=torch.float64, device=device).index_add_(
+            0, kt, r.gather(0, arg[None])[0]).cpu().numpy()
+    acc.intersection += torch.bincount(t[correct], minlength=n_classes).cpu().numpy()
+    acc.predicted += torch.bincount(arg, minlength=n_classes).cpu().numpy()
+    acc.reference += torch.bincount(t, minlength=n_classes).cpu().numpy()
+    pt = p.gather(0, t[None])[0].double()
+    acc.scalars[0] += float(-torch.log(pt.clamp(min=NLL_FLOOR)).sum())
+    acc.scalars[1] += float(((p.double() - onehot_y) ** 2).sum())
+    acc.scalars[2] += t.numel()
+    acc.scalars[3] += n_bad_label
+    acc.scalars[4] += n_nan
+    acc.scalars[5] += n_bad_sum

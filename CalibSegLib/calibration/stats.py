@@ -1,0 +1,590 @@
+"""ReliabilityStats: mergeable sufficient statistics of calibration.
+
+Per image, class and confidence bin: the voxel count, the sum of predicted
+probabilities and the sum of outcomes (plus the same for the top label, Dice
+counts, NLL and Brier sums, and — with a soft reference — the sum of reference
+probabilities). Every metric and diagram is read off these sums, they take
+memory independent of the number of voxels, and they merge exactly: the
+statistics of a union of voxels (chunks of one volume, a cohort, several sites)
+are the merge of the parts.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from CalibSegLib.calibration.binning import bin_centres, bin_edges, check_n_bins
+from CalibSegLib.calibration.errors import bin_means, compute_calibration_errors, compute_dice
+from CalibSegLib.calibration.kernels import Accumulators, accumulate_numba, accumulate_torch
+from CalibSegLib.errors import CalibSegError
+from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
+
+#: Voxels per chunk: bounds the extra memory of float16 conversion and sets the
+#: granularity of progress and cancellation.
+DEFAULT_CHUNK_VOXELS = 1 << 22
+
+_PER_BIN = ("count", "sum_p", "sum_y", "soft_y")
+_PER_TOP_BIN = ("top_count", "top_sum_p", "top_sum_y", "top_soft_y")
+_PER_CLASS = ("intersection", "predicted", "reference")
+_PER_IMAGE = ("nll_sum", "brier_sum", "n_voxels")
+ARRAY_FIELDS = _PER_BIN + _PER_TOP_BIN + _PER_CLASS + _PER_IMAGE
+_INT_FIELDS = ("count", "top_count", "intersection", "predicted", "reference", "n_voxels")
+
+
+@dataclass
+class ReliabilityStats:
+    """Sufficient statistics of calibration for a set of images.
+
+    Arrays (I images, C classes, B bins): ``count``, ``sum_p``, ``sum_y`` (I, C, B);
+    ``soft_y`` (I, C, B) or (I, 0, B) without a soft reference; ``top_count``,
+    ``top_sum_p``, ``top_sum_y`` (I, B), ``top_soft_y`` (I, B) or (I, 0);
+    ``intersection``, ``predicted``, ``reference`` (I, C) voxel counts for Dice;
+    ``nll_sum``, ``brier_sum`` (I,) float sums and ``n_voxels`` (I,).
+    """
+
+    image_ids: list[str]
+    n_bins: int
+    count: np.ndarray
+    sum_p: np.ndarray
+    sum_y: np.ndarray
+    soft_y: np.ndarray
+    top_count: np.ndarray
+    top_sum_p: np.ndarray
+    top_sum_y: np.ndarray
+    top_soft_y: np.ndarray
+    intersection: np.ndarray
+    predicted: np.ndarray
+    reference: np.ndarray
+    nll_sum: np.ndarray
+    brier_sum: np.ndarray
+    n_voxels: np.ndarray
+    class_names: tuple[str, ...] | None = field(default=None)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_probs(
+        cls,
+        probs,
+        target,
+        n_bins: int = 20,
+        *,
+        image_id: str = "image",
+        reference_probs=None,
+        mask=None,
+        class_names=None,
+        chunk_voxels: int = DEFAULT_CHUNK_VOXELS,
+        backend: str = "auto",
+        progress: ProgressCallback | None = None,
+        cancel: CancelCallback | None = None,
+    ) -> ReliabilityStats:
+        """Statistics of one image in one streaming pass.
+
+        Parameters
+        ----------
+        probs
+            Class probabilities ``(C, Z, Y, X)`` (any spatial shape, or ``(C, N)``),
+            numpy array or torch tensor, float16/32/64; each voxel sums to 1.
+        target
+            Reference labels with the spatial shape of ``probs``, integers in ``[0, C)``.
+        n_bins
+            Number of equal-width confidence bins.
+        image_id
+            Name of the image; merging sums statistics with equal ids.
+        reference_probs
+            Optional soft reference ``(C, ...)`` (e.g. tissue probability maps): also
+            accumulates calibration against it (``soft_*`` metrics).
+        mask
+            Optional boolean mask with the spatial shape; only voxels inside count.
+        class_names
+            Optional names for outputs.
+        chunk_voxels
+            Voxels per chunk (progress/cancel granularity; bounds temporary memory).
+        backend
+            ``"auto"`` (torch on the tensors' device for CUDA tensors, numba otherwise),
+            ``"numba"`` or ``"torch"``.
+        """
+        n_bins = check_n_bins(n_bins)
+        num_classes, spatial, device = _shape_and_device(probs)
+        if _spatial_shape(target) != spatial:
+            raise CalibSegError(
+                f"The reference has shape {_spatial_shape(target)} but the probabilities have "
+                f"spatial shape {spatial}; resample the reference onto the prediction grid."
+            )
+        if reference_probs is not None and tuple(reference_probs.shape) != (num_classes,) + spatial:
+            raise CalibSegError(
+                f"The soft reference has shape {tuple(reference_probs.shape)}; expected "
+                f"{(num_classes,) + spatial} (one probability map per class)."
+            )
+        if mask is not None and _spatial_shape(mask) != spatial:
+            raise CalibSegError(f"The mask has shape {_spatial_shape(mask)}; expected {spatial}.")
+        if class_names is not None and len(class_names) != num_classes:
+            raise CalibSegError(
+                f"{len(class_names)} class names given for {num_classes} probability channels."
+            )
+        if backend == "auto":
+            backend = "torch" if device not in (None, "cpu") else "numba"
+        if backend not in ("numba", "torch"):
+            raise CalibSegError(f"Unknown backend {backend!r}; use 'auto', 'numba' or 'torch'.")
+        acc = Accumulators(num_classes, n_bins, soft=reference_probs is not None)
+        edges = bin_edges(n_bins)
+        run = _run_torch if backend == "torch" else _run_numba
+        run(acc, probs, target, reference_probs, mask, edges, int(chunk_voxels), progress, cancel)
+        _raise_on_bad_input(acc.scalars)
+        return cls._from_accumulators(str(image_id), n_bins, acc, class_names)
+
+    @classmethod
+    def _from_accumulators(cls, image_id, n_bins, acc: Accumulators, class_names):
+        return cls(
+            image_ids=[image_id], n_bins=n_bins,
+            count=acc.count[None], sum_p=acc.sum_p[None], sum_y=acc.sum_y[None],
+            soft_y=acc.soft_y[None], top_count=acc.top_count[None],
+            top_sum_p=acc.top_sum_p[None], top_sum_y=acc.top_sum_y[None],
+            top_soft_y=acc.top_soft_y[None], intersection=acc.intersection[None],
+            predicted=acc.predicted[None], reference=acc.reference[None],
+            nll_sum=acc.scalars[0:1].copy(), brier_sum=acc.scalars[1:2].copy(),
+            n_voxels=acc.scalars[2:3].astype(np.int64),
+            class_names=None if class_names is None else tuple(str(c) for c in class_names),
+        )
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def num_images(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.count.shape[1])
+
+    @property
+    def has_soft_reference(self) -> bool:
+        return self.soft_y.shape[1] > 0
+
+    def names(self) -> tuple[str, ...]:
+        """Class names (``class 0``, ``class 1``... when none were given)."""
+        if self.class_names is not None:
+            return self.class_names
+        return tuple(f"class {c}" for c in range(self.num_classes))
+
+    # ------------------------------------------------------------------ merging
+    def merge(self, other: ReliabilityStats) -> ReliabilityStats:
+        """Exact union: equal image ids are summed (chunks), new ids appended (cohorts)."""
+        if not isinstance(other, ReliabilityStats):
+            raise CalibSegError("Only ReliabilityStats can be merged with ReliabilityStats.")
+        if other.n_bins != self.n_bins or other.num_classes != self.num_classes:
+            raise CalibSegError(
+                f"Cannot merge statistics with {other.num_classes} classes × {other.n_bins} bins "
+                f"into {self.num_classes} classes × {self.n_bins} bins; use the same model and "
+                "bin count."
+            )
+        if other.has_soft_reference != self.has_soft_reference:
+            raise CalibSegError(
+                "Cannot merge statistics with and without a soft reference; compute both the "
+                "same way."
+            )
+        if (self.class_names and other.class_names and self.class_names != other.class_names):
+            raise CalibSegError(
+                f"Class names differ ({self.class_names} vs {other.class_names}); merge "
+                "statistics of the same classes only."
+            )
+        ids = list(self.image_ids)
+        arrays = {name: getattr(self, name).copy() for name in ARRAY_FIELDS}
+        position = {image_id: i for i, image_id in enumerate(ids)}
+        new_rows = []
+        for j, image_id in enumerate(other.image_ids):
+            if image_id in position:
+                i = position[image_id]
+                for name in ARRAY_FIELDS:
+                    arrays[name][i] += getattr(other, name)[j]
+            else:
+                position[image_id] = len(ids)
+                ids.append(image_id)
+                new_rows.append(j)
+        if new_rows:
+            for name in ARRAY_FIELDS:
+                arrays[name] = np.concatenate([arrays[name], getattr(other, name)[new_rows]])
+        return ReliabilityStats(image_ids=ids, n_bins=self.n_bins,
+                                class_names=self.class_names or other.class_names, **arrays)
+
+    @classmethod
+    def merge_all(cls, parts) -> ReliabilityStats:
+        """Merge an iterable of statistics (at least one)."""
+        parts = list(parts)
+        if not parts:
+            raise CalibSegError("Nothing to merge: no statistics were given.")
+        out = parts[0]
+        for part in parts[1:]:
+            out = out.merge(part)
+        return out
+
+    def pooled(self, image_id: str = "pooled") -> ReliabilityStats:
+        """All images summed into one (the "micro" view)."""
+        arrays = {name: getattr(self, name).sum(axis=0, keepdims=True) for name in ARRAY_FIELDS}
+        return ReliabilityStats(image_ids=[image_id], n_bins=self.n_bins,
+                                class_names=self.class_names, **arrays)
+
+    def select(self, image_ids) -> ReliabilityStats:
+        """The statistics of a subset of images (in the given order)."""
+        index = {image_id: i for i, image_id in enumerate(self.image_ids)}
+        try:
+            rows = [index[i] for i in image_ids]
+        except KeyError as exc:
+            raise CalibSegError(f"No image {exc.args[0]!r} in these statistics.") from None
+        arrays = {name: getattr(self, name)[rows] for name in ARRAY_FIELDS}
+        return ReliabilityStats(image_ids=list(image_ids), n_bins=self.n_bins,
+                                class_names=self.class_names, **arrays)
+
+    # ------------------------------------------------------------------ metrics
+    def metrics(self, reduction: str = "macro", include_background: bool = False,
+                ignore_empty_classes: bool = True) -> dict:
+        """Calibration and overlap metrics.
+
+        Parameters
+        ----------
+        reduction
+            ``"macro"``: per image (and class), then the mean over images — the
+            numbers the mL1-ACE paper reports. ``"micro"``: bins pooled over images first.
+        include_background
+            Whether class 0 enters the class means (``marginal_*``, ``mean_dice``);
+            per-class values are reported for every class either way.
+        ignore_empty_classes
+            Classes absent from an image's reference get no marginal calibration
+            error for that image (excluded from the means) instead of a one-sided one.
+
+        Returns
+        -------
+        dict
+            ``ece``, ``ace``, ``mce`` (top label), ``marginal_ece``, ``marginal_ace``,
+            ``marginal_mce`` (mean over classes), ``per_class`` {name: {ece, ace, mce,
+            dice}}, ``dice`` {name: value}, ``mean_dice``, ``nll``, ``brier``, the same
+            ``soft_*`` against a soft reference when present, and ``n_bins``,
+            ``reduction``, ``include_background``, ``n_images``, ``n_voxels``.
+            ACE is the *Average* Calibration Error.
+        """
+        if reduction not in ("macro", "micro"):
+            raise CalibSegError(f"reduction must be 'macro' or 'micro', got {reduction!r}.")
+        stats = self if reduction == "macro" else self.pooled()
+        names = self.names()
+        first = 0 if include_background else 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ece_c, ace_c, mce_c = compute_calibration_errors(stats.count, stats.sum_p, stats.sum_y)
+            if ignore_empty_classes:
+                absent = stats.reference == 0
+                ece_c, ace_c, mce_c = (np.where(absent, np.nan, a) for a in (ece_c, ace_c, mce_c))
+            ece_t, ace_t, mce_t = compute_calibration_errors(
+                stats.top_count, stats.top_sum_p, stats.top_sum_y)
+            dice_c = compute_dice(stats.intersection, stats.predicted, stats.reference)
+            per_class_mean = {k: np.nanmean(v, axis=0) for k, v in
+                              (("ece", ece_c), ("ace", ace_c), ("mce", mce_c), ("dice", dice_c))}
+            n = np.maximum(stats.n_voxels, 1)
+            out: dict = {
+                "reduction": reduction,
+                "include_background": bool(include_background),
+                "ignore_empty_classes": bool(ignore_empty_classes),
+                "n_bins": self.n_bins,
+                "n_images": self.num_images,
+                "n_voxels": int(self.n_voxels.sum()),
+                "ece": _f(np.nanmean(ece_t)),
+                "ace": _f(np.nanmean(ace_t)),
+                "mce": _f(np.nanmean(mce_t)),
+                "marginal_ece": _f(np.nanmean(per_class_mean["ece"][first:])),
+                "marginal_ace": _f(np.nanmean(per_class_mean["ace"][first:])),
+                "marginal_mce": _f(np.nanmean(per_class_mean["mce"][first:])),
+                "per_class": {
+                    name: {k: _f(per_class_mean[k][c]) for k in ("ece", "ace", "mce", "dice")}
+                    for c, name in enumerate(names)
+                },
+                "dice": {name: _f(per_class_mean["dice"][c]) for c, name in enumerate(names)},
+                "mean_dice": _f(np.nanmean(per_class_mean["dice"][first:])),
+                "nll": _f(np.nanmean(stats.nll_sum / n)),
+                "brier": _f(np.nanmean(stats.brier_sum / n)),
+            }
+            if self.has_soft_reference:
+                s_ece, s_ace, s_mce = compute_calibration_errors(stats.count, stats.sum_p,
+                                                                 stats.soft_y)
+                t_ece, t_ace, t_mce = compute_calibration_errors(
+                    stats.top_count, stats.top_sum_p, stats.top_soft_y)
+                soft_class = {k: np.nanmean(v, axis=0) for k, v in
+                              (("ece", s_ece), ("ace", s_ace), ("mce", s_mce))}
+                out.update({
+                    "soft_ece": _f(np.nanmean(t_ece)),
+                    "soft_ace": _f(np.nanmean(t_ace)),
+                    "soft_mce": _f(np.nanmean(t_mce)),
+                    "soft_marginal_ece": _f(np.nanmean(soft_class["ece"][first:])),
+                    "soft_marginal_ace": _f(np.nanmean(soft_class["ace"][first:])),
+                    "soft_marginal_mce": _f(np.nanmean(soft_class["mce"][first:])),
+                })
+                for c, name in enumerate(names):
+                    out["per_class"][name].update(
+                        {f"soft_{k}": _f(soft_class[k][c]) for k in ("ece", "ace", "mce")})
+        return out
+
+    def per_image_metrics(self, include_background: bool = False,
+                          ignore_empty_classes: bool = True) -> list[dict]:
+        """:meth:`metrics` of each image on its own, with its ``image_id``."""
+        rows = []
+        for image_id in self.image_ids:
+            m = self.select([image_id]).metrics("macro", include_background, ignore_empty_classes)
+            rows.append({"image_id": image_id, **m})
+        return rows
+
+    # ------------------------------------------------------------------ diagrams
+    def reliability_diagram(self, class_index: int | None = None) -> dict:
+        """Reliability-diagram data pooled over images.
+
+        ``class_index=None`` gives the top-label diagram, an index the marginal
+        (one-vs-rest) diagram of that class. Empty bins have NaN means and gap
+        (they are skipped when drawing, never shown as zero).
+        """
+        pooled = self.pooled()
+        if class_index is None:
+            count, sum_p, sum_y = pooled.top_count[0], pooled.top_sum_p[0], pooled.top_sum_y[0]
+        else:
+            if not 0 <= int(class_index) < self.num_classes:
+                raise CalibSegError(
+                    f"class_index {class_index} is out of range for {self.num_classes} classes.")
+            c = int(class_index)
+            count, sum_p, sum_y = pooled.count[0, c], pooled.sum_p[0, c], pooled.sum_y[0, c]
+        mean_p, mean_y = bin_means(count, sum_p, sum_y)
+        ece, ace, mce = compute_calibration_errors(count, sum_p, sum_y)
+        return {
+            "bin_edges": bin_edges(self.n_bins).astype(np.float64),
+            "bin_centres": bin_centres(self.n_bins),
+            "mean_confidence": mean_p,
+            "observed_frequency": mean_y,
+            "gap": mean_p - mean_y,
+            "counts": count.astype(np.int64),
+            "ece": _f(ece), "ace": _f(ace), "mce": _f(mce),
+            "class": "top label" if class_index is None else self.names()[int(class_index)],
+        }
+
+    def dataset_reliability_histogram(self, class_index: int | None = None) -> np.ndarray:
+        """The dataset reliability histogram: a ``(B, B)`` column-normalised matrix.
+
+        Entry ``[j, k]`` is the fraction of images whose observed frequency in
+        confidence bin ``k`` falls in frequency bin ``j`` (images with an empty
+        bin ``k`` do not count in column ``k``; a column with no image is NaN).
+        """
+        if class_index is None:
+            count, sum_y = self.top_count, self.top_sum_y
+        else:
+            count, sum_y = self.count[:, int(class_index)], self.sum_y[:, int(class_index)]
+        _, freq = bin_means(count, np.zeros_like(sum_y), sum_y)
+        hist = np.zeros((self.n_bins, self.n_bins), dtype=np.float64)
+        for k in range(self.n_bins):
+            values = freq[:, k]
+            values = values[~np.isnan(values)]
+            if values.size:
+                rows = np.minimum((values * self.n_bins).astype(np.int64), self.n_bins - 1)
+                hist[:, k] = np.bincount(rows, minlength=self.n_bins) / values.size
+            else:
+                hist[:, k] = np.nan
+        return hist
+
+    # ------------------------------------------------------------------ serialisation
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain numpy arrays (binary transport); size independent of the voxel count."""
+        out = {name: np.asarray(getattr(self, name)) for name in ARRAY_FIELDS}
+        out["image_ids"] = np.asarray(self.image_ids, dtype=str)
+        out["n_bins"] = np.asarray(self.n_bins, dtype=np.int64)
+        if self.class_names is not None:
+            out["class_names"] = np.asarray(self.class_names, dtype=str)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> ReliabilityStats:
+        """Inverse of :meth:`to_arrays`, with shape and value checks."""
+        try:
+            ids = [str(x) for x in np.asarray(arrays["image_ids"]).ravel()]
+            n_bins = int(np.asarray(arrays["n_bins"]))
+            fields = {}
+            for name in ARRAY_FIELDS:
+                dtype = np.int64 if name in _INT_FIELDS else np.float64
+                fields[name] = np.array(arrays[name], dtype=dtype)
+        except KeyError as exc:
+            raise CalibSegError(f"Reliability statistics lack the array {exc.args[0]!r}.") from None
+        names = arrays.get("class_names")
+        stats = cls(image_ids=ids, n_bins=n_bins,
+                    class_names=None if names is None else tuple(str(x) for x in names), **fields)
+        stats.validate()
+        return stats
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict (lists of numbers); round trips with :meth:`from_dict`."""
+        out = {name: getattr(self, name).tolist() for name in ARRAY_FIELDS}
+        out.update({"format": "calibseg.reliability-stats/1", "image_ids": list(self.image_ids),
+                    "n_bins": self.n_bins,
+                    "class_names": None if self.class_names is None else list(self.class_names)})
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ReliabilityStats:
+        """Inverse of :meth:`to_dict`."""
+        arrays = {k: v for k, v in data.items() if k in ARRAY_FIELDS}
+        arrays["image_ids"] = data.get("image_ids", [])
+        arrays["n_bins"] = data.get("n_bins")
+        if arrays["n_bins"] is None:
+            raise CalibSegError("Reliability statistics lack 'n_bins'.")
+        if data.get("class_names") is not None:
+            arrays["class_names"] = data["class_names"]
+        return cls.from_arrays(arrays)
+
+    def validate(self) -> None:
+        """Check shapes, finiteness and count consistency; raise CalibSegError if broken."""
+        i, b = len(self.image_ids), self.n_bins
+        if i == 0:
+            raise CalibSegError("Reliability statistics hold no image.")
+        if len(set(self.image_ids)) != i:
+            raise CalibSegError("Reliability statistics have duplicate image ids.")
+        c = self.count.shape[1] if self.count.ndim == 3 else -1
+        soft_c = self.soft_y.shape[1] if self.soft_y.ndim == 3 else -1
+        soft_b = self.top_soft_y.shape[1] if self.top_soft_y.ndim == 2 else -1
+        expected = {
+            "count": (i, c, b), "sum_p": (i, c, b), "sum_y": (i, c, b),
+            "soft_y": (i, soft_c, b), "top_count": (i, b), "top_sum_p": (i, b),
+            "top_sum_y": (i, b), "top_soft_y": (i, soft_b), "intersection": (i, c),
+            "predicted": (i, c), "reference": (i, c), "nll_sum": (i,), "brier_sum": (i,),
+            "n_voxels": (i,),
+        }
+        if c < 1 or soft_c not in (0, c) or soft_b not in (0, b) or (soft_c == 0) != (soft_b == 0):
+            raise CalibSegError("Reliability statistics have inconsistent class dimensions.")
+        for name, shape in expected.items():
+            array = getattr(self, name)
+            if array.shape != shape:
+                raise CalibSegError(
+                    f"Reliability statistics array {name!r} has shape {array.shape}, "
+                    f"expected {shape}.")
+            if not np.all(np.isfinite(array)):
+                raise CalibSegError(f"Reliability statistics array {name!r} holds NaN/Inf.")
+            if np.any(array < 0):
+                raise CalibSegError(f"Reliability statistics array {name!r} holds negative values.")
+        tol = 1e-6 * np.maximum(self.count, 1)
+        if np.any(self.sum_p > self.count + tol) or np.any(self.sum_y > self.count + tol):
+            raise CalibSegError("Reliability statistics have bin sums larger than their counts.")
+        if np.any(self.count.sum(axis=2) != self.n_voxels[:, None]):
+            raise CalibSegError("Reliability statistics counts do not add up to the voxel count.")
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def _f(value) -> float:
+    return float(value)
+
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _spatial_shape(x) -> tuple[int, ...]:
+    return tuple(int(s) for s in x.shape)
+
+
+def _shape_and_device(probs):
+    if probs is None or not hasattr(probs, "shape") or len(probs.shape) < 2:
+        raise CalibSegError(
+            "Probabilities must be an array (C, Z, Y, X) (or (C, N)) with one channel per class.")
+    num_classes = int(probs.shape[0])
+    if num_classes < 1:
+        raise CalibSegError("Probabilities have no class channel.")
+    device = str(probs.device.type) if _is_torch(probs) else None
+    return num_classes, tuple(int(s) for s in probs.shape[1:]), device
+
+
+def _as_numpy(x):
+    if _is_torch(x):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _flat_labels(target) -> np.ndarray:
+    labels = _as_numpy(target).reshape(-1)
+    if labels.dtype.kind == "b":
+        labels = labels.astype(np.uint8)
+    if labels.dtype.kind == "f":
+        rounded = np.rint(labels)
+        if not np.array_equal(rounded, labels):
+            raise CalibSegError("The reference holds non-integer values; pass a label map.")
+        labels = rounded.astype(np.int64)
+    if labels.dtype not in (np.uint8, np.uint16, np.int32, np.int64):
+        labels = labels.astype(np.int64)
+    return np.ascontiguousarray(labels)
+
+
+def _run_numba(acc, probs, target, reference, mask, edges, chunk, progress, cancel) -> None:
+    p = _as_numpy(probs)
+    num_classes = p.shape[0]
+    p = p.reshape(num_classes, -1)
+    n = p.shape[1]
+    direct = p.dtype == np.float32 and p.flags.c_contiguous
+    labels = _flat_labels(target)
+    ref = None
+    ref_direct = True
+    if reference is not None:
+        ref = _as_numpy(reference).reshape(num_classes, -1)
+        ref_direct = ref.dtype == np.float32 and ref.flags.c_contiguous
+    m = None if mask is None else np.ascontiguousarray(_as_numpy(mask).reshape(-1), dtype=bool)
+    chunk = max(int(chunk), 1)
+    for start in range(0, max(n, 1), chunk):
+        check_cancel(cancel, "calibration statistics computation")
+        stop = min(n, start + chunk)
+        if direct:
+            block, p0 = p, start
+        else:
+            block, p0 = np.ascontiguousarray(p[:, start:stop], dtype=np.float32), 0
+        if ref is None:
+            rblock, r0 = None, 0
+        elif ref_direct:
+            rblock, r0 = ref, start
+        else:
+            rblock, r0 = np.ascontiguousarray(ref[:, start:stop], dtype=np.float32), 0
+        accumulate_numba(acc, block, p0, labels, start, stop - start, edges, rblock, r0, m)
+        report(progress, stop / max(n, 1), "calibration statistics")
+
+
+def _run_torch(acc, probs, target, reference, mask, edges, chunk, progress, cancel) -> None:
+    import torch
+
+    p = probs if _is_torch(probs) else torch.from_numpy(np.ascontiguousarray(probs))
+    device = p.device
+    num_classes = p.shape[0]
+    p = p.reshape(num_classes, -1)
+    n = p.shape[1]
+
+    def on_device(x, dtype=None):
+        if x is None:
+            return None
+        t = x if _is_torch(x) else torch.from_numpy(np.ascontiguousarray(x))
+        t = t.to(device)
+        return t if dtype is None else t.to(dtype)
+
+    labels = on_device(target).reshape(-1)
+    ref = None if reference is None else on_device(reference).reshape(num_classes, -1)
+    m = None if mask is None else on_device(mask, torch.bool).reshape(-1)
+    chunk = max(int(chunk), 1)
+    for start in range(0, max(n, 1), chunk):
+        check_cancel(cancel, "calibration statistics computation")
+        stop = min(n, start + chunk)
+        accumulate_torch(acc, p[:, start:stop], labels[start:stop], edges,
+                         None if ref is None else ref[:, start:stop],
+                         None if m is None else m[start:stop])
+        report(progress, stop / max(n, 1), "calibration statistics")
+
+
+def _raise_on_bad_input(scalars: np.ndarray) -> None:
+    bad_label, bad_nan, bad_sum = (int(v) for v in scalars[3:6])
+    if bad_nan:
+        raise CalibSegError(
+            f"The probabilities hold NaN at {bad_nan} values; check the model output "
+            "(or the file) before evaluating.")
+    if bad_label:
+        raise CalibSegError(
+            f"The reference has {bad_label} voxels with labels the model does not know "
+            "(negative or ≥ the number of classes); map them to the model's classes or mask "
+            "them out.")
+    if bad_sum:
+        raise CalibSegError(
+            f"At {bad_sum} voxels the class probabilities do not sum to 1; pass softmax "
+            "probabilities (not logits), one channel per class.")
