@@ -101,10 +101,8 @@ def loss_description(config: TrainConfig) -> dict:
 def fit_validation_temperature(logits: Sequence[torch.Tensor],
                                labels: Sequence[np.ndarray]) -> float:
     """Temperature fitted on all validation voxels (``CalibSegLib.calibration``)."""
-    try:
-        from CalibSegLib.calibration import fit_temperature
-    except ImportError:
-        return 1.0
+    from CalibSegLib.calibration import fit_temperature
+
     flat = torch.cat([lg.reshape(lg.shape[0], -1) for lg in logits], dim=1)
     target = torch.cat([torch.from_numpy(np.asarray(lb, dtype=np.int64).reshape(-1))
                         for lb in labels])
@@ -115,22 +113,21 @@ def fit_validation_temperature(logits: Sequence[torch.Tensor],
 def validation_metrics(logits: Sequence[torch.Tensor], cases, temperature: float,
                        config: TrainConfig) -> dict:
     """Dice / ECE / ACE / NLL on the validation cases at T = 1 and at the fitted T."""
-    try:
-        from CalibSegLib.calibration import ReliabilityStats
-    except ImportError:
-        return {}
+    from CalibSegLib.calibration import ReliabilityStats
+
     out = {}
     for label, t in (("T=1", 1.0), ("fitted", float(temperature))):
         stats = None
         for lg, case in zip(logits, cases):
             probs = torch.softmax(lg.float() / t, dim=0)
-            s = ReliabilityStats.from_probs(probs, torch.from_numpy(case.labels.astype(np.int64)),
-                                            n_bins=config.bins)
+            s = ReliabilityStats.from_probs(probs.numpy(), case.labels.astype(np.int64),
+                                            n_bins=config.bins, image_id=case.case_id)
             stats = s if stats is None else stats.merge(s)
         metrics = stats.metrics()
         out[label] = {k: _plain(v) for k, v in metrics.items()
-                      if k in ("ece", "ace", "mce", "marginal_ace", "marginal_ece", "dice",
-                               "mean_dice", "nll", "brier")}
+                      if k in ("ece", "ace", "mce", "marginal_ace", "marginal_ece",
+                               "marginal_mce", "dice", "mean_dice", "nll", "brier")}
+        out[label]["temperature"] = float(t)
     return out
 
 
