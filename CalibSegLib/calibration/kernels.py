@@ -2,9 +2,9 @@
 
 Two back ends fill the same sufficient statistics:
 
-- :func:`accumulate_numba` (CPU): one parallel pass over voxels reading every
-  class probability of a voxel once; bins, counts and sums for all classes, the
-  top label, Dice counts, NLL and Brier together, into per-thread partial
+- :func:`accumulate_numba` (CPU): one pass over voxels reading every class
+  probability of a voxel once; bins, counts and sums for all classes, the top
+  label, Dice counts, NLL and Brier together, into per-thread partial
   histograms that are summed at the end (no atomics, no one-hot, no per-voxel
   temporaries).
 - :func:`accumulate_torch` (any torch device, used for CUDA tensors): bucketize
@@ -15,6 +15,8 @@ Two back ends fill the same sufficient statistics:
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -45,140 +47,165 @@ class Accumulators:
         self.scalars = np.zeros(6, np.float64)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _accumulate(probs, p0, labels, l0, ref, r0, mask, n, edges, has_ref, has_mask, n_threads,
-                count, sum_p, sum_y, soft_y, top_count, top_sum_p, top_sum_y, top_soft_y,
-                intersection, predicted, reference, scalars):  # pragma: no cover - compiled
+@numba.njit(cache=True, nogil=True, inline="never")
+def _bin(p, edges, top_bin):  # pragma: no cover - compiled
+    """Bin of ``p``: edges[k] < p <= edges[k + 1] (exact against the float32 edges)."""
+    k = int(p * (top_bin + 1))
+    if k > top_bin:
+        k = top_bin
+    elif k < 0:
+        k = 0
+    while k > 0 and p <= edges[k]:
+        k -= 1
+    while k < top_bin and p > edges[k + 1]:
+        k += 1
+    return k
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, has_ref,
+                      has_mask, count, sum_p, sum_y, soft_y, top_count, top_sum_p, top_sum_y,
+                      top_soft_y, intersection, predicted, reference,
+                      scalars):  # pragma: no cover - compiled
+    """Serial accumulation of voxels [start, stop) into one block's histograms."""
     n_classes = probs.shape[0]
-    n_bins = edges.shape[0] - 1
-    n_blocks = n_threads * 2
-    if n < n_blocks:
-        n_blocks = max(n, 1)
-    step = (n + n_blocks - 1) // n_blocks
-    soft_c = soft_y.shape[0]
-    soft_b = top_soft_y.shape[0]
-    b_count = np.zeros((n_blocks, n_classes, n_bins), np.int64)
-    b_sum_p = np.zeros((n_blocks, n_classes, n_bins), np.float64)
-    b_sum_y = np.zeros((n_blocks, n_classes, n_bins), np.float64)
-    b_soft = np.zeros((n_blocks, soft_c, n_bins), np.float64)
-    b_tc = np.zeros((n_blocks, n_bins), np.int64)
-    b_tp = np.zeros((n_blocks, n_bins), np.float64)
-    b_ty = np.zeros((n_blocks, n_bins), np.float64)
-    b_ts = np.zeros((n_blocks, soft_b), np.float64)
-    b_int = np.zeros((n_blocks, n_classes), np.int64)
-    b_pred = np.zeros((n_blocks, n_classes), np.int64)
-    b_ref = np.zeros((n_blocks, n_classes), np.int64)
-    b_sc = np.zeros((n_blocks, 6), np.float64)
-    top_bin = n_bins - 1
-    for blk in numba.prange(n_blocks):
-        start = blk * step
-        stop = min(n, start + step)
-        nll = 0.0
-        brier = 0.0
-        voxels = 0
-        bad_label = 0
-        bad_nan = 0
-        bad_sum = 0
-        for i in range(start, stop):
-            if has_mask and not mask[l0 + i]:
-                continue
-            t = np.int64(labels[l0 + i])
-            if t < 0 or t >= n_classes:
-                bad_label += 1
-                continue
-            best = np.float32(-1.0)
-            arg = 0
-            total = 0.0
-            sq = 0.0
-            for c in range(n_classes):
-                p = probs[c, p0 + i]
-                if p != p:
-                    bad_nan += 1
-                k = int(p * n_bins)
-                if k > top_bin:
-                    k = top_bin
-                elif k < 0:
-                    k = 0
-                while k > 0 and p <= edges[k]:
-                    k -= 1
-                while k < top_bin and p > edges[k + 1]:
-                    k += 1
-                pf = np.float64(p)
-                b_count[blk, c, k] += 1
-                b_sum_p[blk, c, k] += pf
-                if c == t:
-                    b_sum_y[blk, c, k] += 1.0
-                    sq += (pf - 1.0) * (pf - 1.0)
-                    nll -= math.log(max(pf, 1e-12))
-                else:
-                    sq += pf * pf
-                if has_ref:
-                    b_soft[blk, c, k] += np.float64(ref[c, r0 + i])
-                if p > best:
-                    best = p
-                    arg = c
-                total += pf
-            if abs(total - 1.0) > 1e-3:
-                bad_sum += 1
-            k = int(best * n_bins)
+    top_bin = edges.shape[0] - 2
+    n_bins_f = np.float32(top_bin + 1)
+    log_mantissa = 1.0
+    log_exponent = 0
+    brier = 0.0
+    voxels = 0
+    bad_label = 0
+    bad_nan = 0
+    bad_sum = 0
+    pending = 0
+    for i in range(start, stop):
+        if has_mask and not mask[l0 + i]:
+            continue
+        t = np.int64(labels[l0 + i])
+        if t < 0 or t >= n_classes:
+            bad_label += 1
+            continue
+        best = np.float32(-1.0)
+        arg = 0
+        total = 0.0
+        squares = 0.0
+        kt = 0
+        pt = 0.0
+        for c in range(n_classes):
+            p = probs[c, p0 + i]
+            if p != p:
+                bad_nan += 1
+                p = np.float32(0.0)
+            k = int(p * n_bins_f)
             if k > top_bin:
                 k = top_bin
-            elif k < 0:
-                k = 0
-            while k > 0 and best <= edges[k]:
+            while k > 0 and p <= edges[k]:
                 k -= 1
-            while k < top_bin and best > edges[k + 1]:
+            while k < top_bin and p > edges[k + 1]:
                 k += 1
-            b_tc[blk, k] += 1
-            b_tp[blk, k] += np.float64(best)
-            if arg == t:
-                b_ty[blk, k] += 1.0
-                b_int[blk, t] += 1
+            pf = np.float64(p)
+            count[c, k] += 1
+            sum_p[c, k] += pf
+            if c == t:
+                kt = k
+                pt = pf
             if has_ref:
-                b_ts[blk, k] += np.float64(ref[arg, r0 + i])
-            b_pred[blk, arg] += 1
-            b_ref[blk, t] += 1
-            brier += sq
-            voxels += 1
-        b_sc[blk, 0] = nll
-        b_sc[blk, 1] = brier
-        b_sc[blk, 2] = voxels
-        b_sc[blk, 3] = bad_label
-        b_sc[blk, 4] = bad_nan
-        b_sc[blk, 5] = bad_sum
-    for blk in range(n_blocks):
-        count += b_count[blk]
-        sum_p += b_sum_p[blk]
-        sum_y += b_sum_y[blk]
-        soft_y += b_soft[blk]
-        top_count += b_tc[blk]
-        top_sum_p += b_tp[blk]
-        top_sum_y += b_ty[blk]
-        top_soft_y += b_ts[blk]
-        intersection += b_int[blk]
-        predicted += b_pred[blk]
-        reference += b_ref[blk]
-        scalars += b_sc[blk]
+                soft_y[c, k] += np.float64(ref[c, r0 + i])
+            if p > best:
+                best = p
+                arg = c
+            total += pf
+            squares += pf * pf
+        sum_y[t, kt] += 1.0
+        # NLL: multiply probabilities, take the logarithm only every 16 voxels
+        log_mantissa *= max(pt, 1e-12)
+        pending += 1
+        if pending == 16:
+            mantissa, exponent = math.frexp(log_mantissa)
+            log_mantissa = mantissa
+            log_exponent += exponent
+            pending = 0
+        brier += squares - 2.0 * pt + 1.0
+        if abs(total - 1.0) > 1e-3:
+            bad_sum += 1
+        k = int(best * n_bins_f)
+        if k > top_bin:
+            k = top_bin
+        while k > 0 and best <= edges[k]:
+            k -= 1
+        while k < top_bin and best > edges[k + 1]:
+            k += 1
+        top_count[k] += 1
+        top_sum_p[k] += np.float64(best)
+        if arg == t:
+            top_sum_y[k] += 1.0
+            intersection[t] += 1
+        if has_ref:
+            top_soft_y[k] += np.float64(ref[arg, r0 + i])
+        predicted[arg] += 1
+        reference[t] += 1
+        voxels += 1
+    scalars[0] += -(math.log(log_mantissa) + log_exponent * math.log(2.0))
+    scalars[1] += brier
+    scalars[2] += voxels
+    scalars[3] += bad_label
+    scalars[4] += bad_nan
+    scalars[5] += bad_sum
 
 
 _EMPTY_REF = np.zeros((0, 1), np.float32)
 _EMPTY_MASK = np.zeros(0, np.bool_)
 
 
+def _threads() -> int:
+    try:
+        import torch
+
+        wanted = torch.get_num_threads()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        wanted = os.cpu_count() or 1
+    return max(1, min(wanted, os.cpu_count() or 1))
+
+
 def accumulate_numba(acc: Accumulators, probs: np.ndarray, p0: int, labels: np.ndarray, l0: int,
                      n: int, edges: np.ndarray, ref: np.ndarray | None = None, r0: int = 0,
-                     mask: np.ndarray | None = None) -> None:
+                     mask: np.ndarray | None = None, threads: int | None = None) -> None:
     """Add voxels ``[0, n)`` of the given windows to ``acc`` (CPU, numba).
 
     ``probs`` is ``(C, M)`` float32 read from column ``p0``; ``labels`` and
     ``mask`` are 1-D read from ``l0``; ``ref`` is ``(C, M)`` float32 read from ``r0``.
+    The compiled kernel releases the GIL; blocks run on plain Python threads,
+    each into its own partial histograms (no OpenMP spin-waiting, which behaves
+    badly on busy machines and beside torch's own thread pool).
     """
-    _accumulate(probs, p0, labels, l0, _EMPTY_REF if ref is None else ref, r0,
-                _EMPTY_MASK if mask is None else mask, n, edges, ref is not None,
-                mask is not None, numba.get_num_threads(), acc.count, acc.sum_p, acc.sum_y,
-                acc.soft_y, acc.top_count, acc.top_sum_p, acc.top_sum_y, acc.top_soft_y,
-                acc.intersection,
-                acc.predicted, acc.reference, acc.scalars)
+    threads = _threads() if threads is None else max(1, int(threads))
+    if n < threads * 65536:
+        threads = 1
+    ref_a = _EMPTY_REF if ref is None else ref
+    mask_a = _EMPTY_MASK if mask is None else mask
+    soft = ref is not None
+    parts = [acc] + [Accumulators(acc.count.shape[0], acc.count.shape[1], soft)
+                     for _ in range(threads - 1)]
+    step = (n + threads - 1) // threads
+
+    def work(index: int) -> None:
+        part = parts[index]
+        start = index * step
+        stop = min(n, start + step)
+        _accumulate_range(probs, p0, labels, l0, ref_a, r0, mask_a, start, stop, edges, soft,
+                          mask is not None, part.count, part.sum_p, part.sum_y, part.soft_y,
+                          part.top_count, part.top_sum_p, part.top_sum_y, part.top_soft_y,
+                          part.intersection, part.predicted, part.reference, part.scalars)
+
+    if threads == 1:
+        work(0)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(work, range(threads)))
+    for part in parts[1:]:
+        for name in vars(acc):
+            getattr(acc, name).__iadd__(getattr(part, name))
 
 
 def accumulate_torch(acc: Accumulators, probs, labels, edges: np.ndarray, ref=None,
