@@ -389,7 +389,7 @@ class ReliabilityStats:
         """Plain numpy arrays (binary transport); size independent of the voxel count."""
         out = {name: np.asarray(getattr(self, name)) for name in ARRAY_FIELDS}
         out["image_ids"] = np.asarray(self.image_ids, dtype=str)
-        out["n_bins"] = np.asarray(self.n_bins, dtype=np.int64)
+        out["n_bins"] = np.asarray([self.n_bins], dtype=np.int64)
         if self.class_names is not None:
             out["class_names"] = np.asarray(self.class_names, dtype=str)
         return out
@@ -399,11 +399,16 @@ class ReliabilityStats:
         """Inverse of :meth:`to_arrays`, with shape and value checks."""
         try:
             ids = [str(x) for x in np.asarray(arrays["image_ids"]).ravel()]
-            n_bins = int(np.asarray(arrays["n_bins"]))
+            n_bins = int(np.asarray(arrays["n_bins"]).ravel()[0])
             fields = {}
             for name in ARRAY_FIELDS:
                 dtype = np.int64 if name in _INT_FIELDS else np.float64
                 fields[name] = np.array(arrays[name], dtype=dtype)
+            # without a soft reference these are empty; JSON lists lose their shape
+            if fields["soft_y"].size == 0:
+                fields["soft_y"] = fields["soft_y"].reshape(len(ids), 0, n_bins)
+            if fields["top_soft_y"].size == 0:
+                fields["top_soft_y"] = fields["top_soft_y"].reshape(len(ids), 0)
         except KeyError as exc:
             raise CalibSegError(f"Reliability statistics lack the array {exc.args[0]!r}.") from None
         names = arrays.get("class_names")
