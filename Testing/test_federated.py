@@ -7,12 +7,9 @@ import os
 
 import numpy as np
 import pytest
-from test_federated_standin import install
 
-install()
-
-from CalibSegLib.errors import CalibSegError  # noqa: E402
-from CalibSegLib.federated import (  # noqa: E402
+from CalibSegLib.errors import CalibSegError
+from CalibSegLib.federated import (
     SiteSpec,
     federated_calibrate,
     federated_evaluate,
@@ -22,7 +19,7 @@ from CalibSegLib.federated import (  # noqa: E402
     simulated_sites,
     site,
 )
-from CalibSegLib.federated.drift import calibration_drift  # noqa: E402
+from CalibSegLib.federated.drift import calibration_drift
 
 N_BINS = 10
 
@@ -111,7 +108,9 @@ def test_federated_temperature_equals_central(model, sites, tmp_path):
     sums, count = nll_over_temperature_grid(np.concatenate(logits, 1), np.concatenate(labels),
                                             np.asarray(temps))
     assert result.voxel_count == count
-    assert result.temperature == fit_temperature_from_grid(sums, np.asarray(temps))
+    # equal up to the rounding of summing the same NLL terms in another order
+    assert result.temperature == pytest.approx(fit_temperature_from_grid(sums, np.asarray(temps)),
+                                               rel=1e-9)
     np.testing.assert_allclose(result.nll_sums, sums, rtol=1e-6)
     from CalibSegLib.models import load_model
 

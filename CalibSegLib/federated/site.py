@@ -75,7 +75,6 @@ def local_finetune(model, cases: Sequence, *, steps: int = 2, lr: float = 1e-3,
     from monai.losses import DiceCELoss
 
     from CalibSegLib.models import normalizer
-    from CalibSegLib.training.push import pad_to_multiple
 
     torch.manual_seed(int(seed))
     network = model.network
@@ -89,7 +88,7 @@ def local_finetune(model, cases: Sequence, *, steps: int = 2, lr: float = 1e-3,
     for case in cases:
         x = torch.from_numpy(np.ascontiguousarray(norm(case.image), dtype=np.float32))[None, None]
         y = torch.from_numpy(case.labels.astype(np.int64))[None, None]
-        x, shape = pad_to_multiple(x, divisor)
+        x, shape = _pad_to_multiple(x, divisor)
         batch.append((x, y, shape))
     loss_value = float("nan")
     for step in range(int(steps)):
@@ -110,6 +109,15 @@ def local_finetune(model, cases: Sequence, *, steps: int = 2, lr: float = 1e-3,
     state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
     voxels = int(sum(int(np.prod(s)) for _, _, s in batch))
     return state, {"loss": loss_value, "steps": int(steps), "voxels": voxels}
+
+
+def _pad_to_multiple(x: torch.Tensor, divisor: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Pad (B, C, Z, Y, X) at the far end (edge values) so each size divides by ``divisor``."""
+    shape = tuple(int(n) for n in x.shape[2:])
+    pads = [(-n) % max(int(divisor), 1) for n in shape]
+    if any(pads):
+        x = torch.nn.functional.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
+    return x, shape
 
 
 def _ace_loss(n_bins: int):
