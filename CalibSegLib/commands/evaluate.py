@@ -1,0 +1,167 @@
+"""``calibseg evaluate``: calibration (ECE / ACE / MCE) and Dice of saved probabilities.
+
+The probabilities are a ``.npy`` / ``.npz`` array ``(C, Z, Y, X)`` or a vector image
+(NIfTI, NRRD, MetaImage) with one component per class; the reference is a label
+image on the same grid. Everything is computed before anything is written, so an
+error leaves no partial output. The probability-file logic lives in functions
+(:func:`read_probabilities`, :func:`evaluate_files`, :func:`summary`,
+:func:`write_outputs`) so that other sources (a model on a cohort) can reuse them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+NAME = "evaluate"
+HELP = ("measure calibration (ECE, ACE = average calibration error, MCE) and Dice of "
+        "class probabilities against a reference segmentation")
+EXAMPLE = "calibseg evaluate --probs probs.nii.gz --reference labels.nii.gz --json -o out/eval"
+
+#: Keys of the summary printed with ``--json``.
+SUMMARY_KEYS = ("ece", "ace", "mce", "marginal_ece", "marginal_ace", "marginal_mce",
+                "per_class", "dice", "n_bins", "reduction", "include_background", "nll",
+                "brier", "n_voxels")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--probs", required=True,
+                        help="class probabilities: .npy/.npz (C, Z, Y, X) or a vector image")
+    parser.add_argument("--reference", required=True, help="reference label image")
+    parser.add_argument("--bins", type=int, default=20, help="confidence bins (default 20)")
+    parser.add_argument("--include-background", action="store_true",
+                        help="let class 0 enter the class means")
+    parser.add_argument("--reduction", choices=["macro", "micro"], default="macro")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.add_argument("-o", "--output", default=None,
+                        help="folder for stats.json, metrics.json and reliability.png")
+
+
+def read_probabilities(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities ``(C, Z, Y, X)`` float32 and the affine (None for numpy files)."""
+    from CalibSegLib.errors import CalibSegError
+
+    if not os.path.isfile(path):
+        raise CalibSegError(f"{path}: no such file.")
+    lower = path.lower()
+    if lower.endswith((".npy", ".npz")):
+        try:
+            data = np.load(path, allow_pickle=False)
+            if isinstance(data, np.lib.npyio.NpzFile):
+                keys = list(data.keys())
+                key = "probs" if "probs" in keys else (keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise CalibSegError(
+                        f"{path}: holds arrays {keys}; name the probabilities 'probs'.")
+                data = data[key]
+        except (OSError, ValueError) as exc:
+            raise CalibSegError(f"{path}: cannot read this array ({exc}).") from exc
+        array = np.asarray(data)
+        if array.ndim != 4:
+            raise CalibSegError(
+                f"{path}: expected an array (C, Z, Y, X), got shape {array.shape}.")
+        return array, None
+    import SimpleITK as sitk
+
+    from CalibSegLib.io import affine_from_sitk
+
+    try:
+        image = sitk.ReadImage(path)
+    except RuntimeError as exc:
+        raise CalibSegError(f"{path}: cannot read this image ({str(exc).strip()[:200]}).") from exc
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() < 2:
+        raise CalibSegError(
+            f"{path}: expected a 3D vector image with one component per class, got "
+            f"{image.GetDimension()}D with {image.GetNumberOfComponentsPerPixel()} component(s).")
+    array = np.moveaxis(sitk.GetArrayFromImage(image), -1, 0)  # (Z,Y,X,C) -> (C,Z,Y,X)
+    return array, affine_from_sitk(image)
+
+
+def read_reference(path: str, shape: tuple[int, ...], affine: np.ndarray | None) -> np.ndarray:
+    """Reference labels on the probabilities' grid (checked), as an integer array."""
+    from CalibSegLib.errors import CalibSegError
+    from CalibSegLib.io import read_image
+
+    labels, ref_affine = read_image(path)
+    if labels.shape != tuple(shape):
+        raise CalibSegError(
+            f"{path}: the reference has shape {labels.shape} but the probabilities have "
+            f"{tuple(shape)}; resample the reference onto the prediction grid.")
+    if affine is not None and not np.allclose(affine, ref_affine, atol=1e-3):
+        raise CalibSegError(
+            f"{path}: the reference is not on the probabilities' grid (different origin, "
+            "spacing or direction); resample it onto the prediction grid.")
+    if labels.dtype.kind == "f":
+        if not np.array_equal(labels, np.rint(labels)):
+            raise CalibSegError(f"{path}: the reference holds non-integer values; pass labels.")
+        labels = labels.astype(np.int64)
+    return labels
+
+
+def evaluate_files(probs_path: str, reference_path: str, n_bins: int = 20, progress=None,
+                   cancel=None):
+    """ReliabilityStats of a probability file against a reference label file."""
+    from CalibSegLib.calibration import ReliabilityStats
+
+    probs, affine = read_probabilities(probs_path)
+    labels = read_reference(reference_path, probs.shape[1:], affine)
+    name = os.path.basename(probs_path)
+    return ReliabilityStats.from_probs(probs, labels, n_bins, image_id=name,
+                                       progress=progress, cancel=cancel)
+
+
+def summary(stats, reduction: str = "macro", include_background: bool = False) -> dict:
+    """The JSON summary: top-label and marginal ECE/ACE/MCE, per-class values, Dice."""
+    metrics = stats.metrics(reduction, include_background=include_background)
+    return {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def write_outputs(stats, result: dict, folder: str) -> list[str]:
+    """Write ``stats.json``, ``metrics.json`` and ``reliability.png`` (each atomically)."""
+    from CalibSegLib.calibration import plot_reliability_diagram
+    from CalibSegLib.io import atomic_path
+
+    figure = plot_reliability_diagram(stats)  # built before any file is written
+    os.makedirs(folder, exist_ok=True)
+    written = []
+    for name, payload in (("stats.json", stats.to_dict()), ("metrics.json", result)):
+        path = os.path.join(folder, name)
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump(_json_safe(payload), f, indent=1)
+        written.append(path)
+    path = os.path.join(folder, "reliability.png")
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    written.append(path)
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    stats = evaluate_files(args.probs, args.reference, args.bins)
+    result = summary(stats, args.reduction, args.include_background)
+    written = write_outputs(stats, result, args.output) if args.output else []
+    if args.json:
+        print(json.dumps(_json_safe(result), indent=1))
+    elif not getattr(args, "quiet", False):
+        print(f"top-label  ECE {result['ece']:.4f}  ACE {result['ace']:.4f}  "
+              f"MCE {result['mce']:.4f}   ({result['reduction']}, {result['n_bins']} bins; "
+              "ACE = average calibration error)")
+        print(f"marginal   ECE {result['marginal_ece']:.4f}  ACE {result['marginal_ace']:.4f}  "
+              f"MCE {result['marginal_mce']:.4f}")
+        for name, dice in result["dice"].items():
+            print(f"  Dice {name}: {dice:.4f}")
+    if not getattr(args, "quiet", False):
+        for path in written:
+            print(f"wrote {path}")
+    return 0
