@@ -4,9 +4,19 @@
 # regenerates it.
 set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/__init__.py
+  CalibSegLib/calibration/__init__.py
+  CalibSegLib/calibration/binning.py
+  CalibSegLib/calibration/errors.py
+  CalibSegLib/calibration/kernels.py
+  CalibSegLib/calibration/losses.py
+  CalibSegLib/calibration/metric.py
+  CalibSegLib/calibration/plots.py
+  CalibSegLib/calibration/stats.py
+  CalibSegLib/calibration/temperature.py
   CalibSegLib/cli.py
   CalibSegLib/commands/__init__.py
   CalibSegLib/commands/demo.py
+  CalibSegLib/commands/evaluate.py
   CalibSegLib/commands/explain.py
   CalibSegLib/commands/federated.py
   CalibSegLib/commands/import_model.py
