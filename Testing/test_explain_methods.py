@@ -169,7 +169,7 @@ def test_explanation_table_rows(unet, image):
     cases = [("a", image, AFFINE, labels), ("b", image[::-1].copy(), AFFINE, labels[::-1])]
     rows = explanation_table(
         [ToyProtoNet().eval(), unet], cases, methods=("prototype", "gradcam"), target_class=1,
-        faithfulness_options={"steps": 3, "n_blocks": 5, "random_variants": ("permuted",)})
+        faithfulness_options={"steps": 2, "n_blocks": 4, "random_variants": ("permuted",)})
     keys = [(r["model"], r["method"], r.get("of")) for r in rows]
     assert keys == [("ToyProtoNet", "prototype", None), ("ToyProtoNet", "random", "prototype"),
                     ("ToyProtoNet", "gradcam", None), ("ToyProtoNet", "random", "gradcam"),

@@ -49,12 +49,14 @@ def test_segmenter_computes_what_predict_computes(models, mni_case_4mm):
     from CalibSegLib.inference import predict
 
     case = mni_case_4mm
-    for key in ("proto", "proto2mm"):
-        expected = predict(case.image, case.affine, models[key], device="cpu").logits
-        seg = as_segmenter(models[key], affine=case.affine)
+    crop, crop_affine, _ = _crop(case)
+    # Several windows on the model's own grid, and a resampled grid (4 mm image, 2 mm model).
+    for key, image, affine in (("proto", case.image, case.affine),
+                               ("proto2mm", crop, crop_affine)):
+        expected = predict(image, affine, models[key], device="cpu").logits
+        seg = as_segmenter(models[key], affine=affine)
         assert seg.sliding
-        np.testing.assert_allclose(predict_logits(seg, case.image).numpy(), expected,
-                                   atol=1e-4)
+        np.testing.assert_allclose(predict_logits(seg, image).numpy(), expected, atol=1e-4)
 
 
 def _crop(case):
