@@ -1,0 +1,274 @@
+"""The main job: two demo models on the embedded sample case, compared, explained, reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+from CalibSegLib.errors import CalibSegError
+from CalibSegLib.progress import ProgressCallback, report
+from CalibSegLib.report.html import HtmlReport, esc, figure_data_uri, fmt
+
+DEMO_MODELS = ("dicece", "dicece-hardace")
+METRIC_COLUMNS = (("Dice GM", "dice", "grey matter"), ("Dice WM", "dice", "white matter"),
+                  ("marginal ACE", "marginal_ace", None), ("marginal ECE", "marginal_ece", None),
+                  ("marginal MCE", "marginal_mce", None), ("top-label ECE", "ece", None),
+                  ("soft marginal ACE", "soft_marginal_ace", None), ("NLL", "nll", None),
+                  ("Brier", "brier", None))
+
+
+def models_folder() -> str:
+    """``Resources/Models`` of the source tree or of the installed extension."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for candidate in (os.path.join(here, "Resources", "Models"),
+                      os.path.join(os.path.dirname(here), "Resources", "Models")):
+        if os.path.isdir(candidate):
+            return candidate
+    raise CalibSegError("The demo models (Resources/Models) were not found next to CalibSegLib; "
+                        "run from the CalibSeg source tree or pass --models.")
+
+
+def _value(metrics: dict, key: str, cls: str | None):
+    value = metrics.get(key)
+    return value.get(cls, float("nan")) if isinstance(value, dict) else value
+
+
+def run_demo(output: str = "out/demo", shift_seeds=(1001, 1002, 1003), models=None,
+             faithfulness: bool = True, progress: ProgressCallback | None = None) -> dict:
+    """Run the demo and write ``report.html`` and ``metrics.json`` into ``output``.
+
+    Returns a summary dict (report path, per-model key numbers, timings).
+    """
+    from CalibSegLib.calibration import ReliabilityStats, plots
+    from CalibSegLib.data import sample_case
+    from CalibSegLib.explain import explain
+    from CalibSegLib.inference import apply_temperature, predict
+    from CalibSegLib.io import write_image
+    from CalibSegLib.models import load_model
+
+    start = time.perf_counter()
+    folders = list(models) if models else [os.path.join(models_folder(), m) for m in DEMO_MODELS]
+    loaded = [load_model(f) for f in folders]
+    cases = [sample_case("mni-t1", 2.0)] + [sample_case("mni-t1", 2.0, shift_seed=s)
+                                            for s in shift_seeds]
+    focus = cases[1]
+    os.makedirs(output, exist_ok=True)
+    results: dict = {}
+    steps = len(loaded) * len(cases)
+    done = 0
+    for model in loaded:
+        entry = {"T=1": None, "fitted": None, "rows": [], "focus": None}
+        for case in cases:
+            prediction = predict(case.image, case.affine, model, device="auto")
+            for label, pred in (("T=1", apply_temperature(prediction, 1.0)),
+                                ("fitted", prediction)):
+                stats = ReliabilityStats.from_probs(
+                    pred.probs, case.labels, 20, image_id=case.name,
+                    reference_probs=case.reference_probs, class_names=model.class_names)
+                entry[label] = stats if entry[label] is None else entry[label].merge(stats)
+                entry["rows"].append((case.name, label, pred.temperature,
+                                      stats.metrics("macro")))
+            if case is focus:
+                entry["focus"] = prediction
+            done += 1
+            report(progress, 0.6 * done / steps, f"{model.name}: {case.name}")
+        results[model.name] = entry
+
+    # explanation of the focus case by the last (calibration-trained) model
+    explainer = loaded[-1]
+    target = explainer.class_names.index("grey matter") if "grey matter" in \
+        explainer.class_names else 1
+    report(progress, 0.62, "explaining (prototype map and its faithfulness)")
+    explanation = explain(focus.image, focus.affine, explainer, method="prototype",
+                          target_class=target, faithfulness=faithfulness,
+                          faithfulness_options={"steps": 10, "n_blocks": 16},
+                          reference=focus.labels, top_prototypes=6)
+    report(progress, 0.9, "writing the report")
+
+    # maps of the focus case
+    written = []
+    for model in loaded:
+        pred = results[model.name]["focus"]
+        stem = os.path.join(output, f"{focus.name}_{model.name}")
+        written += [write_image(stem + "_labels.nii.gz", pred.labels, pred.affine),
+                    write_image(stem + "_confidence.nii.gz", pred.confidence, pred.affine),
+                    write_image(stem + "_entropy.nii.gz", pred.entropy, pred.affine)]
+    written.append(write_image(os.path.join(output, f"{focus.name}_{explainer.name}_"
+                                            f"prototype_explanation.nii.gz"),
+                               explanation.map, focus.affine))
+
+    page = _build_report(loaded, cases, focus, results, explanation, explainer, plots)
+    path = page.write(os.path.join(output, "report.html"))
+    summary = {
+        "report": path,
+        "seconds": round(time.perf_counter() - start, 1),
+        "cases": [c.name for c in cases],
+        "models": {
+            name: {label: {k: v for k, v in r[label].metrics("macro").items()
+                           if k in ("mean_dice", "marginal_ace", "marginal_ece", "ece",
+                                    "soft_marginal_ace", "nll")}
+                   | {"temperature": 1.0 if label == "T=1" else results[name]["focus"].temperature}
+                   for label in ("T=1", "fitted")}
+            for name, r in results.items()},
+        "explanation": {k: explanation.faithfulness.get(k) for k in ("beats_random", "vs_random")}
+        if explanation.faithfulness else None,
+        "files": [os.path.basename(p) for p in written],
+    }
+    with open(os.path.join(output, "metrics.json"), "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=2, default=float)
+    report(progress, 1.0, "done")
+    return summary
+
+
+def _build_report(models, cases, focus, results, explanation, explainer, plots) -> HtmlReport:
+    page = HtmlReport(
+        "CalibSeg report",
+        f"{len(models)} models on the MNI ICBM152 T1 sample case (2 mm) and "
+        f"{len(cases) - 1} held-out shifted variants · ACE = Average Calibration Error · "
+        "metrics are per image, then averaged (macro), background excluded")
+    # key numbers
+    kpis = []
+    for name, r in results.items():
+        m1, mf = r["T=1"].metrics(), r["fitted"].metrics()
+        kpis.append(f"<span class='kpi'><b>{esc(name)}</b>: Dice {fmt(m1['mean_dice'])} · "
+                    f"marginal ACE {fmt(m1['marginal_ace'])} → {fmt(mf['marginal_ace'])} "
+                    f"after T · soft-reference ACE {fmt(m1.get('soft_marginal_ace'))}</span>")
+    page.section("Summary", "".join(kpis) + "<p class='note'>Arrows show the change after "
+                 "temperature scaling with each card's fitted temperature (the segmentation "
+                 "does not change). The soft reference is the template's tissue probability "
+                 "maps.</p>")
+    # model cards
+    cards = []
+    for model in models:
+        card = model.card
+        training = card.training or {}
+        data = training.get("data", {})
+        cards.append("<div class='card'><h3>" + esc(f"{card.name} {card.version}") + "</h3>"
+                     + HtmlReport.definition_list([
+                         ("description", card.description),
+                         ("classes", ", ".join(model.class_names)),
+                         ("input", f"{card.spacing_mm} mm, {card.orientation}, "
+                                   f"normalisation {card.normalization.get('type', '')}"),
+                         ("training loss", training.get("loss", "")),
+                         ("training data", f"{data.get('sample', '')} shifted variants, seeds "
+                                           f"{data.get('train_seeds', '')} (validation "
+                                           f"{data.get('val_seeds', '')})"),
+                         ("fitted temperature", fmt(card.temperature)),
+                         ("intended use", card.intended_use),
+                         ("limitations", card.limitations)]) + "</div>")
+    page.section("Model cards", "<div class='grid'>" + "".join(cards) + "</div>")
+    # metrics table
+    rows = []
+    for name, r in results.items():
+        for case_name, _label, temperature, metrics in r["rows"]:
+            rows.append([name, case_name, f"{temperature:.2f}"] +
+                        [_value(metrics, key, cls) for _, key, cls in METRIC_COLUMNS])
+    for name, r in results.items():
+        for label in ("T=1", "fitted"):
+            m = r[label].metrics("macro")
+            rows.append([name, f"mean over {len(cases)} cases", label] +
+                        [_value(m, key, cls) for _, key, cls in METRIC_COLUMNS])
+    page.section("Metrics", HtmlReport.table(
+        ["model", "case", "T"] + [c[0] for c in METRIC_COLUMNS], rows) +
+        "<p class='note'>Marginal = one-vs-rest per class, mean over grey and white matter. "
+        "20 equal-width bins; empty bins are skipped.</p>")
+    # reliability diagrams
+    figs = []
+    for label in ("T=1", "fitted"):
+        pairs = [(name, r[label]) for name, r in results.items()]
+        figs.append(HtmlReport.image(figure_data_uri(plots.plot_reliability_diagram(
+            pairs, None, title=f"Top-label reliability, all cases, "
+                               f"{'T = 1' if label == 'T=1' else 'fitted T'}")), label))
+        gm = models[0].class_names.index("grey matter") if "grey matter" in \
+            models[0].class_names else 1
+        figs.append(HtmlReport.image(figure_data_uri(plots.plot_reliability_diagram(
+            pairs, gm, title=f"Grey matter (one-vs-rest), "
+                             f"{'T = 1' if label == 'T=1' else 'fitted T'}")), label))
+    page.section("Reliability diagrams (models overlaid)",
+                 "<div class='grid'>" + "".join(f"<div class='card'>{f}</div>" for f in figs)
+                 + "</div>")
+    hists = [HtmlReport.image(figure_data_uri(plots.plot_dataset_reliability_histogram(
+        r["T=1"], title=f"{name}: dataset reliability histogram ({len(cases)} cases, T = 1)")),
+        name) for name, r in results.items()]
+    page.section("Dataset reliability histograms", "".join(hists) +
+                 "<p class='note'>Per class, each column shows where the cases' observed "
+                 "frequency falls for that confidence bin; a calibrated model keeps the mass on "
+                 "the diagonal.</p>")
+    # montages
+    from CalibSegLib.report.figures import gallery_figure, montage_figure
+
+    for model in models:
+        pred = results[model.name]["focus"]
+        fig = montage_figure(focus.image, [
+            ("reference", focus.labels, {"labels": True, "colors": model.class_colors}),
+            ("segmentation", pred.labels, {"labels": True, "colors": model.class_colors}),
+            ("1 − confidence", 1.0 - pred.confidence, {"cmap": "inferno", "vmin": 0,
+                                                       "vmax": 0.6}),
+            ("entropy", pred.entropy, {"cmap": "viridis", "vmin": 0, "vmax": 1}),
+        ], title=f"{model.name} on {focus.name} (T = {pred.temperature:.2f})")
+        page.section(f"Overlays: {model.name}", HtmlReport.image(figure_data_uri(fig, 90),
+                                                                 model.name))
+    # explanation
+    body = ""
+    fig = montage_figure(focus.image, [(f"prototype evidence ({explanation.class_name})",
+                                        explanation.map, {"cmap": "magma", "alpha": 0.65})],
+                         title=f"{explainer.name}: prototype explanation, upsampling "
+                               f"{explanation.upsampling}")
+    body += HtmlReport.image(figure_data_uri(fig, 90), "explanation")
+    faith = explanation.faithfulness
+    if faith:
+        main = faith["explanation"]
+        rows = [["prototype map", main["deletion_auc"], main["insertion_auc"],
+                 main["correlation"]]]
+        for variant, r in faith["random"].items():
+            rows.append([f"random ({variant})", r["deletion_auc"], r["insertion_auc"],
+                         r["correlation"]])
+        verdict = ("<p class='ok'>The map beats the random baselines.</p>"
+                   if faith.get("beats_random") else
+                   "<p class='warn'>The map does not beat the random baseline: do not trust "
+                   "it as an explanation.</p>")
+        plaus = faith.get("plausibility", {})
+        body += ("<h3>Faithfulness</h3>" + HtmlReport.table(
+            ["map", "deletion AUC (lower is better)", "insertion AUC (higher is better)",
+             "faithfulness correlation"], rows) + verdict +
+            f"<p class='note'>Baseline for removed voxels: {esc(faith['baseline'])}; "
+            f"{faith['steps']} steps, {faith['n_blocks']} random blocks. Activation precision "
+            f"against the reference (plausibility, not faithfulness): "
+            f"{fmt(plaus.get('activation_precision'))}.</p>")
+    protos = explanation.prototypes or []
+    if protos:
+        body += "<h3>This looks like that: prototypes behind the region</h3>" + HtmlReport.table(
+            ["rank", "prototype", "class", "share of evidence", "mean similarity",
+             "source case", "voxel (i, j, k)"],
+            [[p["rank"], str(p["index"]), p["class_name"], p["share"], p["mean_similarity"],
+              p["source"].get("case", ""), str(tuple(p["source"].get("voxel", ())))]
+             for p in protos])
+        crops, entries = [], []
+        catalogue = {e["index"]: e for e in (explainer.card.prototypes or [])}
+        for p in protos:
+            entry = catalogue.get(p["index"], {})
+            entries.append(entry | {"index": p["index"]})
+            crops.append(_read_crop(p["source"].get("gallery")))
+        body += HtmlReport.image(figure_data_uri(gallery_figure(entries, crops), 90), "gallery")
+        body += ("<p class='note'>Each crop is the training image around the voxel the "
+                 "prototype was pushed to (red cross).</p>")
+    page.section("Explanation", body)
+    limits = "".join(f"<li><b>{esc(m.name)}</b>: {esc(m.card.limitations)}</li>" for m in models)
+    page.section("Limitations", f"<ul>{limits}</ul><p class='note'>Numbers come from one "
+                 "template and its synthetic variants; they show how the tool works, not how a "
+                 "model performs on patients.</p>")
+    return page
+
+
+def _read_crop(path: str | None):
+    if not path or not os.path.exists(path):
+        return None
+    from CalibSegLib.io import read_image
+
+    try:
+        return read_image(path)[0].astype(np.float32)
+    except CalibSegError:
+        return None
