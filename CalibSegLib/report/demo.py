@@ -234,7 +234,7 @@ def _build_report(models, cases, focus, results, explanation, explainer, plots) 
         body += ("<h3>Faithfulness</h3>" + HtmlReport.table(
             ["map", "deletion AUC (lower is better)", "insertion AUC (higher is better)",
              "faithfulness correlation"], rows) + verdict +
-            f"<p class='note'>Baseline for removed voxels: {esc(faith['baseline'])}; "
+            f"<p class='note'>Removed voxels are replaced by {esc(_baseline(faith['baseline']))}; "
             f"{faith['steps']} steps, {faith['n_blocks']} random blocks. Activation precision "
             f"against the reference (plausibility, not faithfulness): "
             f"{fmt(plaus.get('activation_precision'))}.</p>")
@@ -261,6 +261,14 @@ def _build_report(models, cases, focus, results, explanation, explainer, plots) 
                  "template and its synthetic variants; they show how the tool works, not how a "
                  "model performs on patients.</p>")
     return page
+
+
+def _baseline(info) -> str:
+    if isinstance(info, dict) and info.get("kind") == "blur":
+        return f"a blurred copy (Gaussian, sigma {info.get('sigma_voxels', 0):.1f} voxels)"
+    if isinstance(info, dict):
+        return str(info.get("kind", info))
+    return str(info)
 
 
 def _read_crop(path: str | None):
