@@ -66,6 +66,10 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/models/store.py
   CalibSegLib/models/testing.py
   CalibSegLib/progress.py
+  CalibSegLib/report/__init__.py
+  CalibSegLib/report/demo.py
+  CalibSegLib/report/figures.py
+  CalibSegLib/report/html.py
   CalibSegLib/training/__init__.py
   CalibSegLib/training/card.py
   CalibSegLib/training/checkpoint.py
