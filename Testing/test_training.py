@@ -22,7 +22,7 @@ from CalibSegLib.training import (
 from CalibSegLib.training.checkpoint import load_checkpoint, save_checkpoint
 from CalibSegLib.training.patches import PatchSampler
 
-CROP = (slice(8, 40), slice(12, 44), slice(8, 40))  # 32³ of the 4 mm case, mostly brain
+CROP = (slice(12, 36), slice(17, 41), slice(12, 36))  # 24³ of the 4 mm case, mostly brain
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def tiny_config(**overrides) -> TrainConfig:
         channels=(4, 8, 16), strides=(2, 2), num_res_units=0, feature_dim=6,
         prototypes_per_class=2, patch_size=(16, 16, 16), batch_size=2, steps=12,
         warmup_steps=3, last_layer_steps=3, learning_rate=1e-2, log_every=1,
-        checkpoint_every=4, push_cases=2, gallery_size=8, seed=3,
+        checkpoint_every=4, push_cases=2, gallery_size=8, seed=3, dice_checks=False,
     )
     values.update(overrides)
     return TrainConfig(**values)
@@ -141,7 +141,10 @@ def test_training_decreases_the_loss(tmp_path, tiny_cases, head, loss):
 @pytest.fixture(scope="module")
 def prototype_run(tmp_path_factory, tiny_cases):
     folder = str(tmp_path_factory.mktemp("proto") / "model")
-    result = train(tiny_config(), *tiny_cases, folder, command="test")
+    result = train(tiny_config(dice_checks=True), *tiny_cases, folder, command="test")
+    checks = result.summary["dice_checks"]["class_dice"]
+    assert [c["when"] for c in checks] == ["end of warmup", "end of joint", "before push",
+                                           "after push", "end of last"]
     return folder, result
 
 
@@ -173,10 +176,11 @@ def test_push_gallery_points_at_real_voxels_of_the_class(prototype_run, tiny_cas
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, prototype_run, tiny_cases):
     folder = str(tmp_path / "resumed")
-    assert train(tiny_config(), *tiny_cases, folder, stop_after=7) is None
+    config = tiny_config(dice_checks=True)
+    assert train(config, *tiny_cases, folder, stop_after=7) is None
     state, _, _ = load_checkpoint(os.path.join(folder, "checkpoint"))
     assert state["step"] == 7
-    resumed = train(tiny_config(), *tiny_cases, folder, resume=True, command="test")
+    resumed = train(config, *tiny_cases, folder, resume=True, command="test")
     reference = _weights(prototype_run[0])
     again = _weights(folder)
     assert reference.keys() == again.keys()
@@ -231,7 +235,7 @@ def test_train_command_line(tmp_path):
     from CalibSegLib.models import load_model
 
     out = str(tmp_path / "cli-model")
-    argv = ["train", "-q", "--sample", "mni-t1", "--resolution", "4", "--crop", "8:40,12:44,8:40",
+    argv = ["train", "-q", "--sample", "mni-t1", "--resolution", "4", "--crop", "12:36,17:41,12:36",
             "--train-seeds", "1-2", "--val-seeds", "41", "--head", "linear", "--channels",
             "4,8,16", "--res-units", "0", "--patch", "16", "--batch", "1", "--steps", "3",
             "--calibration-loss", "hard", "--calibration-weight", "0.5", "-o", out]

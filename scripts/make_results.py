@@ -47,25 +47,25 @@ COLUMNS = [
 
 
 def case_metrics(stats) -> dict[str, float]:
-    """Flat scalar metrics of one case (per-class Dice as ``dice_<c>``)."""
+    """Flat scalar metrics of one case; per-class Dice as ``dice_<class index>``.
+
+    Marginal (class-wise) errors are means over the foreground classes (GM, WM), the
+    library's default; the background's own numbers are kept as ``bg_*``.
+    """
     metrics = stats.metrics()
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        arr = np.asarray(value, dtype=np.float64) if not isinstance(value, dict) else None
-        if arr is None:
-            continue
-        if arr.ndim == 0:
-            out[key] = float(arr)
-        elif arr.ndim == 1 and key in ("dice", "class_dice", "dice_per_class"):
-            for c, v in enumerate(arr):
-                out[f"dice_{c}"] = float(v)
+    out = {k: float(v) for k, v in metrics.items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for c, value in enumerate(metrics["dice"].values()):
+        out[f"dice_{c}"] = float(value)
+    background = next(iter(metrics["per_class"].values()))
+    out.update({f"bg_{k}": float(v) for k, v in background.items()})
     return out
 
 
 def evaluate(models_dir: str, seeds: list[int], progress=print) -> dict:
     import torch
-    from CalibSegLib.calibration import ReliabilityStats
 
+    from CalibSegLib.calibration import ReliabilityStats
     from CalibSegLib.data import sample_case
     from CalibSegLib.inference import apply_temperature, predict
     from CalibSegLib.models import load_model
@@ -166,6 +166,7 @@ def figures(results: dict, out_dir: str) -> dict[str, str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     from CalibSegLib.calibration import plot_dataset_reliability_histogram
 
     os.makedirs(out_dir, exist_ok=True)

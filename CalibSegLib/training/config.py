@@ -46,6 +46,8 @@ class TrainConfig:
         Number of training cases searched by the prototype push (0 = all).
     gallery_size
         Edge length (voxels) of the image crop saved per prototype.
+    dice_checks
+        Record the first validation case's Dice at stage ends and around the push.
     """
 
     class_names: list[str] = field(
@@ -74,6 +76,7 @@ class TrainConfig:
     log_every: int = 10
     push_cases: int = 8
     gallery_size: int = 24
+    dice_checks: bool = True
 
     def validate(self) -> TrainConfig:
         """Raise :class:`CalibSegError` on inconsistent settings; return ``self``."""

@@ -318,7 +318,7 @@ def train(
             step += 1
             interval.add(terms)
             boundary = stage_at(config, step)[0] != stage or step == total
-            if boundary:
+            if boundary and config.dice_checks:
                 checks.append({"step": step, "when": f"end of {stage}",
                                "dice": check()})
             if step % max(config.log_every, 1) == 0 or boundary:
