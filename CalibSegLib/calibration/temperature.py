@@ -30,7 +30,10 @@ def _torch(x):
 
     if type(x).__module__.startswith("torch"):
         return x.detach()
-    return torch.from_numpy(np.ascontiguousarray(x))
+    array = np.ascontiguousarray(x)
+    if not array.flags.writeable:  # torch cannot wrap read-only memory
+        array = array.copy()
+    return torch.from_numpy(array)
 
 
 def _flat_logits_and_labels(logits, target, mask=None):

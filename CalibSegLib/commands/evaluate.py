@@ -28,9 +28,13 @@ SUMMARY_KEYS = ("ece", "ace", "mce", "marginal_ece", "marginal_ace", "marginal_m
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--probs", required=True,
+    parser.add_argument("--probs",
                         help="class probabilities: .npy/.npz (C, Z, Y, X) or a vector image")
-    parser.add_argument("--reference", required=True, help="reference label image")
+    parser.add_argument("--reference", help="reference label image (with --probs)")
+    parser.add_argument("--model", help="model folder (with --cohort)")
+    parser.add_argument("--cohort",
+                        help="folder of <id>_image/<id>_labels pairs or a CSV (with --model)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--bins", type=int, default=20, help="confidence bins (default 20)")
     parser.add_argument("--include-background", action="store_true",
                         help="let class 0 enter the class means")
@@ -147,10 +151,50 @@ def write_outputs(stats, result: dict, folder: str) -> list[str]:
     return written
 
 
+def write_cohort_outputs(stats, rows: list[dict], folder: str) -> list[str]:
+    """Per-case CSV and the dataset reliability histogram next to :func:`write_outputs`."""
+    import csv
+
+    from CalibSegLib.calibration import plot_dataset_reliability_histogram
+    from CalibSegLib.io import atomic_path
+
+    figure = plot_dataset_reliability_histogram(stats)
+    os.makedirs(folder, exist_ok=True)
+    columns = ["case", "temperature", "mean_dice", "marginal_ace", "marginal_ece",
+               "marginal_mce", "ece", "ace", "mce", "nll", "brier"]
+    path = os.path.join(folder, "cases.csv")
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([row.get(c) for c in columns])
+    hist = os.path.join(folder, "dataset_reliability_histogram.png")
+    with atomic_path(hist) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    return [path, hist]
+
+
 def run(args: argparse.Namespace) -> int:
-    stats = evaluate_files(args.probs, args.reference, args.bins)
+    from CalibSegLib.errors import CalibSegError
+
+    rows = None
+    if args.model or args.cohort:
+        if not (args.model and args.cohort) or args.probs or args.reference:
+            raise CalibSegError("Use either --model DIR --cohort DIR_OR_CSV, or --probs FILE "
+                                "--reference FILE.")
+        from CalibSegLib.cohort import evaluate_cohort, read_cohort
+        from CalibSegLib.models import load_model
+
+        stats, rows = evaluate_cohort(load_model(args.model), read_cohort(args.cohort),
+                                      args.bins, device=args.device)
+    elif args.probs and args.reference:
+        stats = evaluate_files(args.probs, args.reference, args.bins)
+    else:
+        raise CalibSegError("Give --probs FILE --reference FILE, or --model DIR --cohort DIR.")
     result = summary(stats, args.reduction, args.include_background)
     written = write_outputs(stats, result, args.output) if args.output else []
+    if args.output and rows is not None:
+        written += write_cohort_outputs(stats, rows, args.output)
     if args.json:
         print(json.dumps(_json_safe(result), indent=1))
     elif not getattr(args, "quiet", False):
