@@ -14,7 +14,10 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/calibration/stats.py
   CalibSegLib/calibration/temperature.py
   CalibSegLib/cli.py
+  CalibSegLib/cohort.py
   CalibSegLib/commands/__init__.py
+  CalibSegLib/commands/calibrate.py
+  CalibSegLib/commands/compare.py
   CalibSegLib/commands/demo.py
   CalibSegLib/commands/evaluate.py
   CalibSegLib/commands/explain.py

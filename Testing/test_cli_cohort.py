@@ -96,3 +96,18 @@ def test_user_errors_are_one_line(cohort, tmp_path, capsys):
     assert main(["evaluate", "--model", MODEL]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("error:") == 3
+
+
+def test_report_command(cohort, tmp_path):
+    out = tmp_path / "rep"
+    image = str(cohort / "s1012_image.nii.gz")
+    labels = str(cohort / "s1012_labels.nii.gz")
+    assert main(["-q", "report", image, "--reference", labels, "--model", MODEL, "-o", str(out),
+                 "--no-faithfulness"]) == 0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "data:image/png;base64," in html and "dicece" in html and "Limitations" in html
+    summary = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert summary["cases"] == ["s1012_image"]
+    assert main(["-q", "report", image, "--reference", labels, "--model", MODEL, "--model",
+                 MODEL, "--model", MODEL, "-o", str(tmp_path / "no")]) == 2
+    assert not (tmp_path / "no").exists()

@@ -40,21 +40,47 @@ def run_demo(output: str = "out/demo", shift_seeds=(1001, 1002, 1003), models=No
              faithfulness: bool = True, progress: ProgressCallback | None = None) -> dict:
     """Run the demo and write ``report.html`` and ``metrics.json`` into ``output``.
 
-    Returns a summary dict (report path, per-model key numbers, timings).
+    The embedded 2 mm MNI case and its shifted variants ``shift_seeds`` (never used in
+    training), the shipped demo models unless ``models`` are given. Returns a summary
+    dict (report path, per-model key numbers, timings).
+    """
+    from CalibSegLib.data import sample_case
+
+    folders = list(models) if models else [os.path.join(models_folder(), m) for m in DEMO_MODELS]
+    cases = [sample_case("mni-t1", 2.0)] + [sample_case("mni-t1", 2.0, shift_seed=s)
+                                            for s in shift_seeds]
+    return run_report(folders, cases, output, focus_index=1 if len(cases) > 1 else 0,
+                      faithfulness=faithfulness, progress=progress,
+                      subtitle=f"{len(folders)} models on the MNI ICBM152 T1 sample case (2 mm) "
+                               f"and {len(cases) - 1} held-out shifted variants")
+
+
+def run_report(folders, cases, output: str, focus_index: int = 0, faithfulness: bool = True,
+               progress: ProgressCallback | None = None, subtitle: str | None = None) -> dict:
+    """Predict, compare, recalibrate and explain ``cases`` with the models in ``folders``.
+
+    ``cases`` need ``name``, ``image``, ``affine``, ``labels`` (reference) and
+    ``reference_probs`` (or None). Writes ``report.html``, ``metrics.json`` and the
+    maps of the focus case into ``output``; returns the summary dict.
     """
     from CalibSegLib.calibration import ReliabilityStats, plots
-    from CalibSegLib.data import sample_case
     from CalibSegLib.explain import explain
     from CalibSegLib.inference import apply_temperature, predict
     from CalibSegLib.io import write_image
     from CalibSegLib.models import load_model
 
     start = time.perf_counter()
-    folders = list(models) if models else [os.path.join(models_folder(), m) for m in DEMO_MODELS]
     loaded = [load_model(f) for f in folders]
-    cases = [sample_case("mni-t1", 2.0)] + [sample_case("mni-t1", 2.0, shift_seed=s)
-                                            for s in shift_seeds]
-    focus = cases[1]
+    for model in loaded[1:]:
+        if model.class_names != loaded[0].class_names:
+            raise CalibSegError("The models have different classes; compare models of the "
+                                "same task.")
+    for case in cases:
+        if int(case.labels.max()) >= loaded[0].num_classes:
+            raise CalibSegError(
+                f"{case.name}: the reference holds label {int(case.labels.max())}, unknown to "
+                f"the model ({', '.join(loaded[0].class_names)}).")
+    focus = cases[focus_index]
     os.makedirs(output, exist_ok=True)
     results: dict = {}
     steps = len(loaded) * len(cases)
@@ -80,9 +106,10 @@ def run_demo(output: str = "out/demo", shift_seeds=(1001, 1002, 1003), models=No
     # explanation of the focus case by the last (calibration-trained) model
     explainer = loaded[-1]
     target = explainer.class_names.index("grey matter") if "grey matter" in \
-        explainer.class_names else 1
-    report(progress, 0.62, "explaining (prototype map and its faithfulness)")
-    explanation = explain(focus.image, focus.affine, explainer, method="prototype",
+        explainer.class_names else min(1, explainer.num_classes - 1)
+    method = "prototype" if explainer.is_prototype else "gradcam"
+    report(progress, 0.62, f"explaining ({method} map and its faithfulness)")
+    explanation = explain(focus.image, focus.affine, explainer, method=method,
                           target_class=target, faithfulness=faithfulness,
                           faithfulness_options={"steps": 10, "n_blocks": 16},
                           reference=focus.labels, top_prototypes=6)
@@ -97,10 +124,11 @@ def run_demo(output: str = "out/demo", shift_seeds=(1001, 1002, 1003), models=No
                     write_image(stem + "_confidence.nii.gz", pred.confidence, pred.affine),
                     write_image(stem + "_entropy.nii.gz", pred.entropy, pred.affine)]
     written.append(write_image(os.path.join(output, f"{focus.name}_{explainer.name}_"
-                                            f"prototype_explanation.nii.gz"),
+                                            f"{method}_explanation.nii.gz"),
                                explanation.map, focus.affine))
 
-    page = _build_report(loaded, cases, focus, results, explanation, explainer, plots)
+    subtitle = subtitle or f"{len(loaded)} model(s) on {len(cases)} case(s)"
+    page = _build_report(loaded, cases, focus, results, explanation, explainer, plots, subtitle)
     path = page.write(os.path.join(output, "report.html"))
     summary = {
         "report": path,
@@ -123,12 +151,12 @@ def run_demo(output: str = "out/demo", shift_seeds=(1001, 1002, 1003), models=No
     return summary
 
 
-def _build_report(models, cases, focus, results, explanation, explainer, plots) -> HtmlReport:
+def _build_report(models, cases, focus, results, explanation, explainer, plots,
+                  subtitle: str) -> HtmlReport:
     page = HtmlReport(
         "CalibSeg report",
-        f"{len(models)} models on the MNI ICBM152 T1 sample case (2 mm) and "
-        f"{len(cases) - 1} held-out shifted variants · ACE = Average Calibration Error · "
-        "metrics are per image, then averaged (macro), background excluded")
+        f"{subtitle} · ACE = Average Calibration Error · metrics are per image, then "
+        "averaged (macro), background excluded")
     # key numbers
     kpis = []
     for name, r in results.items():

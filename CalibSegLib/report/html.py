@@ -45,6 +45,8 @@ def esc(value) -> str:
 
 def fmt(value, digits: int = 3) -> str:
     """Numbers with ``digits`` decimals; NaN/None as an en dash."""
+    if value is None:
+        return "–"
     if isinstance(value, (bool, int)) or (hasattr(value, "dtype") and value.dtype.kind in "iu"):
         return esc(value)
     try:
