@@ -24,6 +24,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/commands/federated.py
   CalibSegLib/commands/import_model.py
   CalibSegLib/commands/predict.py
+  CalibSegLib/commands/report.py
   CalibSegLib/commands/sample_data.py
   CalibSegLib/commands/train.py
   CalibSegLib/data/__init__.py

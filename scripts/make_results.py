@@ -248,7 +248,10 @@ def write_markdown(results: dict, figure_paths: dict[str, str], path: str) -> No
         card = cards[name]
         lines.append(f"| {name} | {card['training'].get('loss', '')} | "
                      f"{throughput_line(card)} | {card.get('temperature', 1.0):.3f} |")
-    lines += ["", "Per-case numbers: `docs/figures/results_metrics.json`.", ""]
+    lines += ["", "Per-case numbers: `docs/figures/results_metrics.json`.", "",
+              "Faithfulness of the same models' explanations (prototype maps, Grad-CAM, "
+              "occlusion against random baselines): `docs/results_explanations.md` "
+              "(`scripts/make_explanation_results.py`).", ""]
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines))
 
