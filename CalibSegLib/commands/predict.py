@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap")
     parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per network call")
     parser.add_argument("--no-maps", action="store_true", help="skip prototype maps")
+    parser.add_argument("--dicom-out", default=None, metavar="DIR",
+                        help="DICOM series input only: also write a DICOM SEG of the labels and a "
+                             "DICOM Parametric Map of the confidence, referencing the series")
 
 
 def _stem(path: str) -> str:
@@ -98,12 +101,35 @@ def write_prediction(prediction, folder: str, stem: str, fmt: str = ".nii.gz") -
             shutil.rmtree(tmp)
 
 
+def write_dicom(prediction, series_folder: str, folder: str, stem: str) -> list[str]:
+    """Write the DICOM SEG and confidence Parametric Map of ``prediction`` on its source series."""
+    from CalibSegLib.dicom import read_series_datasets, write_confidence_map, write_segmentation
+
+    sources = read_series_datasets(series_folder)
+    os.makedirs(folder, exist_ok=True)
+    model = {"model_name": prediction.model_name, "model_version": prediction.model_version}
+    return [
+        write_segmentation(prediction.labels, sources, os.path.join(folder, f"{stem}_seg.dcm"),
+                           class_names=prediction.class_names,
+                           class_colors=prediction.class_colors,
+                           temperature=prediction.temperature, **model),
+        write_confidence_map(prediction.confidence, sources,
+                             os.path.join(folder, f"{stem}_confidence.dcm"), label="CONFIDENCE",
+                             explanation=f"max softmax probability, T={prediction.temperature:g}",
+                             **model),
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
+    from CalibSegLib.errors import CalibSegError
     from CalibSegLib.inference import predict, resolve_device
     from CalibSegLib.io import read_image
     from CalibSegLib.models import load_model
 
     quiet = getattr(args, "quiet", False)
+    if args.dicom_out and not os.path.isdir(args.image):
+        raise CalibSegError(f"--dicom-out needs a DICOM series folder as input; {args.image} is a "
+                            "file. Drop --dicom-out or pass the series folder.")
     device = resolve_device(args.device)
     model = load_model(args.model, device=device)
     image, affine = read_image(args.image)
@@ -128,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     written = write_prediction(prediction, args.output, _stem(args.image), args.format)
+    if args.dicom_out:
+        written += write_dicom(prediction, args.image, args.dicom_out, _stem(args.image))
     if not quiet:
         info = prediction.info
         print(f"{model.name} {model.version} on {info.get('device')}: "

@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=float, default=2.0, help="mm, mni-t1 only (1, 2, …)")
     parser.add_argument("--shift-seed", type=int, default=None, help="write a shifted variant")
     parser.add_argument("--format", default=".nii.gz", choices=[".nii.gz", ".nrrd", ".mha"])
+    parser.add_argument("--dicom", action="store_true",
+                        help="also write the image as a DICOM series folder <name>_dicom/")
     parser.add_argument("-o", "--output", default="out/sample", help="output folder")
 
 
@@ -35,6 +37,14 @@ def run(args: argparse.Namespace) -> int:
             write_image(stem + "_probs" + args.format, case.reference_probs.transpose(1, 2, 3, 0),
                         case.affine, vector=True)
         )
+    if args.dicom:
+        from CalibSegLib.dicom import write_series
+
+        modality = "CT" if args.case == "ct-chest" else "MR"
+        folder = stem + "_dicom"
+        write_series(case.image, case.affine, folder, modality=modality,
+                     series_description=f"CalibSeg sample {case.name}")
+        written.append(folder)
     meta = {
         "name": case.name, "class_names": list(case.class_names),
         "class_colors": [list(c) for c in case.class_colors], "attribution": case.attribution,

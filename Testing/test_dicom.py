@@ -1,0 +1,134 @@
+"""DICOM: a series written from the sample case reads back; predict --dicom-out writes a SEG
+and a Parametric Map that reference the series and hold the same labels and confidence."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pydicom
+import pytest
+
+from CalibSegLib.cli import main
+from CalibSegLib.dicom import (
+    read_series_datasets,
+    write_confidence_map,
+    write_segmentation,
+    write_series,
+)
+from CalibSegLib.errors import CalibSegError
+from CalibSegLib.io import read_image
+from CalibSegLib.models.testing import tiny_model
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory, mni_case_4mm):
+    folder = str(tmp_path_factory.mktemp("dicom") / "mni_series")
+    write_series(mni_case_4mm.image, mni_case_4mm.affine, folder)
+    return folder
+
+
+def test_series_reads_back_with_geometry_and_values(series, mni_case_4mm):
+    image, affine = read_image(series)  # SimpleITK/GDCM, independent of the pydicom writer
+    assert image.shape == mni_case_4mm.image.shape
+    np.testing.assert_allclose(affine, mni_case_4mm.affine, atol=1e-6)
+    slope = float(pydicom.dcmread(os.path.join(series, "slice_0001.dcm")).RescaleSlope)
+    assert np.abs(image - mni_case_4mm.image).max() <= slope / 2 + 1e-6
+    datasets = read_series_datasets(series)
+    assert len(datasets) == image.shape[0]
+    assert len({d.SeriesInstanceUID for d in datasets}) == 1
+    # slice order of read_series_datasets is the array's slice order
+    z = image.shape[0] // 2
+    stored = datasets[z].pixel_array * float(datasets[z].RescaleSlope)
+    np.testing.assert_allclose(stored + float(datasets[z].RescaleIntercept), image[z], atol=1e-4)
+
+
+def test_predict_dicom_out_writes_seg_and_parametric_map(tmp_path, series, capsys):
+    import highdicom as hd
+
+    model = tiny_model(str(tmp_path / "model"))
+    out, dicom_out = tmp_path / "out", tmp_path / "dicom_out"
+    code = main(["predict", series, "--model", model, "--device", "cpu", "-o", str(out),
+                 "--dicom-out", str(dicom_out), "--temperature", "1.3"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(os.listdir(dicom_out)) == ["mni_series_confidence.dcm", "mni_series_seg.dcm"]
+    labels, _ = read_image(str(out / "mni_series_seg.nii.gz"))
+    confidence, _ = read_image(str(out / "mni_series_confidence.nii.gz"))
+    sources = read_series_datasets(series)
+    uids = [d.SOPInstanceUID for d in sources]
+
+    seg = hd.seg.segread(str(dicom_out / "mni_series_seg.dcm"))
+    assert seg.SeriesInstanceUID != sources[0].SeriesInstanceUID
+    assert seg.StudyInstanceUID == sources[0].StudyInstanceUID
+    assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == sources[0].SeriesInstanceUID
+    meta = json.loads((out / "mni_series_prediction.json").read_text())
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == meta["class_names"][1:]
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == meta["model"]["name"]
+    assert algorithm.AlgorithmVersion == meta["model"]["version"]
+    back = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True)
+    np.testing.assert_array_equal(back, labels)
+    assert 0 < (back == 1).sum() < back.size  # a real segmentation, not an empty one
+
+    pmap = hd.imread(str(dicom_out / "mni_series_confidence.dcm"))
+    assert pmap.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
+    assert pmap.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    values = pmap.get_pixels_by_source_instance(source_sop_instance_uids=uids)
+    np.testing.assert_allclose(values, confidence, atol=1e-7)
+    positions = {tuple(round(float(v), 4) for v in f.PlanePositionSequence[0].ImagePositionPatient)
+                 for f in pmap.PerFrameFunctionalGroupsSequence}
+    assert positions == {tuple(round(float(v), 4) for v in d.ImagePositionPatient) for d in sources}
+    spacing = pmap.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+    assert [float(v) for v in spacing] == [float(v) for v in sources[0].PixelSpacing]
+
+
+def test_dicom_out_needs_a_series(tmp_path, mni_case_4mm, capsys):
+    from CalibSegLib.io import write_image
+
+    image = str(tmp_path / "case.nii.gz")
+    write_image(image, mni_case_4mm.image, mni_case_4mm.affine)
+    model = tiny_model(str(tmp_path / "model"))
+    code = main(["predict", image, "--model", model, "--device", "cpu",
+                 "-o", str(tmp_path / "out"), "--dicom-out", str(tmp_path / "dcm")])
+    assert code == 2
+    assert "--dicom-out needs a DICOM series folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "dcm").exists()
+
+
+def test_writers_refuse_bad_input(tmp_path, series, mni_case_4mm):
+    sources = read_series_datasets(series)
+    labels = mni_case_4mm.labels
+    names, colors = mni_case_4mm.class_names, mni_case_4mm.class_colors
+    with pytest.raises(CalibSegError, match="predict on the series itself"):
+        write_segmentation(labels[:-1], sources, str(tmp_path / "s.dcm"),
+                           class_names=names, class_colors=colors)
+    with pytest.raises(CalibSegError, match="Labels outside"):
+        write_segmentation(labels + 5, sources, str(tmp_path / "s.dcm"),
+                           class_names=names, class_colors=colors)
+    bad = np.full(labels.shape, np.nan, np.float32)
+    with pytest.raises(CalibSegError, match="NaN"):
+        write_confidence_map(bad, sources, str(tmp_path / "c.dcm"))
+    with pytest.raises(CalibSegError, match="already holds DICOM files"):
+        write_series(mni_case_4mm.image, mni_case_4mm.affine, series)
+    assert os.listdir(tmp_path) == [] or set(os.listdir(tmp_path)) <= {"dicom"}
+    assert len(os.listdir(series)) == labels.shape[0]  # the source series is untouched
+
+
+def test_segment_codes_follow_class_names():
+    from CalibSegLib.dicom import _property_type
+
+    code, known = _property_type("grey matter")
+    assert known and code.meaning.lower() == "gray matter"
+    code, known = _property_type("tumour core 3")
+    assert not known and code.meaning == "Tissue"
+
+
+def test_sample_data_writes_a_dicom_series(tmp_path):
+    assert main(["-q", "sample-data", "mni-t1", "--resolution", "4", "--dicom",
+                 "-o", str(tmp_path)]) == 0
+    image, _ = read_image(str(tmp_path / "mni-t1_dicom"))
+    reference, _ = read_image(str(tmp_path / "mni-t1_image.nii.gz"))
+    assert image.shape == reference.shape
+    assert np.abs(image - reference).max() < 0.01 * (reference.max() - reference.min())
