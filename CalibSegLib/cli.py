@@ -71,6 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_output_location(path: str) -> None:
+    """Refuse, before any work, an output whose folder cannot be created or written."""
+    import os
+
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return
+        probe = parent
+    if probe != os.path.abspath(path) and not os.path.isdir(probe):
+        raise CalibSegError(f"cannot write {path}: {probe} is a file, not a folder; "
+                            "choose another output.")
+    folder = probe if os.path.isdir(probe) else os.path.dirname(probe)
+    if not os.access(folder, os.W_OK):
+        raise CalibSegError(f"cannot write {path}: folder {folder} is not writable; "
+                            "choose another output.")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``calibseg`` console script."""
     parser = build_parser()
@@ -79,11 +98,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        for name in ("output", "dicom_out"):
+            if isinstance(getattr(args, name, None), str):
+                check_output_location(getattr(args, name))
         return int(args._run(args) or 0)
     except CalibSegError as exc:
         if args.debug:
             raise
         print(f"calibseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file system refusal met mid-way (disk full, permissions)
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"calibseg {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"calibseg {args.command}: interrupted", file=sys.stderr)
