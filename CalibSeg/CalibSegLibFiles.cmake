@@ -30,6 +30,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/data/__init__.py
   CalibSegLib/data/sample.py
   CalibSegLib/data/shift.py
+  CalibSegLib/dicom.py
   CalibSegLib/errors.py
   CalibSegLib/explain/__init__.py
   CalibSegLib/explain/api.py

@@ -284,3 +284,26 @@ def test_device_choice():
             resolve_device("cuda")
     with pytest.raises(CalibSegError, match="Unknown device"):
         resolve_device("tpu-please")
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 3, 12])
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 4.0])
+def test_fused_cpu_maps_equal_the_definitions(num_classes, temperature):
+    from CalibSegLib.inference.prediction import probability_maps, probability_maps_torch
+
+    rng = np.random.default_rng(num_classes)
+    logits = (rng.standard_normal((num_classes, 9, 50, 31)) * 6).astype(np.float32)
+    logits[:, 0, 0, :3] = [[1e4], [-1e4], [3e3]][:num_classes] if num_classes <= 3 else 0.0
+    tensor = torch.from_numpy(logits)
+    probs, confidence, entropy = probability_maps(tensor, temperature)
+    reference = torch.softmax(tensor.double() / temperature, dim=0)
+    log_p = torch.log_softmax(tensor.double() / temperature, dim=0)
+    expected_entropy = -(reference * log_p).sum(0) / (np.log(num_classes) if num_classes > 1 else 1)
+    np.testing.assert_allclose(probs.numpy(), reference.numpy(), atol=2e-6)
+    np.testing.assert_allclose(confidence.numpy(), reference.amax(0).numpy(), atol=2e-6)
+    np.testing.assert_allclose(entropy.numpy(), expected_entropy.clamp(0, 1).numpy(), atol=2e-5)
+    assert probs.dtype == confidence.dtype == entropy.dtype == torch.float32
+    # the torch formulation (used on CUDA) gives the same maps
+    torch_maps = probability_maps_torch(tensor, temperature)
+    for ours, theirs in zip((probs, confidence, entropy), torch_maps):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=2e-5)

@@ -33,13 +33,27 @@ def probability_maps(logits: torch.Tensor, temperature: float
     """``(probs, confidence, entropy)`` of ``(C, ...)`` logits at ``temperature``.
 
     ``probs = softmax(logits / T)`` over the first axis, ``confidence`` its maximum,
-    ``entropy`` the Shannon entropy divided by ``log C`` (so in [0, 1]).
+    ``entropy`` the Shannon entropy divided by ``log C`` (so in [0, 1]). On the CPU a
+    fused one-pass kernel (:mod:`CalibSegLib.inference.softmax_kernel`); on other
+    devices :func:`probability_maps_torch`.
     """
-    # One softmax pass plus cheap reductions: with s = logits / T - max_c(logits / T),
-    # log p_c = s_c - log(sum exp s) and log(sum exp s) = -log(max p), so the entropy
-    # is -log(max p) - sum_c p_c s_c (both terms small where the model is sure).
-    # (amax, not max: max with indices is several times slower over dim 0 on the CPU)
-    logits = logits.float()
+    if logits.device.type == "cpu" and logits.is_floating_point():
+        from CalibSegLib.inference.softmax_kernel import probability_maps_cpu
+
+        array = logits.detach().float().numpy()
+        probs, confidence, entropy = probability_maps_cpu(array, temperature)
+        return torch.from_numpy(probs), torch.from_numpy(confidence), torch.from_numpy(entropy)
+    return probability_maps_torch(logits, temperature)
+
+
+def probability_maps_torch(logits: torch.Tensor, temperature: float
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`probability_maps` in torch operations, on the logits' device (CUDA)."""
+    # One softmax pass plus cheap reductions: with
+    # s = logits / T - max_c(logits / T), log p_c = s_c - log(sum exp s) and
+    # log(sum exp s) = -log(max p), so the entropy is -log(max p) - sum_c p_c s_c.
+    # (amax, not max: max with indices is several times slower over dim 0.)
+    logits = logits.detach().float()
     shifted = torch.sub(logits, logits.amax(dim=0, keepdim=True)).mul_(1.0 / float(temperature))
     probs = torch.softmax(shifted, dim=0)
     confidence = probs.amax(dim=0)
