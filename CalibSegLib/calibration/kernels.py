@@ -2,11 +2,11 @@
 
 Two back ends fill the same sufficient statistics:
 
-- :func:`accumulate_numba` (CPU): one pass over voxels reading every class
-  probability of a voxel once; bins, counts and sums for all classes, the top
-  label, Dice counts, NLL and Brier together, into per-thread partial
-  histograms that are summed at the end (no atomics, no one-hot, no per-voxel
-  temporaries).
+- :func:`accumulate_numba` (CPU): one pass over the volume in class-major blocks
+  of voxels (each block read from memory once, then from L1); bins, counts and
+  sums for all classes, the top label, Dice counts, NLL and Brier together, into
+  per-thread partial histograms that are summed at the end (no atomics, no
+  one-hot, only block-sized temporaries).
 - :func:`accumulate_torch` (any torch device, used for CUDA tensors): bucketize
   plus ``bincount``/``scatter_add`` per chunk on the tensors' device, float64
   accumulators.
@@ -47,19 +47,52 @@ class Accumulators:
         self.scalars = np.zeros(6, np.float64)
 
 
-@numba.njit(cache=True, nogil=True, inline="never")
-def _bin(p, edges, top_bin):  # pragma: no cover - compiled
-    """Bin of ``p``: edges[k] < p <= edges[k + 1] (exact against the float32 edges)."""
-    k = int(p * (top_bin + 1))
-    if k > top_bin:
-        k = top_bin
-    elif k < 0:
-        k = 0
-    while k > 0 and p <= edges[k]:
-        k -= 1
-    while k < top_bin and p > edges[k + 1]:
-        k += 1
-    return k
+#: Voxels per block of the class-major loop (the block's bins, C x BLOCK, stay in L1).
+_BLOCK = 1024
+#: Interleaved copies of every local histogram: voxel j of a block updates copy j % LANES.
+_LANES = 4
+#: Up to this many bins, bins are found by counting inner edges below p (vectorised).
+_COMPARE_BINS = 48
+#: Voxels per kernel call at most (packed top-label counts hold 32 bits per field).
+_MAX_RANGE = 1 << 30
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bin(p, edges, top_bin, n_bins_f):  # pragma: no cover - compiled
+    """Bin of ``p``: edges[k] < p <= edges[k + 1], exact against the float32 edges.
+
+    ``int(p * B)`` is at most one bin off the float32 edges, so a single branch-free
+    correction (comparisons with the two neighbouring edges, as 0/1 integers) makes it
+    exact. ``p`` is clamped to [0, 2] first (same bin; keeps the conversion defined);
+    unsigned indices (no negative-index wraparound) let LLVM vectorise with gathers.
+    """
+    q = min(max(p, np.float32(0.0)), np.float32(2.0))
+    k = min(np.int32(q * n_bins_f), top_bin)
+    lo = edges[np.uint32(k)]
+    hi = edges[np.uint32(k + 1)]
+    k = k - np.int32(q <= lo) + np.int32(q > hi)
+    return min(max(k, np.int32(0)), top_bin)
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _block_sum(x, n):  # pragma: no cover - compiled
+    """Sum of ``x[:n]`` (float64; reassociated so it vectorises, no binning involved)."""
+    s = 0.0
+    for j in range(n):
+        s += x[j]
+    return s
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _block_nll(x, n):  # pragma: no cover - compiled
+    """-sum(log(x[:n])) as one logarithm per product of 16 factors (each >= 1e-12)."""
+    s = 0.0
+    for g in range(0, n, 16):
+        m = 1.0
+        for j in range(g, min(n, g + 16)):
+            m *= x[j]
+        s -= math.log(m)
+    return s
 
 
 @numba.njit(cache=True, nogil=True)
@@ -67,80 +100,173 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
                       has_mask, count, sum_p, sum_y, soft_y, top_count, top_sum_p, top_sum_y,
                       top_soft_y, intersection, predicted, reference,
                       scalars):  # pragma: no cover - compiled
-    """Serial accumulation of voxels [start, stop) into one block's histograms."""
+    """Serial accumulation of voxels [start, stop) into one block's histograms.
+
+    Class-major blocks of ``_BLOCK`` voxels: (1) labels and mask are checked once;
+    (2) for each class, a vectorised loop over the contiguous row ``probs[c, block]``
+    zeroes NaN, bins every probability and updates the running argmax, sum and sum of
+    squares per voxel (block buffers), then a scalar loop adds count and probability
+    sum into that class's histogram; (3) a loop per voxel adds the label and top-label
+    histograms, NLL and Brier from the buffers. Every local histogram has ``_LANES``
+    interleaved copies (voxel j updates copy j % LANES) so consecutive voxels in the
+    same bin do not wait on each other's store. The integer (label, bin of p_label)
+    histogram gives ``sum_y`` and ``reference``; the (argmax, top bin) histograms give
+    ``top_count``, ``predicted``, ``top_sum_y`` and ``intersection``. The copies are
+    summed into the float64/int64 accumulators at the end.
+    """
     n_classes = probs.shape[0]
-    top_bin = edges.shape[0] - 2
-    n_bins_f = np.float32(top_bin + 1)
-    log_mantissa = 1.0
-    log_exponent = 0
+    n_bins = edges.shape[0] - 1
+    top_bin = np.int32(n_bins - 1)
+    n_bins_f = np.float32(n_bins)
+    width = _LANES * n_bins
+    # inner edges padded with +inf to a multiple of 4 (p > inf is never true)
+    by_compare = n_bins <= _COMPARE_BINS
+    n_thr = (n_bins - 1 + 3) // 4 * 4
+    thr = np.full(n_thr, np.inf, np.float32)
+    thr[:n_bins - 1] = edges[1:n_bins]
+    cnt = np.zeros((n_classes, width), np.int64)
+    sp = np.zeros((n_classes, width), np.float64)
+    sy = np.zeros((n_classes, width), np.int64)
+    soft = np.zeros((n_classes if has_ref else 0, width), np.float64)
+    tpk = np.zeros((n_classes, width), np.int64)
+    tsp = np.zeros(width, np.float64)
+    tsoft = np.zeros(width if has_ref else 0, np.float64)
+    kbuf = np.empty((n_classes, _BLOCK), np.int32)
+    pbuf = np.empty((n_classes, _BLOCK), np.float32)
+    tbuf = np.empty(_BLOCK, np.int64)
+    vbuf = np.empty(_BLOCK, np.int32)
+    best = np.empty(_BLOCK, np.float32)
+    arg = np.empty(_BLOCK, np.int32)
+    total = np.empty(_BLOCK, np.float64)
+    ptb = np.zeros(_BLOCK, np.float32)
+    terms = np.empty(_BLOCK, np.float64)
+    factors = np.empty(_BLOCK, np.float64)
+    nll = 0.0
+    squares = np.empty(_BLOCK, np.float64)
     brier = 0.0
     voxels = 0
     bad_label = 0
     bad_nan = 0
     bad_sum = 0
-    pending = 0
-    for i in range(start, stop):
-        if has_mask and not mask[l0 + i]:
-            continue
-        t = np.int64(labels[l0 + i])
-        if t < 0 or t >= n_classes:
-            bad_label += 1
-            continue
-        best = np.float32(-1.0)
-        arg = 0
-        total = 0.0
-        squares = 0.0
-        kt = 0
-        kb = 0
-        pt = 0.0
+    for s in range(start, stop, _BLOCK):
+        nb = min(stop, s + _BLOCK) - s
+        valid = 0
+        for j in range(nb):
+            t = np.int64(labels[l0 + s + j])
+            inside = not has_mask or mask[l0 + s + j]
+            good = t >= 0 and t < n_classes
+            bad_label += inside and not good
+            ok = inside and good
+            vbuf[j] = ok
+            tbuf[j] = t if ok else 0
+            valid += ok
+        dense = valid == nb
+        for j in range(nb):
+            best[j] = -1.0
+            arg[j] = 0
+            total[j] = 0.0
+            squares[j] = 0.0
         for c in range(n_classes):
-            p = probs[c, p0 + i]
-            if p != p:
-                bad_nan += 1
-                p = np.float32(0.0)
-            # branch-free bucketize (edges[k] < p <= edges[k + 1]): int(p * B) is at most
-            # one bin off the float32 edges; data-dependent branches here cost ~2x
-            k = min(max(int(p * n_bins_f), 0), top_bin)
-            k = min(max(k - (p <= edges[k]) + (p > edges[k + 1]), 0), top_bin)
-            pf = np.float64(p)
-            count[c, k] += 1
-            sum_p[c, k] += pf
-            if c == t:
-                kt = k
-                pt = pf
-            better = p > best
-            kb = k if better else kb
+            row = probs[c, p0 + s:p0 + s + nb]
+            pb = pbuf[c]
+            kb = kbuf[c]
+            # separate short loops: each one vectorises (few arrays, no aliasing checks)
+            for j in range(nb):
+                p = row[j]
+                nan = p != p
+                bad_nan += np.int32(nan) & vbuf[j]
+                pb[j] = np.float32(0.0) if nan else p
+            if by_compare:
+                # k = #{edges[1..B-1] < p}, four thresholds per vectorised sweep
+                for j in range(nb):
+                    kb[j] = 0
+                for g in range(0, n_thr, 4):
+                    e0 = thr[g]
+                    e1 = thr[g + 1]
+                    e2 = thr[g + 2]
+                    e3 = thr[g + 3]
+                    for j in range(nb):
+                        p = pb[j]
+                        kb[j] += ((np.int32(p > e0) + np.int32(p > e1))
+                                  + (np.int32(p > e2) + np.int32(p > e3)))
+            else:
+                for j in range(nb):
+                    kb[j] = _bin(pb[j], edges, top_bin, n_bins_f)
+            for j in range(nb):
+                p = pb[j]
+                better = p > best[j]
+                best[j] = p if better else best[j]
+                arg[j] = np.int32(c) if better else arg[j]
+                ptb[j] = p if tbuf[j] == c else ptb[j]
+            for j in range(nb):
+                pf = np.float64(pb[j])
+                total[j] += pf
+                squares[j] += pf * pf
+            cnt_c = cnt[c]
+            sp_c = sp[c]
+            if dense:
+                for j in range(nb):
+                    b = (j & (_LANES - 1)) * n_bins + kb[j]
+                    cnt_c[b] += 1
+                    sp_c[b] += np.float64(pb[j])
+            else:
+                for j in range(nb):
+                    if vbuf[j]:
+                        b = (j & (_LANES - 1)) * n_bins + kb[j]
+                        cnt_c[b] += 1
+                        sp_c[b] += np.float64(pb[j])
             if has_ref:
-                soft_y[c, k] += np.float64(ref[c, r0 + i])
-            if p > best:
-                best = p
-                arg = c
-            total += pf
-            squares += pf * pf
-        sum_y[t, kt] += 1.0
-        # NLL: multiply probabilities, take the logarithm only every 16 voxels
-        log_mantissa *= max(pt, 1e-12)
-        pending += 1
-        if pending == 16:
-            mantissa, exponent = math.frexp(log_mantissa)
-            log_mantissa = mantissa
-            log_exponent += exponent
-            pending = 0
-        brier += squares - 2.0 * pt + 1.0
-        if abs(total - 1.0) > 1e-3:
-            bad_sum += 1
-        k = kb  # the top label's bin is its class's bin
-        top_count[k] += 1
-        top_sum_p[k] += np.float64(best)
-        if arg == t:
-            top_sum_y[k] += 1.0
-            intersection[t] += 1
-        if has_ref:
-            top_soft_y[k] += np.float64(ref[arg, r0 + i])
-        predicted[arg] += 1
-        reference[t] += 1
-        voxels += 1
-    scalars[0] += -(math.log(log_mantissa) + log_exponent * math.log(2.0))
+                rrow = ref[c, r0 + s:r0 + s + nb]
+                soft_c = soft[c]
+                for j in range(nb):
+                    if vbuf[j]:
+                        soft_c[(j & (_LANES - 1)) * n_bins + kb[j]] += np.float64(rrow[j])
+        # per voxel, vectorised: Brier terms, NLL factors, bad sums (invalid voxels: 0, 1, 0)
+        for j in range(nb):
+            pt = np.float64(ptb[j])
+            v = vbuf[j] != 0
+            terms[j] = squares[j] - 2.0 * pt + 1.0 if v else 0.0
+            factors[j] = max(pt, 1e-12) if v else 1.0
+            bad_sum += np.int32(abs(total[j] - 1.0) > 1e-3) & vbuf[j]
+        brier += _block_sum(terms, nb)
+        nll += _block_nll(factors, nb)
+        # per voxel, scalar: label and top-label histograms
+        for j in range(nb):
+            if not vbuf[j]:
+                continue
+            t = tbuf[j]
+            a = arg[j]
+            lane = (j & (_LANES - 1)) * n_bins
+            sy[t, lane + kbuf[t, j]] += 1
+            b = lane + kbuf[a, j]
+            # count in the low 32 bits, correct predictions in the high 32 bits
+            tpk[a, b] += 1 + (np.int64(a == t) << 32)
+            tsp[b] += np.float64(best[j])
+            if has_ref:
+                tsoft[b] += np.float64(ref[a, r0 + s + j])
+        voxels += valid
+    for c in range(n_classes):
+        for lane in range(_LANES):
+            for k in range(n_bins):
+                b = lane * n_bins + k
+                count[c, k] += cnt[c, b]
+                sum_p[c, k] += sp[c, b]
+                sum_y[c, k] += sy[c, b]
+                reference[c] += sy[c, b]
+                hits = tpk[c, b] & 0xFFFFFFFF
+                right = tpk[c, b] >> 32
+                top_count[k] += hits
+                predicted[c] += hits
+                top_sum_y[k] += right
+                intersection[c] += right
+                if has_ref:
+                    soft_y[c, k] += soft[c, b]
+    for lane in range(_LANES):
+        for k in range(n_bins):
+            top_sum_p[k] += tsp[lane * n_bins + k]
+            if has_ref:
+                top_soft_y[k] += tsoft[lane * n_bins + k]
+    scalars[0] += nll
     scalars[1] += brier
     scalars[2] += voxels
     scalars[3] += bad_label
@@ -185,12 +311,14 @@ def accumulate_numba(acc: Accumulators, probs: np.ndarray, p0: int, labels: np.n
 
     def work(index: int) -> None:
         part = parts[index]
-        start = index * step
-        stop = min(n, start + step)
-        _accumulate_range(probs, p0, labels, l0, ref_a, r0, mask_a, start, stop, edges, soft,
-                          mask is not None, part.count, part.sum_p, part.sum_y, part.soft_y,
-                          part.top_count, part.top_sum_p, part.top_sum_y, part.top_soft_y,
-                          part.intersection, part.predicted, part.reference, part.scalars)
+        # calls of at most _MAX_RANGE voxels keep the packed 32-bit top-label counts exact
+        for start in range(index * step, min(n, (index + 1) * step), _MAX_RANGE):
+            stop = min(n, (index + 1) * step, start + _MAX_RANGE)
+            _accumulate_range(probs, p0, labels, l0, ref_a, r0, mask_a, start, stop, edges,
+                              soft, mask is not None, part.count, part.sum_p, part.sum_y,
+                              part.soft_y, part.top_count, part.top_sum_p, part.top_sum_y,
+                              part.top_soft_y, part.intersection, part.predicted,
+                              part.reference, part.scalars)
 
     if threads == 1:
         work(0)
