@@ -248,12 +248,26 @@ def write_markdown(results: dict, figure_paths: dict[str, str], path: str) -> No
         card = cards[name]
         lines.append(f"| {name} | {card['training'].get('loss', '')} | "
                      f"{throughput_line(card)} | {card.get('temperature', 1.0):.3f} |")
-    lines += ["", "Per-case numbers: `docs/figures/results_metrics.json`.", "",
-              "Faithfulness of the same models' explanations (prototype maps, Grad-CAM, "
-              "occlusion against random baselines): `docs/results_explanations.md` "
-              "(`scripts/make_explanation_results.py`).", ""]
+    lines += ["", "Per-case numbers: `docs/figures/results_metrics.json`.", ""]
+    lines.append(explanation_section(path))
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines))
+
+
+EXPLANATIONS_BEGIN = "<!-- explanations:begin -->"
+EXPLANATIONS_END = "<!-- explanations:end -->"
+
+
+def explanation_section(path: str) -> str:
+    """The explanation-faithfulness section already in ``path`` (kept across regenerations)."""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+        if EXPLANATIONS_BEGIN in text and EXPLANATIONS_END in text:
+            start = text.index(EXPLANATIONS_BEGIN)
+            return text[start:text.index(EXPLANATIONS_END) + len(EXPLANATIONS_END)] + "\n"
+    return (f"{EXPLANATIONS_BEGIN}\n## Faithfulness of the explanations\n\nNot measured yet: "
+            f"run `scripts/make_explanation_results.py`.\n{EXPLANATIONS_END}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
