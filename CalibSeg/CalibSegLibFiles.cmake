@@ -61,6 +61,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/inference/prediction.py
   CalibSegLib/inference/resample.py
   CalibSegLib/inference/sliding.py
+  CalibSegLib/inference/softmax_kernel.py
   CalibSegLib/io.py
   CalibSegLib/models/__init__.py
   CalibSegLib/models/bundle.py

@@ -136,6 +136,24 @@ def applyTemperature(prediction, temperature: float):
     return apply_temperature(prediction, float(temperature))
 
 
+def compactPrediction(prediction):
+    """A library prediction in compact storage; other objects as they are."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(prediction):
+        return prediction
+    from CalibSegLib.inference.compact import compact_prediction
+
+    return compact_prediction(prediction)
+
+
+def probabilitiesAt(probs, index) -> np.ndarray:
+    """float32 class probabilities of one voxel (fixed-point storage read back)."""
+    from CalibSegLib.inference.compact import from_fixed_point
+
+    return from_fixed_point(probs[(slice(None),) + tuple(index)])
+
+
 def reliabilityStats(probs, labels, n_bins: int = N_BINS):
     from CalibSegLib.calibration import ReliabilityStats
 
@@ -146,8 +164,11 @@ def reliabilityStats(probs, labels, n_bins: int = N_BINS):
 class CalibSegLogic:
     """MRML logic of CalibSeg (no Qt): see the module docstring."""
 
-    def __init__(self, scene=None):
+    def __init__(self, scene=None, compact: bool = True):
         self.scene = scene if scene is not None else slicer.mrmlScene
+        #: hold probabilities as uint16 fixed point and similarity maps as float16
+        #: (CalibSegLib.inference.compact): about half the memory, metrics within 1e-3
+        self.compact = bool(compact)
         self.results: dict[str, ModelResult] = {}
         self.inputNodeID: str | None = None
         self.inputAffine: np.ndarray | None = None
@@ -256,6 +277,8 @@ class CalibSegLogic:
         T = float(temperature if temperature is not None
                   else _field(prediction, "temperature", default=None)
                   or _field(model, "temperature", default=1.0) or 1.0)
+        if self.compact:
+            prediction = compactPrediction(prediction)
         same = abs(float(_field(prediction, "temperature", default=math.nan)) - T) < 1e-12
         current = prediction if same else applyTemperature(prediction, T)
         result = ModelResult(slot=slot, model=model, name=modelName(model, folder),
@@ -716,7 +739,7 @@ class CalibSegLogic:
             if index is None:
                 continue
             current = result.current
-            probs = _numpy(_field(current, "probs"))[(slice(None),) + index]
+            probs = probabilitiesAt(_numpy(_field(current, "probs")), index)
             cls = int(np.argmax(probs))
             entry = {
                 "model": result.name, "index_zyx": index,
@@ -825,7 +848,7 @@ class CalibSegLogic:
                 if not 0 <= k < similarity.shape[0]:
                     raise CalibSegError(f"Model {result.name} has no prototype {k} "
                                         f"({similarity.shape[0]} prototypes).")
-                values = float(weights[int(classes[k]), k]) * similarity[k]
+                values = np.float32(weights[int(classes[k]), k]) * similarity[k].astype(np.float32)
             key, title = f"contribution{int(prototype)}", f"prototype {int(prototype)} contribution"
         if values is None:
             raise CalibSegError(f"Model {result.name} gives no contribution maps "

@@ -86,7 +86,9 @@ class ReliabilityStats:
         ----------
         probs
             Class probabilities ``(C, Z, Y, X)`` (any spatial shape, or ``(C, N)``),
-            numpy array or torch tensor, float16/32/64; each voxel sums to 1.
+            numpy array or torch tensor, float16/32/64, or uint16 fixed point
+            ``round(p * 65535)`` (compact storage, read as ``q / 65535``); each voxel
+            sums to 1.
         target
             Reference labels with the spatial shape of ``probs``, integers in ``[0, C)``.
         n_bins
@@ -124,6 +126,12 @@ class ReliabilityStats:
             raise CalibSegError(
                 f"{len(class_names)} class names given for {num_classes} probability channels."
             )
+        for name, values in (("probabilities", probs), ("soft reference", reference_probs)):
+            if values is not None and not _is_probability_dtype(values):
+                raise CalibSegError(
+                    f"The {name} have type {values.dtype}; pass floating-point probabilities "
+                    "(or uint16 fixed point, round(p * 65535))."
+                )
         if backend == "auto":
             backend = "torch" if device not in (None, "cpu") else "numba"
         if backend not in ("numba", "torch"):
@@ -498,6 +506,24 @@ def _shape_and_device(probs):
     return num_classes, tuple(int(s) for s in probs.shape[1:]), device
 
 
+def _is_probability_dtype(x) -> bool:
+    if _is_torch(x):
+        import torch
+
+        return x.is_floating_point() or x.dtype == torch.uint16
+    return np.asarray(x).dtype.kind == "f" or np.asarray(x).dtype == np.uint16
+
+
+def _float_block(x, start: int, stop: int) -> np.ndarray:
+    """float32 C-contiguous ``x[:, start:stop]``; uint16 read as fixed point."""
+    from CalibSegLib.inference.compact import from_fixed_point
+
+    block = x[:, start:stop]
+    if block.dtype == np.uint16:
+        return from_fixed_point(block)
+    return np.ascontiguousarray(block, dtype=np.float32)
+
+
 def _as_numpy(x):
     if _is_torch(x):
         return x.detach().cpu().numpy()
@@ -538,13 +564,13 @@ def _run_numba(acc, probs, target, reference, mask, edges, chunk, progress, canc
         if direct:
             block, p0 = p, start
         else:
-            block, p0 = np.ascontiguousarray(p[:, start:stop], dtype=np.float32), 0
+            block, p0 = _float_block(p, start, stop), 0
         if ref is None:
             rblock, r0 = None, 0
         elif ref_direct:
             rblock, r0 = ref, start
         else:
-            rblock, r0 = np.ascontiguousarray(ref[:, start:stop], dtype=np.float32), 0
+            rblock, r0 = _float_block(ref, start, stop), 0
         accumulate_numba(acc, block, p0, labels, start, stop - start, edges, rblock, r0, m)
         report(progress, stop / max(n, 1), "calibration statistics")
 
@@ -569,12 +595,18 @@ def _run_torch(acc, probs, target, reference, mask, edges, chunk, progress, canc
     ref = None if reference is None else on_device(reference).reshape(num_classes, -1)
     m = None if mask is None else on_device(mask, torch.bool).reshape(-1)
     chunk = max(int(chunk), 1)
+
+    def block(x, start, stop):
+        if x is None:
+            return None
+        x = x[:, start:stop]
+        return x.to(torch.float32) / 65535.0 if x.dtype == torch.uint16 else x
+
     for start in range(0, max(n, 1), chunk):
         check_cancel(cancel, "calibration statistics computation")
         stop = min(n, start + chunk)
-        accumulate_torch(acc, p[:, start:stop], labels[start:stop], edges,
-                         None if ref is None else ref[:, start:stop],
-                         None if m is None else m[start:stop])
+        accumulate_torch(acc, block(p, start, stop), labels[start:stop], edges,
+                         block(ref, start, stop), None if m is None else m[start:stop])
         report(progress, stop / max(n, 1), "calibration statistics")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,6 +189,8 @@ def apply_temperature(prediction: Prediction, temperature: float) -> Prediction:
 
     Recomputed from the stored logits (``softmax(logits / T)``), no re-inference.
     ``prediction`` is not changed; labels and prototype maps are shared (read-only).
+    Compact predictions (:func:`~CalibSegLib.inference.compact.compact_prediction`)
+    stay compact.
 
     Raises
     ------
@@ -199,11 +200,12 @@ def apply_temperature(prediction: Prediction, temperature: float) -> Prediction:
     t = float(temperature)
     if not math.isfinite(t) or t <= 0:
         raise CalibSegError(f"Temperature must be a positive number, got {temperature!r}.")
-    with warnings.catch_warnings():  # the logits are read-only and only read here
-        warnings.simplefilter("ignore", UserWarning)
-        logits = torch.from_numpy(np.asarray(prediction.logits))
-    probs, confidence, entropy = probability_maps(logits, t)
+    from CalibSegLib.inference.softmax_kernel import probability_maps_cpu
+
+    fixed_point = np.asarray(prediction.probs).dtype == np.uint16  # compact storage kept
+    probs, confidence, entropy = probability_maps_cpu(np.asarray(prediction.logits), t,
+                                                      fixed_point=fixed_point)
     return dataclasses.replace(
-        prediction, probs=probs.numpy(), confidence=confidence.numpy(), entropy=entropy.numpy(),
+        prediction, probs=probs, confidence=confidence, entropy=entropy,
         temperature=t, info=dict(prediction.info),
     )

@@ -6,7 +6,9 @@ Per voxel, with ``s_c = (z_c - max_c z_c) / T`` and ``S = sum_c exp(s_c)``:
 exponential per class and one logarithm per voxel give all three maps, and the
 logits are read once. Voxels are processed in blocks with class-major inner
 loops (contiguous reads of each class row), one block range per thread
-(``nogil``; threads as torch's intra-op setting).
+(``nogil``; threads as torch's intra-op setting). Probabilities are written as
+float32 or, for compact storage, as uint16 fixed point ``round(p * 65535)``
+(:mod:`CalibSegLib.inference.compact`).
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ _BLOCK = 2048
 
 
 @numba.njit(cache=True, nogil=True)
-def _maps_range(z, inv_t, inv_log_c, probs, confidence, entropy, start, stop):  # pragma: no cover
+def _maps_range(z, inv_t, inv_log_c, scale, offset, probs, confidence, entropy, start,
+                stop):  # pragma: no cover - compiled
+    """Maps of voxels ``start:stop``; ``probs[c, i] = p * scale + offset`` (cast to its dtype)."""
     num_classes = z.shape[0]
     top = np.empty(_BLOCK, np.float32)
     total = np.empty(_BLOCK, np.float32)
     weighted = np.empty(_BLOCK, np.float32)
+    exps = np.empty((num_classes, _BLOCK), np.float32)
     for b0 in range(start, stop, _BLOCK):
         n = min(_BLOCK, stop - b0)
         for j in range(n):
@@ -42,7 +47,7 @@ def _maps_range(z, inv_t, inv_log_c, probs, confidence, entropy, start, stop):  
             for j in range(n):
                 s = (z[c, b0 + j] - top[j]) * inv_t
                 e = math.exp(s)
-                probs[c, b0 + j] = e
+                exps[c, j] = e
                 total[j] += e
                 weighted[j] += e * s
         for j in range(n):
@@ -50,10 +55,10 @@ def _maps_range(z, inv_t, inv_log_c, probs, confidence, entropy, start, stop):  
             confidence[b0 + j] = inv
             h = (math.log(total[j]) - weighted[j] * inv) * inv_log_c
             entropy[b0 + j] = min(max(h, 0.0), 1.0)
-            total[j] = inv
+            total[j] = inv * scale
         for c in range(num_classes):
             for j in range(n):
-                probs[c, b0 + j] *= total[j]
+                probs[c, b0 + j] = exps[c, j] * total[j] + offset
 
 
 def _threads() -> int:
@@ -62,27 +67,54 @@ def _threads() -> int:
     return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
 
 
-def probability_maps_cpu(logits: np.ndarray, temperature: float
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(probs, confidence, entropy / log C)`` of C-contiguous float32 ``(C, ...)`` logits."""
+def probability_maps_cpu(logits: np.ndarray, temperature: float, fixed_point: bool = False,
+                         chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(probs, confidence, entropy / log C)`` of ``(C, ...)`` logits.
+
+    ``fixed_point``: ``probs`` as uint16 ``round(p * 65535)`` instead of float32.
+    Logits that are not C-contiguous float32 (e.g. float16) are converted ``chunk``
+    voxels at a time, so the extra memory is bounded by the chunk.
+    """
+    from CalibSegLib.inference.compact import FIXED_POINT_SCALE
+
+    logits = np.asarray(logits)
     num_classes = logits.shape[0]
-    flat = np.ascontiguousarray(logits, dtype=np.float32).reshape(num_classes, -1)
+    flat = logits.reshape(num_classes, -1)
     n = flat.shape[1]
-    probs = np.empty_like(flat)
+    probs = np.empty(flat.shape, np.uint16 if fixed_point else np.float32)
     confidence = np.empty(n, np.float32)
     entropy = np.empty(n, np.float32)
     inv_t = np.float32(1.0 / float(temperature))
     inv_log_c = np.float32(1.0 / math.log(num_classes)) if num_classes > 1 else np.float32(0.0)
-    threads = min(_threads(), max(1, n // (64 * _BLOCK)))
-    bounds = np.linspace(0, n, threads + 1).astype(np.int64)
+    scale = np.float32(FIXED_POINT_SCALE if fixed_point else 1.0)
+    offset = np.float32(0.5 if fixed_point else 0.0)
+    direct = flat.dtype == np.float32 and flat.flags.c_contiguous
+    step = n if direct else max(int(chunk), _BLOCK)
+    workers = min(_threads(), max(1, min(n, step) // (64 * _BLOCK)))
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    try:
+        for first in range(0, n, step):
+            last = min(n, first + step)
+            if direct:
+                z, z0 = flat, 0
+            else:
+                z, z0 = np.ascontiguousarray(flat[:, first:last], dtype=np.float32), first
+            p = probs if direct else probs[:, first:last]
+            c = confidence if direct else confidence[first:last]
+            e = entropy if direct else entropy[first:last]
+            lo, hi = first - z0, last - z0
+            bounds = np.linspace(lo, hi, workers + 1).astype(np.int64)
 
-    def work(i: int) -> None:
-        _maps_range(flat, inv_t, inv_log_c, probs, confidence, entropy, bounds[i], bounds[i + 1])
+            def work(i: int, z=z, p=p, c=c, e=e, bounds=bounds) -> None:
+                _maps_range(z, inv_t, inv_log_c, scale, offset, p, c, e, bounds[i],
+                            bounds[i + 1])
 
-    if threads == 1:
-        work(0)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(work, range(threads)))
+            if pool is None:
+                work(0)
+            else:
+                list(pool.map(work, range(workers)))
+    finally:
+        if pool is not None:
+            pool.shutdown()
     spatial = logits.shape[1:]
     return probs.reshape(logits.shape), confidence.reshape(spatial), entropy.reshape(spatial)

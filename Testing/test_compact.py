@@ -1,0 +1,103 @@
+"""Compact storage: uint16 fixed-point probabilities and float16 similarity maps."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from CalibSegLib.calibration import ReliabilityStats
+from CalibSegLib.errors import CalibSegError
+from CalibSegLib.inference import apply_temperature, predict
+from CalibSegLib.inference.compact import (
+    FIXED_POINT_SCALE,
+    compact_prediction,
+    from_fixed_point,
+    is_compact,
+    prediction_nbytes,
+    to_fixed_point,
+)
+from CalibSegLib.inference.softmax_kernel import probability_maps_cpu
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRICS = ("ece", "ace", "mce", "marginal_ece", "marginal_ace", "marginal_mce")
+
+
+def _probs(shape=(3, 11, 17, 23), seed=0):
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal(shape) * 4).astype(np.float32)
+    return logits, torch.softmax(torch.from_numpy(logits), 0).numpy()
+
+
+def test_fixed_point_round_trip_error_is_half_a_step():
+    _, p = _probs()
+    q = to_fixed_point(p)
+    assert q.dtype == np.uint16 and q.nbytes == p.nbytes // 2
+    assert np.abs(from_fixed_point(q) - p).max() <= 0.5 / FIXED_POINT_SCALE + 1e-7
+    assert to_fixed_point(np.array([0.0, 1.0, 1.5, -0.1])).tolist() == [0, 65535, 65535, 0]
+    assert from_fixed_point(p) is p  # float32 passes through
+
+
+def test_kernel_writes_fixed_point_and_converts_other_dtypes_in_chunks():
+    logits, p = _probs(seed=1)
+    q, conf, ent = probability_maps_cpu(logits, 1.7, fixed_point=True)
+    p17 = torch.softmax(torch.from_numpy(logits) / 1.7, 0).numpy()
+    assert q.dtype == np.uint16
+    assert np.abs(q.astype(np.int64) - np.rint(p17 * FIXED_POINT_SCALE)).max() <= 1
+    half = logits.astype(np.float16)
+    # float16 logits: converted chunk by chunk (chunk smaller than the volume)
+    p16, c16, e16 = probability_maps_cpu(half, 1.7, chunk=3000)
+    p32, c32, e32 = probability_maps_cpu(half.astype(np.float32), 1.7)
+    np.testing.assert_array_equal(p16, p32)
+    np.testing.assert_array_equal(c16, c32)
+    np.testing.assert_array_equal(e16, e32)
+
+
+def test_statistics_read_fixed_point_as_q_over_65535():
+    _, p = _probs(seed=2)
+    target = p.argmax(0)
+    q = to_fixed_point(p)
+    a = ReliabilityStats.from_probs(q, target).to_arrays()
+    b = ReliabilityStats.from_probs(from_fixed_point(q), target).to_arrays()
+    c = ReliabilityStats.from_probs(torch.from_numpy(q), torch.from_numpy(target),
+                                    backend="torch").to_arrays()
+    for key in ("count", "sum_p", "sum_y"):
+        np.testing.assert_array_equal(a[key], b[key])
+        np.testing.assert_allclose(a[key], c[key], rtol=1e-9, atol=1e-6)
+    with pytest.raises(CalibSegError, match="uint16 fixed point"):
+        ReliabilityStats.from_probs(p.astype(np.int32), target)
+
+
+@pytest.fixture(scope="module")
+def demo_prediction():
+    from CalibSegLib.data import sample_case
+    from CalibSegLib.models import load_model
+
+    case = sample_case("mni-t1", resolution_mm=2.0, shift_seed=1003)
+    model = load_model(os.path.join(ROOT, "Resources", "Models", "dicece"))
+    return case, predict(case.image, case.affine, model, device="cpu", temperature=1.0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 1.448, 3.0])
+def test_metrics_of_compact_storage_within_1e_3(demo_prediction, temperature):
+    case, prediction = demo_prediction
+    full = apply_temperature(prediction, temperature)
+    compact = apply_temperature(compact_prediction(prediction), temperature)
+    assert is_compact(compact) and not is_compact(full)
+    a = ReliabilityStats.from_probs(full.probs, case.labels).metrics()
+    b = ReliabilityStats.from_probs(compact.probs, case.labels).metrics()
+    for key in METRICS:
+        assert abs(a[key] - b[key]) < 1e-3, key
+    np.testing.assert_array_equal(compact.confidence, full.confidence)
+    np.testing.assert_array_equal(compact.entropy, full.entropy)
+
+
+def test_compact_prediction_is_smaller_and_read_only(demo_prediction):
+    _, prediction = demo_prediction
+    compact = compact_prediction(prediction)
+    assert compact.similarity.dtype == np.float16 and not compact.probs.flags.writeable
+    assert prediction_nbytes(compact) < 0.7 * prediction_nbytes(prediction)
+    np.testing.assert_array_equal(compact.logits, prediction.logits)  # logits stay exact
+    assert prediction.probs.dtype == np.float32  # the original is untouched
