@@ -7,7 +7,11 @@
   metrics table recomputed; reported as a ratio to one softmax pass over the
   same logits (target <= 3);
 - MRML round trip: a (Z, Y, X) float32 array into a new volume node with its
-  geometry and back (``CalibSegArrays``), as a ratio to a plain numpy copy.
+  geometry and back (``CalibSegArrays``), as a ratio to a plain numpy copy;
+- compact storage (the logic's default): memory of a prediction held compactly
+  over float32 for a 12-class, 48-prototype model, and the largest change it
+  makes to ECE / ACE / MCE (top-label and marginal) of the demo model on a
+  held-out 2 mm case at T = 1 (target < 1e-3).
 
 ``run(quick)`` returns rows ``{name, value, target, unit}`` for ``bench/run``;
 run this file directly for a table. ``--quick`` uses the 2 mm case.
@@ -63,6 +67,47 @@ class _Model:
         self.card = {"name": "synthetic"}
 
 
+def compact_storage_rows() -> list[dict]:
+    """Memory ratio and metric error of compact storage (CalibSegLib.inference.compact)."""
+    import dataclasses
+
+    from CalibSegLib.calibration import ReliabilityStats
+    from CalibSegLib.data import sample_case
+    from CalibSegLib.inference import Prediction, predict
+    from CalibSegLib.inference.compact import compact_prediction, prediction_nbytes
+    from CalibSegLib.models import load_model
+
+    shape, classes, prototypes = (16, 16, 16), 12, 48
+    zeros = np.zeros(shape, np.float32)
+    big = Prediction(
+        logits=np.zeros((classes,) + shape, np.float32),
+        probs=np.full((classes,) + shape, 1.0 / classes, np.float32),
+        labels=np.zeros(shape, np.uint8), confidence=zeros, entropy=zeros.copy(),
+        affine=np.eye(4), class_names=tuple(f"c{i}" for i in range(classes)), temperature=1.0,
+        class_colors=tuple((0.5, 0.5, 0.5) for _ in range(classes)),
+        similarity=np.zeros((prototypes,) + shape, np.float32), top_similarity=zeros.copy(),
+        nearest_prototype=np.zeros(shape, np.int16), prototype_contribution=zeros.copy())
+    ratio = prediction_nbytes(compact_prediction(big)) / prediction_nbytes(big)
+    per_voxel = prediction_nbytes(compact_prediction(big)) / np.prod(shape)
+    case = sample_case("mni-t1", resolution_mm=2.0, shift_seed=1003)
+    model = load_model(os.path.join(ROOT, "Resources", "Models", "dicece"))
+    full = predict(case.image, case.affine, model, device="cpu", temperature=1.0)
+    compact = compact_prediction(full)
+    assert dataclasses.is_dataclass(compact)
+    a = ReliabilityStats.from_probs(full.probs, case.labels).metrics()
+    b = ReliabilityStats.from_probs(compact.probs, case.labels).metrics()
+    error = max(abs(a[k] - b[k]) for k in ("ece", "ace", "mce", "marginal_ece",
+                                           "marginal_ace", "marginal_mce"))
+    return [
+        {"name": "compact prediction memory / float32 (12 classes, 48 prototypes)",
+         "value": ratio, "target": None, "unit": "ratio"},
+        {"name": "compact prediction, bytes per voxel (12 classes, 48 prototypes)",
+         "value": per_voxel, "target": None, "unit": "B"},
+        {"name": "compact storage: largest change of ECE/ACE/MCE (2 mm case, T=1)",
+         "value": error, "target": "< 0.001", "unit": "abs"},
+    ]
+
+
 def run(quick: bool = False) -> list[dict]:
     import CalibSegArrays as arrays
     import slicer
@@ -113,7 +158,7 @@ def run(quick: bool = False) -> list[dict]:
     trip = _best(round_trip, repeats)
     shape = "x".join(str(s) for s in image.shape)
     what = "overlays + diagram" if with_reference else "overlays only (no calibration module)"
-    return [
+    return compact_storage_rows() + [
         {"name": f"temperature refresh / softmax ({what}, {shape})",
          "value": refresh / softmax, "target": 3, "unit": "ratio"},
         {"name": f"temperature refresh ({shape})", "value": refresh * 1000, "target": None,
@@ -133,5 +178,6 @@ if __name__ == "__main__":
     rows = run(quick="--quick" in sys.argv)
     width = max(len(r["name"]) for r in rows)
     for r in rows:
-        target = "" if r["target"] is None else f"<= {r['target']}"
+        target = "" if r["target"] is None else (
+            r["target"] if isinstance(r["target"], str) else f"<= {r['target']}")
         print(f"{r['name']:<{width}}  {r['value']:10.3f} {r['unit']:<6} {target}")
