@@ -57,6 +57,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/federated/site.py
   CalibSegLib/federated/transport.py
   CalibSegLib/inference/__init__.py
+  CalibSegLib/inference/compact.py
   CalibSegLib/inference/predict.py
   CalibSegLib/inference/prediction.py
   CalibSegLib/inference/resample.py

@@ -15,11 +15,11 @@ Two back ends fill the same sufficient statistics:
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+
+from CalibSegLib.threads import default_threads, run_parallel
 
 #: Clamp for log(p) in the NLL so a zero probability gives a large finite value.
 NLL_FLOOR = 1e-12
@@ -278,16 +278,6 @@ _EMPTY_REF = np.zeros((0, 1), np.float32)
 _EMPTY_MASK = np.zeros(0, np.bool_)
 
 
-def _threads() -> int:
-    try:
-        import torch
-
-        wanted = torch.get_num_threads()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        wanted = os.cpu_count() or 1
-    return max(1, min(wanted, os.cpu_count() or 1))
-
-
 def accumulate_numba(acc: Accumulators, probs: np.ndarray, p0: int, labels: np.ndarray, l0: int,
                      n: int, edges: np.ndarray, ref: np.ndarray | None = None, r0: int = 0,
                      mask: np.ndarray | None = None, threads: int | None = None) -> None:
@@ -299,7 +289,7 @@ def accumulate_numba(acc: Accumulators, probs: np.ndarray, p0: int, labels: np.n
     each into its own partial histograms (no OpenMP spin-waiting, which behaves
     badly on busy machines and beside torch's own thread pool).
     """
-    threads = _threads() if threads is None else max(1, int(threads))
+    threads = default_threads() if threads is None else max(1, int(threads))
     if n < threads * 65536:
         threads = 1
     ref_a = _EMPTY_REF if ref is None else ref
@@ -320,11 +310,7 @@ def accumulate_numba(acc: Accumulators, probs: np.ndarray, p0: int, labels: np.n
                               part.top_soft_y, part.intersection, part.predicted,
                               part.reference, part.scalars)
 
-    if threads == 1:
-        work(0)
-        return
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(work, range(threads)))
+    run_parallel(work, threads)
     for part in parts[1:]:
         for name in vars(acc):
             getattr(acc, name).__iadd__(getattr(part, name))

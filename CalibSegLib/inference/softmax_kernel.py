@@ -14,11 +14,11 @@ float32 or, for compact storage, as uint16 fixed point ``round(p * 65535)``
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+
+from CalibSegLib.threads import default_threads, run_parallel
 
 _BLOCK = 2048
 
@@ -61,12 +61,6 @@ def _maps_range(z, inv_t, inv_log_c, scale, offset, probs, confidence, entropy, 
                 probs[c, b0 + j] = exps[c, j] * total[j] + offset
 
 
-def _threads() -> int:
-    import torch
-
-    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
-
-
 def probability_maps_cpu(logits: np.ndarray, temperature: float, fixed_point: bool = False,
                          chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(probs, confidence, entropy / log C)`` of ``(C, ...)`` logits.
@@ -90,31 +84,21 @@ def probability_maps_cpu(logits: np.ndarray, temperature: float, fixed_point: bo
     offset = np.float32(0.5 if fixed_point else 0.0)
     direct = flat.dtype == np.float32 and flat.flags.c_contiguous
     step = n if direct else max(int(chunk), _BLOCK)
-    workers = min(_threads(), max(1, min(n, step) // (64 * _BLOCK)))
-    pool = ThreadPoolExecutor(workers) if workers > 1 else None
-    try:
-        for first in range(0, n, step):
-            last = min(n, first + step)
-            if direct:
-                z, z0 = flat, 0
-            else:
-                z, z0 = np.ascontiguousarray(flat[:, first:last], dtype=np.float32), first
-            p = probs if direct else probs[:, first:last]
-            c = confidence if direct else confidence[first:last]
-            e = entropy if direct else entropy[first:last]
-            lo, hi = first - z0, last - z0
-            bounds = np.linspace(lo, hi, workers + 1).astype(np.int64)
+    workers = min(default_threads(), max(1, min(n, step) // (64 * _BLOCK)))
+    for first in range(0, n, step):
+        last = min(n, first + step)
+        if direct:
+            z, z0 = flat, 0
+        else:
+            z, z0 = np.ascontiguousarray(flat[:, first:last], dtype=np.float32), first
+        p = probs if direct else probs[:, first:last]
+        c = confidence if direct else confidence[first:last]
+        e = entropy if direct else entropy[first:last]
+        bounds = np.linspace(first - z0, last - z0, workers + 1).astype(np.int64)
 
-            def work(i: int, z=z, p=p, c=c, e=e, bounds=bounds) -> None:
-                _maps_range(z, inv_t, inv_log_c, scale, offset, p, c, e, bounds[i],
-                            bounds[i + 1])
+        def work(i: int, z=z, p=p, c=c, e=e, bounds=bounds) -> None:
+            _maps_range(z, inv_t, inv_log_c, scale, offset, p, c, e, bounds[i], bounds[i + 1])
 
-            if pool is None:
-                work(0)
-            else:
-                list(pool.map(work, range(workers)))
-    finally:
-        if pool is not None:
-            pool.shutdown()
+        run_parallel(work, workers)
     spatial = logits.shape[1:]
     return probs.reshape(logits.shape), confidence.reshape(spatial), entropy.reshape(spatial)

@@ -1,0 +1,41 @@
+"""A shared pool of worker threads for the compiled (``nogil``) kernels.
+
+The kernels split their voxels into one range per thread; starting threads on
+every call costs milliseconds, which shows on small volumes and on the Slicer
+module's live temperature slider, so the threads are kept between calls.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def default_threads() -> int:
+    """Threads to use: torch's intra-op setting, at most the CPU count."""
+    try:
+        import torch
+
+        wanted = torch.get_num_threads()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        wanted = os.cpu_count() or 1
+    return max(1, min(wanted, os.cpu_count() or 1))
+
+
+def run_parallel(work: Callable[[int], None], count: int) -> None:
+    """Call ``work(0) … work(count - 1)``, on the shared pool when ``count > 1``."""
+    global _pool
+    if count <= 1:
+        work(0)
+        return
+    with _lock:
+        if _pool is None or _pool._max_workers < count:  # noqa: SLF001 - size check only
+            _pool = ThreadPoolExecutor(max_workers=max(count, os.cpu_count() or 1),
+                                       thread_name_prefix="calibseg")
+        pool = _pool
+    list(pool.map(work, range(count)))
