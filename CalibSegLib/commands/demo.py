@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shift-seeds", type=int, nargs="+", default=[1001, 1002, 1003],
                         help="seeds of the held-out shifted variants (never used in training)")
     parser.add_argument("--models", nargs="+", default=None,
-                        help="model folders (default: the shipped dicece and dicece-hardace)")
+                        help="model folders (default: the shipped dicece and dicece-softace)")
     parser.add_argument("--no-faithfulness", action="store_true",
                         help="skip the faithfulness measurement of the explanation")
 

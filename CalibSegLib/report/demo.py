@@ -12,7 +12,7 @@ from CalibSegLib.errors import CalibSegError
 from CalibSegLib.progress import ProgressCallback, report
 from CalibSegLib.report.html import HtmlReport, esc, figure_data_uri, fmt
 
-DEMO_MODELS = ("dicece", "dicece-hardace")
+DEMO_MODELS = ("dicece", "dicece-softace")
 METRIC_COLUMNS = (("Dice GM", "dice", "grey matter"), ("Dice WM", "dice", "white matter"),
                   ("marginal ACE", "marginal_ace", None), ("marginal ECE", "marginal_ece", None),
                   ("marginal MCE", "marginal_mce", None), ("top-label ECE", "ece", None),
