@@ -5,7 +5,8 @@ Usage: ``bench/bench_explain.py [--quick]``. ``run(quick)`` returns rows
 ``{"name", "value", "target", "unit"}`` for ``bench/run``. The model is the
 tiny untrained prototype U-Net of :mod:`CalibSegLib.models.testing` at the
 case's spacing, so the numbers measure the explanation machinery (and its
-forward passes), not a trained network's quality.
+forward passes), not a trained network's quality; ``--model DIR`` times a given
+model folder instead (e.g. the demo model ``Resources/Models/dicece``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _timed(fn, repeats: int) -> tuple[float, object]:
     return best, result
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, model_folder: str | None = None) -> list[dict]:
     """Rows: seconds per method without faithfulness, then the faithfulness scores' cost.
 
     The cost of the faithfulness scores does not depend on the method (always
@@ -63,10 +64,13 @@ def run(quick: bool = False) -> list[dict]:
     _log(f"{label}, faithfulness {options}")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = tiny_model(os.path.join(tmp, "proto"), head="prototype",
-                            class_names=list(case.class_names),
-                            spacing_mm=(resolution,) * 3, patch_size=(64, 64, 64))
+        folder = model_folder or tiny_model(os.path.join(tmp, "proto"), head="prototype",
+                                            class_names=list(case.class_names),
+                                            spacing_mm=(resolution,) * 3,
+                                            patch_size=(64, 64, 64))
         model = load_model(folder)
+        if model_folder:
+            label += f", model {model.name}"
         maps = {}
         for method in METHODS:
             seconds, e = _timed(lambda m=method: explain(
@@ -88,7 +92,8 @@ def run(quick: bool = False) -> list[dict]:
                          "target": FAITHFULNESS_TARGET * scale, "unit": "s"})
             _log(rows[-1])
             for key in ("deletion_auc", "insertion_auc", "correlation"):
-                rows.append({"name": f"  {method} {key} (untrained net; random "
+                net = "trained" if model_folder else "untrained"
+                rows.append({"name": f"  {method} {key} ({net} net; random "
                                      f"{f['random']['permuted'][key]:.3f})",
                              "value": f["explanation"][key], "target": None, "unit": ""})
                 _log(rows[-1])
@@ -108,8 +113,9 @@ def _log(message) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 mm case, fewer steps")
+    parser.add_argument("--model", default=None, help="model folder to time (default: tiny)")
     args = parser.parse_args()
-    rows = run(quick=args.quick)
+    rows = run(quick=args.quick, model_folder=args.model)
     print(f"{'benchmark':<64} {'value':>9} {'unit':<4} {'target':>7}")
     for r in rows:
         target = "" if r["target"] is None else f"{r['target']:g}"
