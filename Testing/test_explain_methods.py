@@ -180,3 +180,21 @@ def test_explanation_table_rows(unet, image):
     assert "activation_precision_mean" in rows[0] and "beats_random_fraction" in rows[0]
     assert "beats_random_fraction" not in rows[1]
     assert format_table(rows).count("\n") == len(rows) + 1
+
+
+def test_constant_map_is_flagged(unet, image, monkeypatch):
+    import CalibSegLib.explain.api as api
+
+    def flat_gradcam(segmenter, image, c, region, layer, plusplus=False, device="cpu"):
+        return np.zeros(np.shape(image), np.float32), {"layer": "model.1", "upsampling": "none"}
+
+    monkeypatch.setattr(api, "gradcam_map", flat_gradcam)
+    e = api.explain(image, np.eye(4), unet, "gradcam", 1)
+    assert e.details["constant_map"] and "try another layer" in e.details["note"]
+    rows = [{"model": "m", "method": "gradcam", "n_cases": 1, "deletion_auc_mean": 0.5,
+             "deletion_auc_sd": 0.0, "insertion_auc_mean": 0.5, "insertion_auc_sd": 0.0,
+             "correlation_mean": float("nan"), "correlation_sd": float("nan"),
+             "beats_random_fraction": 0.0, "constant_maps": 1}]
+    from CalibSegLib.explain.table import format_table
+
+    assert "(1 constant map)" in format_table(rows)

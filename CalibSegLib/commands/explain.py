@@ -98,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
     stem = name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
     os.makedirs(args.output, exist_ok=True)
     written = save_explanation(explanation, args.output, stem=stem, suffix=args.format)
+    note = explanation.details.get("note")
+    if note:
+        print(f"calibseg explain: warning: {note}", file=sys.stderr)
     if not quiet:
         print(f"{explanation.method} explanation of {explanation.region}")
         f = explanation.faithfulness

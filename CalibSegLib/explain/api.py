@@ -164,6 +164,12 @@ def explain(
         raise CalibSegError(
             f"Unknown method {method!r}; use prototype, gradcam, gradcampp or occlusion.")
     details = {k: v for k, v in info.items() if k not in ("layer", "upsampling")}
+    if attribution.size and float(attribution.max()) == float(attribution.min()):
+        details["constant_map"] = True
+        details["note"] = (
+            "The map is constant, so it ranks no voxel above another"
+            + (f" (Grad-CAM's ReLU removed every weighted activation at layer {layer_used!r};"
+               " try another layer)" if method in ("gradcam", "gradcampp") else "") + ".")
     explanation = Explanation(
         map=attribution, affine=affine, method=method, target_class=c, class_name=names[c],
         region=description, upsampling=info["upsampling"], layer=layer_used,

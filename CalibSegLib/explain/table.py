@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -16,7 +17,8 @@ def _load(model):
     if isinstance(model, str) or hasattr(model, "__fspath__"):
         from CalibSegLib.models import load_model
 
-        return str(model), load_model(str(model))
+        loaded = load_model(str(model))
+        return str(getattr(loaded, "name", "") or os.path.basename(os.path.normpath(model))), loaded
     card = getattr(model, "card", None)
     name = (card.get("name") if isinstance(card, dict) else getattr(card, "name", None)) or type(
         model).__name__
@@ -107,11 +109,13 @@ def explanation_table(
                     (("random", method, variant), r) for variant, r in f["random"].items()]
                 for key, scores in keyed:
                     bucket = collected.setdefault(key, {m: [] for m in METRICS} | {
-                        "beats_random": [], "activation_precision": [], "cases": []})
+                        "beats_random": [], "activation_precision": [], "cases": [],
+                        "constant": []})
                     for m in METRICS:
                         bucket[m].append(scores[m])
                     bucket["cases"].append(case_name)
                     if key[0] != "random":
+                        bucket["constant"].append(bool(e.details.get("constant_map", False)))
                         bucket["beats_random"].append(float(f.get("beats_random", False)))
                         if "plausibility" in f:
                             bucket["activation_precision"].append(
@@ -126,6 +130,7 @@ def explanation_table(
                 row[f"{m}_mean"], row[f"{m}_sd"] = _summary(bucket[m])
             if bucket["beats_random"]:
                 row["beats_random_fraction"] = float(np.mean(bucket["beats_random"]))
+                row["constant_maps"] = int(sum(bucket["constant"]))
             if bucket["activation_precision"]:
                 (row["activation_precision_mean"],
                  row["activation_precision_sd"]) = _summary(bucket["activation_precision"])
@@ -141,6 +146,8 @@ def format_table(rows: list[dict]) -> str:
         method = r["method"] if "of" not in r else f"random ({r['variant']}, of {r['of']})"
         cells = [f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_sd']:.3f}" for m in METRICS]
         beats = f"{r['beats_random_fraction']:.0%}" if "beats_random_fraction" in r else ""
+        if r.get("constant_maps"):
+            beats += f" ({r['constant_maps']} constant map{'s' if r['constant_maps'] > 1 else ''})"
         lines.append(f"| {r['model']} | {method} | {r['n_cases']} | " + " | ".join(cells)
                      + f" | {beats} |")
     return "\n".join(lines)
