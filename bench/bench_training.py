@@ -1,7 +1,8 @@
 """Benchmark: training throughput of the demo models' set-up, per calibration loss.
 
 Times joint-stage training steps (forward, losses, backward, optimiser) of the demo
-models' network (MONAI UNet 8/16/32 + prototype head, batch 2 of 48³ patches) with
+models' network and settings (read from the ``dicece`` card: MONAI UNet 8/16/32 +
+prototype head, batch 2 of 48³ patches) with
 :func:`CalibSegLib.training.measure_throughput`, for Dice+CE alone and with the hard
 and soft mL1-ACE terms, side by side in one process. ``--quick``: 24³ patches.
 
@@ -16,10 +17,16 @@ import sys
 
 def run(quick: bool = False) -> list[dict]:
     """Measure and return rows ``{name, value, target, unit}``."""
+    import json
+    import os
+
     from CalibSegLib.training import TrainConfig
     from CalibSegLib.training.throughput import measure_throughput
 
-    config = TrainConfig()
+    card = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "Resources", "Models", "dicece", "model.json")
+    with open(card, encoding="utf-8") as fh:
+        config = TrainConfig.from_dict(json.load(fh)["training"]["config"])
     if quick:
         config = TrainConfig.from_dict({**config.to_dict(), "patch_size": [24, 24, 24]})
     rows = measure_throughput(config=config, steps=3 if quick else 10, warmup=1 if quick else 2)

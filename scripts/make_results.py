@@ -248,7 +248,11 @@ def write_markdown(results: dict, figure_paths: dict[str, str], path: str) -> No
         card = cards[name]
         lines.append(f"| {name} | {card['training'].get('loss', '')} | "
                      f"{throughput_line(card)} | {card.get('temperature', 1.0):.3f} |")
-    lines += ["", "Per-case numbers: `docs/figures/results_metrics.json`.", ""]
+    lines += ["", "Wall times of the three training runs, which ran at the same time on the 2 "
+              "shared cores (oversubscribed); the training step alone runs at 1.3–1.6 M "
+              "voxels/s on an idle machine (`bench/bench_training.py`, "
+              "`docs/bench/training.md`).", "",
+              "Per-case numbers: `docs/figures/results_metrics.json`.", ""]
     lines.append(explanation_section(path))
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines))
