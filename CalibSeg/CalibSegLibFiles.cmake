@@ -77,6 +77,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/report/demo.py
   CalibSegLib/report/figures.py
   CalibSegLib/report/html.py
+  CalibSegLib/threads.py
   CalibSegLib/training/__init__.py
   CalibSegLib/training/card.py
   CalibSegLib/training/checkpoint.py
