@@ -101,3 +101,15 @@ def test_compact_prediction_is_smaller_and_read_only(demo_prediction):
     assert prediction_nbytes(compact) < 0.7 * prediction_nbytes(prediction)
     np.testing.assert_array_equal(compact.logits, prediction.logits)  # logits stay exact
     assert prediction.probs.dtype == np.float32  # the original is untouched
+
+
+def test_kernel_edge_shapes():
+    for logits in (np.zeros((3, 0), np.float32), np.zeros((3, 0), np.float16)):
+        probs, confidence, entropy = probability_maps_cpu(logits, 1.0)
+        assert probs.shape == (3, 0) and confidence.shape == entropy.shape == (0,)
+    probs, confidence, entropy = probability_maps_cpu(np.ones((1, 5), np.float32), 2.0)
+    assert np.all(probs == 1) and np.all(confidence == 1) and np.all(entropy == 0)
+    view = np.random.default_rng(3).standard_normal((4, 7, 9)).astype(np.float32).transpose(0, 2, 1)
+    probs, _, _ = probability_maps_cpu(view, 1.0)  # non-contiguous input
+    reference = torch.softmax(torch.from_numpy(np.ascontiguousarray(view)), 0).numpy()
+    np.testing.assert_allclose(probs, reference, atol=1e-6)

@@ -83,7 +83,7 @@ def probability_maps_cpu(logits: np.ndarray, temperature: float, fixed_point: bo
     scale = np.float32(FIXED_POINT_SCALE if fixed_point else 1.0)
     offset = np.float32(0.5 if fixed_point else 0.0)
     direct = flat.dtype == np.float32 and flat.flags.c_contiguous
-    step = n if direct else max(int(chunk), _BLOCK)
+    step = max(n, 1) if direct else max(int(chunk), _BLOCK)
     workers = min(default_threads(), max(1, min(n, step) // (64 * _BLOCK)))
     for first in range(0, n, step):
         last = min(n, first + step)
