@@ -132,3 +132,21 @@ def test_sample_data_writes_a_dicom_series(tmp_path):
     reference, _ = read_image(str(tmp_path / "mni-t1_image.nii.gz"))
     assert image.shape == reference.shape
     assert np.abs(image - reference).max() < 0.01 * (reference.max() - reference.min())
+
+
+def test_ct_series_keeps_hounsfield_units_and_oblique_geometry(tmp_path):
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-1024, 2000, size=(6, 20, 24)).astype(np.int16)
+    angle = np.deg2rad(20)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                         [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([0.7, 0.8, 2.5])
+    affine[:3, 3] = [10.0, -20.0, 30.0]
+    folder = str(tmp_path / "ct")
+    write_series(hu, affine, folder, modality="CT")
+    first = pydicom.dcmread(os.path.join(folder, "slice_0001.dcm"))
+    assert first.Modality == "CT" and first.RescaleType == "HU"
+    image, back = read_image(folder)
+    np.testing.assert_allclose(back, affine, atol=1e-5)
+    assert np.abs(image - hu).max() <= float(first.RescaleSlope) / 2 + 1e-6
