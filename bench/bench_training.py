@@ -29,7 +29,7 @@ def run(quick: bool = False) -> list[dict]:
         config = TrainConfig.from_dict(json.load(fh)["training"]["config"])
     if quick:
         config = TrainConfig.from_dict({**config.to_dict(), "patch_size": [24, 24, 24]})
-    rows = measure_throughput(config=config, steps=3 if quick else 10, warmup=1 if quick else 2)
+    rows = measure_throughput(config=config, steps=6 if quick else 10, warmup=2)
     by_loss = {r["loss"]: r for r in rows}
     patch = "x".join(str(s) for s in config.patch_size)
     out = []
