@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from types import ModuleType
@@ -73,8 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_output_location(path: str) -> None:
     """Refuse, before any work, an output whose folder cannot be created or written."""
-    import os
-
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         parent = os.path.dirname(probe)

@@ -24,36 +24,22 @@ import numpy as np
 
 from CalibSegLib import __version__
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.io import atomic_path
+from CalibSegLib.io import LPS_TO_RAS, atomic_path, series_file_names
 
 MANUFACTURER = "CalibSeg"
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def series_file_names(folder: str) -> list[str]:
-    """File names of the single DICOM series in ``folder``, sorted along the slice normal."""
-    import SimpleITK as sitk
-
-    if not os.path.isdir(folder):
-        raise CalibSegError(f"{folder}: not a folder; DICOM input is a folder holding one series.")
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
-    if not series:
-        raise CalibSegError(f"{folder}: folder holds no DICOM series.")
-    if len(series) > 1:
-        raise CalibSegError(f"{folder}: folder holds {len(series)} DICOM series; pass one.")
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series[0]))
-
-
-def read_series_datasets(folder: str) -> list:
-    """The series' datasets (pixel data included) in the slice order of ``read_image``."""
+def read_series_datasets(folder: str, pixels: bool = True) -> list:
+    """The series' datasets in the slice order of ``read_image``; headers only without pixels."""
     import pydicom
 
-    return [pydicom.dcmread(name) for name in series_file_names(folder)]
+    return [pydicom.dcmread(name, stop_before_pixels=not pixels)
+            for name in series_file_names(folder)]
 
 
 def _geometry(affine: np.ndarray) -> tuple[list[float], list[float], float, np.ndarray, np.ndarray]:
     """(orientation, pixel spacing [row, column], slice spacing, origin, slice step) in LPS."""
-    lps = _LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
+    lps = LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
     axes = lps[:3, :3]
     spacing = np.linalg.norm(axes, axis=0)
     if np.any(spacing <= 0):

@@ -511,7 +511,8 @@ def _is_probability_dtype(x) -> bool:
         import torch
 
         return x.is_floating_point() or x.dtype == torch.uint16
-    return np.asarray(x).dtype.kind == "f" or np.asarray(x).dtype == np.uint16
+    dtype = np.asarray(x).dtype
+    return dtype.kind == "f" or dtype == np.uint16
 
 
 def _float_block(x, start: int, stop: int) -> np.ndarray:
@@ -578,6 +579,8 @@ def _run_numba(acc, probs, target, reference, mask, edges, chunk, progress, canc
 def _run_torch(acc, probs, target, reference, mask, edges, chunk, progress, cancel) -> None:
     import torch
 
+    from CalibSegLib.inference.compact import FIXED_POINT_SCALE
+
     p = probs if _is_torch(probs) else torch.from_numpy(np.ascontiguousarray(probs))
     device = p.device
     num_classes = p.shape[0]
@@ -600,7 +603,7 @@ def _run_torch(acc, probs, target, reference, mask, edges, chunk, progress, canc
         if x is None:
             return None
         x = x[:, start:stop]
-        return x.to(torch.float32) / 65535.0 if x.dtype == torch.uint16 else x
+        return x.to(torch.float32) / FIXED_POINT_SCALE if x.dtype == torch.uint16 else x
 
     for start in range(0, max(n, 1), chunk):
         check_cancel(cancel, "calibration statistics computation")

@@ -105,7 +105,7 @@ def write_dicom(prediction, series_folder: str, folder: str, stem: str) -> list[
     """Write the DICOM SEG and confidence Parametric Map of ``prediction`` on its source series."""
     from CalibSegLib.dicom import read_series_datasets, write_confidence_map, write_segmentation
 
-    sources = read_series_datasets(series_folder)
+    sources = read_series_datasets(series_folder, pixels=False)  # headers suffice
     os.makedirs(folder, exist_ok=True)
     model = {"model_name": prediction.model_name, "model_version": prediction.model_version}
     return [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -17,8 +16,7 @@ def _load(model):
     if isinstance(model, str) or hasattr(model, "__fspath__"):
         from CalibSegLib.models import load_model
 
-        loaded = load_model(str(model))
-        return str(getattr(loaded, "name", "") or os.path.basename(os.path.normpath(model))), loaded
+        model = load_model(str(model))
     card = getattr(model, "card", None)
     name = (card.get("name") if isinstance(card, dict) else getattr(card, "name", None)) or type(
         model).__name__

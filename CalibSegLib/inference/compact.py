@@ -50,7 +50,7 @@ def compact_prediction(prediction):
     """The same prediction with fixed-point probabilities and float16 similarity maps."""
     changes = {"probs": to_fixed_point(prediction.probs)}
     if getattr(prediction, "similarity", None) is not None:
-        changes["similarity"] = np.asarray(prediction.similarity).astype(np.float16)
+        changes["similarity"] = np.asarray(prediction.similarity).astype(np.float16, copy=False)
     for value in changes.values():
         value.setflags(write=False)
     return dataclasses.replace(prediction, **changes)

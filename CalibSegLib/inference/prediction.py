@@ -200,11 +200,11 @@ def apply_temperature(prediction: Prediction, temperature: float) -> Prediction:
     t = float(temperature)
     if not math.isfinite(t) or t <= 0:
         raise CalibSegError(f"Temperature must be a positive number, got {temperature!r}.")
+    from CalibSegLib.inference.compact import is_compact
     from CalibSegLib.inference.softmax_kernel import probability_maps_cpu
 
-    fixed_point = np.asarray(prediction.probs).dtype == np.uint16  # compact storage kept
     probs, confidence, entropy = probability_maps_cpu(np.asarray(prediction.logits), t,
-                                                      fixed_point=fixed_point)
+                                                      fixed_point=is_compact(prediction))
     return dataclasses.replace(
         prediction, probs=probs, confidence=confidence, entropy=entropy,
         temperature=t, info=dict(prediction.info),
