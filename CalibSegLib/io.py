@@ -17,7 +17,7 @@ import numpy as np
 
 from CalibSegLib.errors import CalibSegError
 
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
@@ -39,14 +39,7 @@ def read_image(path: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         if os.path.isdir(path):
             reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(path)
-            if not series:
-                raise CalibSegError(f"{path}: folder holds no DICOM series.")
-            if len(series) > 1:
-                raise CalibSegError(
-                    f"{path}: folder holds {len(series)} DICOM series; pass a folder with one."
-                )
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(path, series[0]))
+            reader.SetFileNames(series_file_names(path))
             image = reader.Execute()
         else:
             image = sitk.ReadImage(path)
@@ -61,6 +54,22 @@ def read_image(path: str) -> tuple[np.ndarray, np.ndarray]:
     return array, affine_from_sitk(image)
 
 
+def series_file_names(folder: str) -> list[str]:
+    """File names of the single DICOM series in ``folder``, sorted along the slice normal."""
+    import SimpleITK as sitk
+
+    if not os.path.isdir(folder):
+        raise CalibSegError(f"{folder}: not a folder; DICOM input is a folder holding one series.")
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+    if not series:
+        raise CalibSegError(f"{folder}: folder holds no DICOM series.")
+    if len(series) > 1:
+        raise CalibSegError(
+            f"{folder}: folder holds {len(series)} DICOM series; pass a folder with one."
+        )
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series[0]))
+
+
 def affine_from_sitk(image) -> np.ndarray:
     """IJK-to-RAS 4×4 matrix of a SimpleITK image."""
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
@@ -68,7 +77,7 @@ def affine_from_sitk(image) -> np.ndarray:
     lps = np.eye(4)
     lps[:3, :3] = direction * spacing[None, :]
     lps[:3, 3] = image.GetOrigin()
-    return _LPS_TO_RAS @ lps
+    return LPS_TO_RAS @ lps
 
 
 def to_sitk(array: np.ndarray, affine: np.ndarray, vector: bool = False):
@@ -76,7 +85,7 @@ def to_sitk(array: np.ndarray, affine: np.ndarray, vector: bool = False):
     import SimpleITK as sitk
 
     affine = np.asarray(affine, dtype=np.float64)
-    lps = _LPS_TO_RAS @ affine
+    lps = LPS_TO_RAS @ affine
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     if np.any(spacing <= 0):
         raise CalibSegError("The affine has a zero-length voxel axis.")
@@ -123,3 +132,36 @@ def write_image(path: str, array: np.ndarray, affine: np.ndarray, vector: bool =
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, tmp, useCompression=True)
     return path
+
+
+def read_marked_section(path: str, begin: str, end: str) -> str | None:
+    """The text of ``path`` from marker ``begin`` through marker ``end``, or ``None``."""
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    if begin not in text or end not in text:
+        return None
+    return text[text.index(begin):text.index(end) + len(end)]
+
+
+def replace_marked_section(path: str, section: str, begin: str, end: str,
+                           heading: str = "") -> None:
+    """Put ``section`` (markers included) in place of the marked one in ``path``, atomically.
+
+    Without markers the section is appended; a new file starts with ``heading``.
+    Generated parts of hand-written documents are refreshed this way.
+    """
+    text = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    old = read_marked_section(path, begin, end)
+    if old is not None:
+        text = text.replace(old, section, 1)
+    elif text.strip():
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    else:
+        text = heading + section + "\n"
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)

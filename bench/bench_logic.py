@@ -108,34 +108,42 @@ def compact_storage_rows() -> list[dict]:
     ]
 
 
-def run(quick: bool = False) -> list[dict]:
+def logic_showing(case):
+    """A headless scene and CalibSeg logic showing a 3-class prediction with a reference.
+
+    Returns ``(scene, colour logic, logic, prediction)``; the colour logic must stay alive
+    as long as the scene.
+    """
     import CalibSegArrays as arrays
     import slicer
-    import torch
     from CalibSegLogic import CalibSegLogic
+
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    colors = slicer.vtkMRMLColorLogic()
+    colors.SetMRMLScene(scene)
+    volume = arrays.newVolumeNode(case.image, case.affine, "input")
+    scene.AddNode(volume)
+    prediction = _prediction(case)
+    logic = CalibSegLogic(scene)
+    logic.addPrediction(volume, _Model(case), prediction, slot="A")
+    reference = arrays.newVolumeNode(case.labels.astype(np.int16), case.affine, "reference",
+                                     "vtkMRMLLabelMapVolumeNode")
+    scene.AddNode(reference)
+    logic.setReference(reference)
+    return scene, colors, logic, prediction
+
+
+def run(quick: bool = False) -> list[dict]:
+    import CalibSegArrays as arrays
+    import torch
 
     from CalibSegLib.data import sample_case
 
     resolution = 2.0 if quick else 1.0
     repeats = 3 if quick else 5
     case = sample_case("mni-t1", resolution_mm=resolution)
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    colors = slicer.vtkMRMLColorLogic()
-    colors.SetMRMLScene(scene)
-    volume = arrays.newVolumeNode(case.image, case.affine, "mni-t1")
-    scene.AddNode(volume)
-    prediction = _prediction(case)
-    logic = CalibSegLogic(scene)
-    logic.addPrediction(volume, _Model(case), prediction, slot="A")
-    with_reference = True
-    try:
-        reference = arrays.newVolumeNode(case.labels.astype(np.int16), case.affine, "reference",
-                                         "vtkMRMLLabelMapVolumeNode")
-        scene.AddNode(reference)
-        logic.setReference(reference)
-    except ImportError:  # calibration statistics not available in this checkout
-        with_reference = False
+    scene, _colors, logic, prediction = logic_showing(case)
 
     logits = torch.from_numpy(np.array(prediction.logits))  # writable copy for torch
     softmax = _best(lambda: torch.softmax(logits / 1.3, dim=0), repeats)
@@ -157,7 +165,7 @@ def run(quick: bool = False) -> list[dict]:
     copy = _best(lambda: image.copy(), repeats)
     trip = _best(round_trip, repeats)
     shape = "x".join(str(s) for s in image.shape)
-    what = "overlays + diagram" if with_reference else "overlays only (no calibration module)"
+    what = "overlays + diagram"
     return compact_storage_rows() + [
         {"name": f"temperature refresh / softmax ({what}, {shape})",
          "value": refresh / softmax, "target": 3, "unit": "ratio"},

@@ -50,7 +50,7 @@ for _path in (HERE, ROOT, os.path.join(ROOT, "CalibSeg")):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from bench_logic import _Model, _prediction  # noqa: E402
+from bench_logic import logic_showing  # noqa: E402
 from bench_reliability import N_BINS, N_CLASSES, _data, _min_time, _reset_hwm, _rss_mb  # noqa: E402
 
 OPS = ("stats", "predict", "temperature", "mrml")
@@ -127,22 +127,7 @@ def _set_temperature(logic, temperatures) -> None:
 
 def _logic(case):
     """A headless scene and CalibSeg logic showing a 3-class prediction with a reference."""
-    import CalibSegArrays as arrays
-    import slicer
-    from CalibSegLogic import CalibSegLogic
-
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    colors = slicer.vtkMRMLColorLogic()
-    colors.SetMRMLScene(scene)
-    volume = arrays.newVolumeNode(case.image, case.affine, "input")
-    scene.AddNode(volume)
-    logic = CalibSegLogic(scene)
-    logic.addPrediction(volume, _Model(case), _prediction(case), slot="A")
-    reference = arrays.newVolumeNode(case.labels.astype(np.int16), case.affine, "reference",
-                                     "vtkMRMLLabelMapVolumeNode")
-    scene.AddNode(reference)
-    logic.setReference(reference)
+    scene, colors, logic, _ = logic_showing(case)
     return scene, colors, logic
 
 
@@ -375,20 +360,6 @@ def markdown(records: list[dict], command: str, loads: tuple, plot_path: str | N
     return "\n".join(lines)
 
 
-def _write_markdown(path: str, block: str) -> None:
-    """Replace the measured block in ``path`` (keeping the text around it) or create it."""
-    text = ""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = "# Scaling study\n\n" + block + "\n" + text
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="32³, 48³, 64³ only")
@@ -417,8 +388,11 @@ def main() -> int:
         command = "python bench/bench_scaling.py " + " ".join(sys.argv[1:])
         image = None if not args.plot else os.path.relpath(
             os.path.abspath(args.plot), os.path.dirname(os.path.abspath(args.markdown)))
-        _write_markdown(args.markdown, markdown(records, command.strip(), (before, after),
-                                                image))
+        from CalibSegLib.io import replace_marked_section
+
+        replace_marked_section(args.markdown, markdown(records, command.strip(), (before, after),
+                                                       image), BEGIN, END,
+                               heading="# Scaling study\n\n")
     return 0
 
 

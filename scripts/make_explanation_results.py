@@ -25,27 +25,10 @@ sys.path.insert(0, HERE)
 from make_results import EXPLANATIONS_BEGIN, EXPLANATIONS_END  # noqa: E402
 
 
-def replace_section(path: str, section: str) -> None:
-    """Put ``section`` between the explanation markers of ``path`` (appended if absent)."""
-    text = ""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    if EXPLANATIONS_BEGIN in text and EXPLANATIONS_END in text:
-        start = text.index(EXPLANATIONS_BEGIN)
-        end = text.index(EXPLANATIONS_END) + len(EXPLANATIONS_END)
-        text = text[:start] + section + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def main() -> int:
     from CalibSegLib.data import sample_case
     from CalibSegLib.explain.table import explanation_table, format_table
+    from CalibSegLib.io import replace_marked_section
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1001])
@@ -78,7 +61,7 @@ def main() -> int:
         "baselines: the same map's values permuted (and smoothed), i.e. equal histograms.", "",
         format_table(rows), "",
         f"Computed in {seconds:.0f} s on the CPU (2 cores).", EXPLANATIONS_END]
-    replace_section(args.output, "\n".join(text))
+    replace_marked_section(args.output, "\n".join(text), EXPLANATIONS_BEGIN, EXPLANATIONS_END)
     print(args.output)
     return 0
 

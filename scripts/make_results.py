@@ -264,12 +264,11 @@ EXPLANATIONS_END = "<!-- explanations:end -->"
 
 def explanation_section(path: str) -> str:
     """The explanation-faithfulness section already in ``path`` (kept across regenerations)."""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-        if EXPLANATIONS_BEGIN in text and EXPLANATIONS_END in text:
-            start = text.index(EXPLANATIONS_BEGIN)
-            return text[start:text.index(EXPLANATIONS_END) + len(EXPLANATIONS_END)] + "\n"
+    from CalibSegLib.io import read_marked_section
+
+    kept = read_marked_section(path, EXPLANATIONS_BEGIN, EXPLANATIONS_END)
+    if kept is not None:
+        return kept + "\n"
     return (f"{EXPLANATIONS_BEGIN}\n## Faithfulness of the explanations\n\nNot measured yet: "
             f"run `scripts/make_explanation_results.py`.\n{EXPLANATIONS_END}\n")
 
