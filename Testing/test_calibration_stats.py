@@ -354,6 +354,56 @@ def test_numba_path_equals_torch_path(vol):
     _assert_same(a, b)
 
 
+@pytest.mark.parametrize("n_bins", [1, 7, 20, 64])
+def test_large_masked_volume_with_edges_and_soft_reference_equals_torch_path(n_bins):
+    """Several kernel blocks and flushes, a mask, NaN outside it, values on bin edges."""
+    rng = np.random.default_rng(21 + n_bins)
+    p, t = random_case(rng, 5, (31, 40, 27), sharp=4.0)
+    flat = p.reshape(5, -1)
+    edges = ref_edges(n_bins)
+    # two-class voxels exactly on (and one float32 step either side of) every bin edge
+    spots = rng.choice(flat.shape[1], size=(3, n_bins + 1), replace=False)
+    for shift, column in zip((0, 1, -1), spots):
+        v = np.clip(np.nextafter(edges, 2 * shift, dtype=np.float32) if shift else edges, 0, 1)
+        flat[:, column] = 0.0
+        flat[0, column] = v
+        flat[1, column] = 1.0 - v
+    soft = rng.dirichlet(np.ones(5), size=t.size).T.reshape(p.shape).astype(np.float32)
+    mask = rng.random(t.shape) < 0.7
+    p[:, ~mask] = np.nan  # outside the mask nothing is read into the statistics
+    a = ReliabilityStats.from_probs(p, t, n_bins, mask=mask, reference_probs=soft)
+    b = ReliabilityStats.from_probs(torch.from_numpy(p), torch.from_numpy(t), n_bins,
+                                    mask=torch.from_numpy(mask),
+                                    reference_probs=torch.from_numpy(soft), backend="torch")
+    for name in ("count", "top_count", "intersection", "predicted", "reference", "n_voxels"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    # fixed-point sums: each probability rounded to a multiple of 2**-34
+    for name in ("sum_p", "sum_y", "top_sum_p", "top_sum_y", "soft_y", "top_soft_y"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-9,
+                                   atol=mask.sum() * 2.0 ** -35, err_msg=name)
+    for name in ("nll_sum", "brier_sum"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-9, err_msg=name)
+    assert a.n_voxels[0] == mask.sum()
+    expected = np.bincount(ref_bins(flat[:, mask.reshape(-1)], n_bins).reshape(-1)
+                           + np.repeat(np.arange(5), mask.sum()) * n_bins,
+                           minlength=5 * n_bins).reshape(5, n_bins)
+    assert np.array_equal(a.count[0], expected)
+
+
+def test_saturated_volume_fills_one_bin_exactly():
+    """Every voxel in the same bin (e.g. background far from the head): no field overflows."""
+    n = 300_001
+    p = np.zeros((3, n), np.float32)
+    p[0] = 1.0
+    t = np.zeros(n, np.uint8)
+    t[::7] = 1
+    s = ReliabilityStats.from_probs(p, t, B)
+    assert s.count[0, 0, B - 1] == n and s.count[0, 1:, 0].tolist() == [n, n]
+    assert s.sum_p[0, 0, B - 1] == n and s.sum_y[0, 1, 0] == t.sum()
+    assert s.top_count[0, B - 1] == n and s.top_sum_p[0, B - 1] == n
+    assert s.top_sum_y[0, B - 1] == n - t.sum() == s.intersection[0, 0]
+
+
 def test_bounded_size_and_chunks_and_dtypes():
     rng = np.random.default_rng(11)
     p, t = random_case(rng, 3, (30, 20, 10))

@@ -3,10 +3,12 @@
 Two back ends fill the same sufficient statistics:
 
 - :func:`accumulate_numba` (CPU): one pass over the volume in class-major blocks
-  of voxels (each block read from memory once, then from L1); bins, counts and
+  of voxels (each block read from memory once, then from cache); bins, counts and
   sums for all classes, the top label, Dice counts, NLL and Brier together, into
   per-thread partial histograms that are summed at the end (no atomics, no
-  one-hot, only block-sized temporaries).
+  one-hot, only block-sized temporaries). Each histogram add is one packed
+  integer word (count and fixed-point probability sum), so sums of p are exact
+  and any split of a volume merges to identical numbers.
 - :func:`accumulate_torch` (any torch device, used for CUDA tensors): bucketize
   plus ``bincount``/``scatter_add`` per chunk on the tensors' device, float64
   accumulators.
@@ -47,227 +49,278 @@ class Accumulators:
         self.scalars = np.zeros(6, np.float64)
 
 
-#: Voxels per block of the class-major loop (the block's bins, C x BLOCK, stay in L1).
+#: Voxels per block of the class-major loop (its per-voxel buffers stay in L1/L2).
 _BLOCK = 1024
-#: Interleaved copies of every local histogram: voxel j of a block updates copy j % LANES.
+#: Interleaved copies of every histogram: voxel j updates copy j % LANES, so consecutive
+#: voxels in the same bin do not wait on each other's store.
 _LANES = 4
-#: Up to this many bins, bins are found by counting inner edges below p (vectorised).
-_COMPARE_BINS = 48
-#: Voxels per kernel call at most (packed top-label counts hold 32 bits per field).
+#: Histogram groups per class: (is the voxel's argmax) x (is the voxel's label).
+_GROUPS = 4
+#: Probabilities are summed in fixed point: round(p * 2**_Q_SHIFT) (resolution 5.8e-11).
+_Q_SHIFT = 34
+#: Packed histogram word: count in the top 12 bits, fixed-point probability sum below.
+_COUNT_SHIFT = 52
+_Q_MASK = (1 << _COUNT_SHIFT) - 1
+_COUNT_MASK = (1 << (64 - _COUNT_SHIFT)) - 1
+#: Largest probability summed (a valid voxel has p <= 1 + SUM_TOLERANCE).
+_P_MAX = 1.0 + 2.0 ** -10
+#: Blocks between unpacking the packed words (per-lane count stays <= 2048 < 4096, and
+#: the sum field below 2**46 < 2**52).
+_FLUSH = 8
+#: Voxels per kernel call at most (int64 fixed-point sums per entry stay below 2**63).
 _MAX_RANGE = 1 << 30
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _bin(p, edges, top_bin, n_bins_f):  # pragma: no cover - compiled
-    """Bin of ``p``: edges[k] < p <= edges[k + 1], exact against the float32 edges.
+def _exact_bin(p, edges, n_bins):  # pragma: no cover - compiled
+    """Bin of ``p`` by binary search: the number of inner edges ``edges[1:B]`` below ``p``."""
+    lo = 1
+    hi = n_bins
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if edges[mid] < p:
+            lo = mid + 1
+        else:
+            hi = mid
+    return np.int32(lo - 1)
 
-    ``int(p * B)`` is at most one bin off the float32 edges, so a single branch-free
-    correction (comparisons with the two neighbouring edges, as 0/1 integers) makes it
-    exact. ``p`` is clamped to [0, 2] first (same bin; keeps the conversion defined);
-    unsigned indices (no negative-index wraparound) let LLVM vectorise with gathers.
+
+_MANTISSA = (1 << 52) - 1
+_EXPONENT_ONE = 1023 << 52
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _block_nll(x, n, scratch):  # pragma: no cover - compiled
+    """-sum(log(x[:n])) for normal positive float64 ``x``.
+
+    log x = (exponent) * ln 2 + log(mantissa): exponents are summed as integers and
+    mantissas (in [1, 2)) multiplied in runs of 512 (< 2**512), one logarithm per run.
     """
-    q = min(max(p, np.float32(0.0)), np.float32(2.0))
-    k = min(np.int32(q * n_bins_f), top_bin)
-    lo = edges[np.uint32(k)]
-    hi = edges[np.uint32(k + 1)]
-    k = k - np.int32(q <= lo) + np.int32(q > hi)
-    return min(max(k, np.int32(0)), top_bin)
-
-
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _block_sum(x, n):  # pragma: no cover - compiled
-    """Sum of ``x[:n]`` (float64; reassociated so it vectorises, no binning involved)."""
-    s = 0.0
+    bits = x.view(np.int64)
+    mantissa = scratch.view(np.int64)
+    exponent = np.int64(0)
     for j in range(n):
-        s += x[j]
-    return s
-
-
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _block_nll(x, n):  # pragma: no cover - compiled
-    """-sum(log(x[:n])) as one logarithm per product of 16 factors (each >= 1e-12)."""
+        b = bits[j]
+        exponent += b >> 52
+        mantissa[j] = (b & _MANTISSA) | _EXPONENT_ONE
     s = 0.0
-    for g in range(0, n, 16):
+    for g in range(0, n, 512):
         m = 1.0
-        for j in range(g, min(n, g + 16)):
-            m *= x[j]
-        s -= math.log(m)
-    return s
+        for j in range(g, min(n, g + 512)):
+            m *= scratch[j]
+        s += math.log(m)
+    return -(s + np.float64(exponent - 1023 * n) * math.log(2.0))
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, has_ref,
                       has_mask, count, sum_p, sum_y, soft_y, top_count, top_sum_p, top_sum_y,
                       top_soft_y, intersection, predicted, reference,
                       scalars):  # pragma: no cover - compiled
-    """Serial accumulation of voxels [start, stop) into one block's histograms.
+    """Serial accumulation of voxels [start, stop) into one thread's histograms.
 
-    Class-major blocks of ``_BLOCK`` voxels: (1) labels and mask are checked once;
-    (2) for each class, a vectorised loop over the contiguous row ``probs[c, block]``
-    zeroes NaN, bins every probability and updates the running argmax, sum and sum of
-    squares per voxel (block buffers), then a scalar loop adds count and probability
-    sum into that class's histogram; (3) a loop per voxel adds the label and top-label
-    histograms, NLL and Brier from the buffers. Every local histogram has ``_LANES``
-    interleaved copies (voxel j updates copy j % LANES) so consecutive voxels in the
-    same bin do not wait on each other's store. The integer (label, bin of p_label)
-    histogram gives ``sum_y`` and ``reference``; the (argmax, top bin) histograms give
-    ``top_count``, ``predicted``, ``top_sum_y`` and ``intersection``. The copies are
-    summed into the float64/int64 accumulators at the end.
+    Per block of ``_BLOCK`` voxels: (1) labels and mask are checked once; (2) for each
+    class, one vectorised loop over the contiguous row ``probs[c, block]`` finds every
+    probability's bin (``int(p * B)``, exact against the float32 edges except within
+    ``B * 2**-20`` of an inner edge, where a binary search decides), its fixed-point
+    value ``1 << 52 | round(p * 2**34)``, and updates the running argmax, label
+    probability, sum and sum of squares per voxel; (3) for each class, a scalar loop
+    adds the packed words into a histogram indexed by (lane, is argmax, is label, bin):
+    one add gives count and probability sum, and the groups give the marginal
+    (all groups), label (``sum_y``, ``reference``) and top-label statistics (argmax
+    groups: ``top_*``, ``predicted``, ``intersection``) without further passes; (4) NLL
+    and Brier per voxel. Every ``_FLUSH`` blocks the packed words are unpacked into
+    exact int64 totals. Sums of p are exact in fixed point (so any split of the volume
+    merges to the same numbers); each probability is rounded to a multiple of 2**-34.
     """
     n_classes = probs.shape[0]
     n_bins = edges.shape[0] - 1
     top_bin = np.int32(n_bins - 1)
     n_bins_f = np.float32(n_bins)
-    width = _LANES * n_bins
-    # inner edges padded with +inf to a multiple of 4 (p > inf is never true)
-    by_compare = n_bins <= _COMPARE_BINS
-    n_thr = (n_bins - 1 + 3) // 4 * 4
-    thr = np.full(n_thr, np.inf, np.float32)
-    thr[:n_bins - 1] = edges[1:n_bins]
-    cnt = np.zeros((n_classes, width), np.int64)
-    sp = np.zeros((n_classes, width), np.float64)
-    sy = np.zeros((n_classes, width), np.int64)
-    soft = np.zeros((n_classes if has_ref else 0, width), np.float64)
-    tpk = np.zeros((n_classes, width), np.int64)
-    tsp = np.zeros(width, np.float64)
-    tsoft = np.zeros(width if has_ref else 0, np.float64)
+    group = np.uint32(n_bins)
+    width = _LANES * _GROUPS * n_bins
+    invalid_slot = np.uint32(width)  # voxels outside the mask add here; never read
+    near_tol = np.float32(n_bins * 2.0 ** -20)
+    x_hi = np.float32(n_bins - 0.5)
+    q_scale = np.float32(2.0 ** _Q_SHIFT)
+    p_max = np.float32(_P_MAX)
+    one = np.int64(1) << _COUNT_SHIFT
+    packed = np.zeros((n_classes, width + 1), np.int64)
+    soft = np.zeros((n_classes if has_ref else 0, width + 1), np.float64)
+    q_total = np.zeros((n_classes, width), np.int64)
+    n_total = np.zeros((n_classes, width), np.int64)
     kbuf = np.empty((n_classes, _BLOCK), np.int32)
-    pbuf = np.empty((n_classes, _BLOCK), np.float32)
-    tbuf = np.empty(_BLOCK, np.int64)
+    words = np.empty((n_classes, _BLOCK), np.int64)
+    slots = np.empty(_BLOCK, np.uint32)  # unsigned: no negative-index wraparound code
+    lanes = np.empty(_BLOCK, np.uint32)
+    for j in range(_BLOCK):
+        lanes[j] = (j & (_LANES - 1)) * _GROUPS * n_bins
+    tbuf = np.empty(_BLOCK, np.int32)
     vbuf = np.empty(_BLOCK, np.int32)
     best = np.empty(_BLOCK, np.float32)
     arg = np.empty(_BLOCK, np.int32)
-    total = np.empty(_BLOCK, np.float64)
+    total = np.empty(_BLOCK, np.float32)
     ptb = np.zeros(_BLOCK, np.float32)
-    terms = np.empty(_BLOCK, np.float64)
     factors = np.empty(_BLOCK, np.float64)
+    scratch = np.empty(_BLOCK, np.float64)
     nll = 0.0
-    squares = np.empty(_BLOCK, np.float64)
-    brier = 0.0
+    sq_sum = 0.0
+    pt_sum = 0.0
     voxels = 0
     bad_label = 0
     bad_nan = 0
     bad_sum = 0
+    blocks = 0
     for s in range(start, stop, _BLOCK):
         nb = min(stop, s + _BLOCK) - s
-        valid = 0
-        for j in range(nb):
-            t = np.int64(labels[l0 + s + j])
-            inside = not has_mask or mask[l0 + s + j]
-            good = t >= 0 and t < n_classes
-            bad_label += inside and not good
-            ok = inside and good
-            vbuf[j] = ok
-            tbuf[j] = t if ok else 0
-            valid += ok
+        # (1) labels and mask
+        lab = labels[l0 + s:l0 + s + nb]
+        n_bad = np.int32(0)
+        valid = np.int32(0)
+        if has_mask:
+            inside = mask[l0 + s:l0 + s + nb]
+            for j in range(nb):
+                t = lab[j]
+                m = np.int32(inside[j])
+                ok = m & np.int32((t >= 0) & (t < n_classes))
+                n_bad += m - ok
+                vbuf[j] = ok
+                tbuf[j] = np.int32(t) if ok else np.int32(-1)
+                valid += ok
+        else:
+            for j in range(nb):
+                t = lab[j]
+                ok = np.int32((t >= 0) & (t < n_classes))
+                n_bad += 1 - ok
+                vbuf[j] = ok
+                tbuf[j] = np.int32(t) if ok else np.int32(-1)
+                valid += ok
+        bad_label += n_bad
         dense = valid == nb
         for j in range(nb):
             best[j] = -1.0
             arg[j] = 0
             total[j] = 0.0
-            squares[j] = 0.0
+        # (2) bins, packed words and per-voxel running values, class by class
         for c in range(n_classes):
             row = probs[c, p0 + s:p0 + s + nb]
-            pb = pbuf[c]
             kb = kbuf[c]
-            # separate short loops: each one vectorises (few arrays, no aliasing checks)
+            wc = words[c]
+            n_near = np.int32(0)
+            sq = 0.0
             for j in range(nb):
                 p = row[j]
-                nan = p != p
-                bad_nan += np.int32(nan) & vbuf[j]
-                pb[j] = np.float32(0.0) if nan else p
-            if by_compare:
-                # k = #{edges[1..B-1] < p}, four thresholds per vectorised sweep
-                for j in range(nb):
-                    kb[j] = 0
-                for g in range(0, n_thr, 4):
-                    e0 = thr[g]
-                    e1 = thr[g + 1]
-                    e2 = thr[g + 2]
-                    e3 = thr[g + 3]
-                    for j in range(nb):
-                        p = pb[j]
-                        kb[j] += ((np.int32(p > e0) + np.int32(p > e1))
-                                  + (np.int32(p > e2) + np.int32(p > e3)))
-            else:
-                for j in range(nb):
-                    kb[j] = _bin(pb[j], edges, top_bin, n_bins_f)
-            for j in range(nb):
-                p = pb[j]
-                better = p > best[j]
-                best[j] = p if better else best[j]
+                p = p if p > np.float32(0.0) else np.float32(0.0)  # also NaN -> 0
+                pq = p if p < p_max else p_max
+                wc[j] = np.int64(pq * q_scale + np.float32(0.5)) + one
+                x = (p if p < np.float32(2.0) else np.float32(2.0)) * n_bins_f
+                kb[j] = min(np.int32(x), top_bin)
+                xc = min(max(x, np.float32(0.5)), x_hi)
+                n_near += np.int32(abs(xc - np.float32(np.int32(xc + np.float32(0.5))))
+                                   < near_tol)
+                raw = row[j]
+                better = raw > best[j]
+                best[j] = raw if better else best[j]
                 arg[j] = np.int32(c) if better else arg[j]
-                ptb[j] = p if tbuf[j] == c else ptb[j]
-            for j in range(nb):
-                pf = np.float64(pb[j])
-                total[j] += pf
-                squares[j] += pf * pf
-            cnt_c = cnt[c]
-            sp_c = sp[c]
+                ptb[j] = raw if tbuf[j] == c else ptb[j]
+                total[j] += raw
+                pf = np.float64(raw)
+                sq += pf * pf
+            if n_near:  # rare: a probability within rounding of an inner edge
+                for j in range(nb):
+                    p = row[j]
+                    p = p if p > np.float32(0.0) else np.float32(0.0)
+                    x = (p if p < np.float32(2.0) else np.float32(2.0)) * n_bins_f
+                    xc = min(max(x, np.float32(0.5)), x_hi)
+                    if abs(xc - np.float32(np.int32(xc + np.float32(0.5)))) < near_tol:
+                        kb[j] = _exact_bin(p, edges, n_bins)
+            if not dense:  # squares of voxels inside the mask only
+                sq = 0.0
+                for j in range(nb):
+                    pf = np.float64(row[j]) if vbuf[j] else 0.0
+                    sq += pf * pf
+            sq_sum += sq
+        # (3) histograms: slot = lane + (is argmax, is label) group + bin
+        for c in range(n_classes):
+            kb = kbuf[c]
+            wc = words[c]
+            hist = packed[c]
             if dense:
                 for j in range(nb):
-                    b = (j & (_LANES - 1)) * n_bins + kb[j]
-                    cnt_c[b] += 1
-                    sp_c[b] += np.float64(pb[j])
+                    slots[j] = (lanes[j] + np.uint32(kb[j])
+                                + (2 * group if arg[j] == c else np.uint32(0))
+                                + (group if tbuf[j] == c else np.uint32(0)))
             else:
                 for j in range(nb):
-                    if vbuf[j]:
-                        b = (j & (_LANES - 1)) * n_bins + kb[j]
-                        cnt_c[b] += 1
-                        sp_c[b] += np.float64(pb[j])
+                    slot = (lanes[j] + np.uint32(kb[j])
+                            + (2 * group if arg[j] == c else np.uint32(0))
+                            + (group if tbuf[j] == c else np.uint32(0)))
+                    slots[j] = slot if vbuf[j] else invalid_slot
+            for j in range(nb):
+                hist[slots[j]] += wc[j]
             if has_ref:
                 rrow = ref[c, r0 + s:r0 + s + nb]
                 soft_c = soft[c]
                 for j in range(nb):
-                    if vbuf[j]:
-                        soft_c[(j & (_LANES - 1)) * n_bins + kb[j]] += np.float64(rrow[j])
-        # per voxel, vectorised: Brier terms, NLL factors, bad sums (invalid voxels: 0, 1, 0)
+                    soft_c[slots[j]] += np.float64(rrow[j])
+        # (4) per voxel: NLL factors, Brier label term, sum check (NaN fails it too)
+        n_off = np.int32(0)
+        pts = 0.0
         for j in range(nb):
             pt = np.float64(ptb[j])
             v = vbuf[j] != 0
-            terms[j] = squares[j] - 2.0 * pt + 1.0 if v else 0.0
+            pts += pt if v else 0.0
             factors[j] = max(pt, 1e-12) if v else 1.0
-            bad_sum += np.int32(abs(total[j] - 1.0) > 1e-3) & vbuf[j]
-        brier += _block_sum(terms, nb)
-        nll += _block_nll(factors, nb)
-        # per voxel, scalar: label and top-label histograms
-        for j in range(nb):
-            if not vbuf[j]:
-                continue
-            t = tbuf[j]
-            a = arg[j]
-            lane = (j & (_LANES - 1)) * n_bins
-            sy[t, lane + kbuf[t, j]] += 1
-            b = lane + kbuf[a, j]
-            # count in the low 32 bits, correct predictions in the high 32 bits
-            tpk[a, b] += 1 + (np.int64(a == t) << 32)
-            tsp[b] += np.float64(best[j])
-            if has_ref:
-                tsoft[b] += np.float64(ref[a, r0 + s + j])
+            n_off += np.int32(not (abs(total[j] - np.float32(1.0)) <= np.float32(1e-3))) & vbuf[j]
+        bad_sum += n_off
+        if n_off:  # rare: count NaN inside the mask for the error message
+            for c in range(n_classes):
+                row = probs[c, p0 + s:p0 + s + nb]
+                for j in range(nb):
+                    bad_nan += (row[j] != row[j]) and vbuf[j] != 0
+        pt_sum += pts
+        nll += _block_nll(factors, nb, scratch)
         voxels += valid
+        blocks += 1
+        if blocks == _FLUSH or s + _BLOCK >= stop:
+            blocks = 0
+            for c in range(n_classes):
+                hist = packed[c]
+                qc = q_total[c]
+                nc = n_total[c]
+                for i in range(width):
+                    w = hist[i]
+                    qc[i] += w & _Q_MASK
+                    nc[i] += (w >> _COUNT_SHIFT) & _COUNT_MASK
+                    hist[i] = 0
+    q_unit = 2.0 ** -_Q_SHIFT
     for c in range(n_classes):
         for lane in range(_LANES):
-            for k in range(n_bins):
-                b = lane * n_bins + k
-                count[c, k] += cnt[c, b]
-                sum_p[c, k] += sp[c, b]
-                sum_y[c, k] += sy[c, b]
-                reference[c] += sy[c, b]
-                hits = tpk[c, b] & 0xFFFFFFFF
-                right = tpk[c, b] >> 32
-                top_count[k] += hits
-                predicted[c] += hits
-                top_sum_y[k] += right
-                intersection[c] += right
-                if has_ref:
-                    soft_y[c, k] += soft[c, b]
-    for lane in range(_LANES):
-        for k in range(n_bins):
-            top_sum_p[k] += tsp[lane * n_bins + k]
-            if has_ref:
-                top_soft_y[k] += tsoft[lane * n_bins + k]
+            for g in range(_GROUPS):
+                is_arg = g >= 2
+                is_label = (g & 1) == 1
+                for k in range(n_bins):
+                    i = (lane * _GROUPS + g) * n_bins + k
+                    n = n_total[c, i]
+                    q = np.float64(q_total[c, i]) * q_unit
+                    count[c, k] += n
+                    sum_p[c, k] += q
+                    if is_label:
+                        sum_y[c, k] += n
+                        reference[c] += n
+                    if is_arg:
+                        top_count[k] += n
+                        top_sum_p[k] += q
+                        predicted[c] += n
+                        if is_label:
+                            top_sum_y[k] += n
+                            intersection[c] += n
+                    if has_ref:
+                        soft_y[c, k] += soft[c, i]
+                        if is_arg:
+                            top_soft_y[k] += soft[c, i]
     scalars[0] += nll
-    scalars[1] += brier
+    scalars[1] += sq_sum - 2.0 * pt_sum + voxels
     scalars[2] += voxels
     scalars[3] += bad_label
     scalars[4] += bad_nan
