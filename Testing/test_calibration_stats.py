@@ -143,11 +143,12 @@ def test_macro_over_images_equals_monai_mean():
 
 
 # ----------------------------------------------------------------------------- plain numpy
+@pytest.mark.parametrize("backend", ["numba", "torch"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_equals_numpy_reference_marginal_top_label_dice_nll_brier(seed):
+def test_equals_numpy_reference_marginal_top_label_dice_nll_brier(seed, backend):
     rng = np.random.default_rng(seed)
     p, t = random_case(rng, 4, (7, 6, 5))
-    s = ReliabilityStats.from_probs(p, t, B)
+    s = ReliabilityStats.from_probs(p, t, B, backend=backend)
     m = s.metrics(include_background=True, ignore_empty_classes=False)
     for c, name in enumerate(s.names()):
         ece, ace, mce = ref_errors(p[c], t == c, B)
@@ -166,7 +167,8 @@ def test_equals_numpy_reference_marginal_top_label_dice_nll_brier(seed):
     assert m["brier"] == pytest.approx(((p64 - onehot) ** 2).sum(0).mean(), rel=1e-9)
 
 
-def test_soft_reference_equals_numpy():
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_soft_reference_equals_numpy(backend):
     from CalibSegLib.data import sample_case
 
     case = sample_case("mni-t1", resolution_mm=8.0)
@@ -174,7 +176,7 @@ def test_soft_reference_equals_numpy():
     rng = np.random.default_rng(3)
     noisy = np.clip(ref + 0.1 * rng.random(ref.shape, dtype=np.float32), 0, None)
     probs = (noisy / noisy.sum(0)).astype(np.float32)
-    s = ReliabilityStats.from_probs(probs, case.labels, B, reference_probs=ref)
+    s = ReliabilityStats.from_probs(probs, case.labels, B, reference_probs=ref, backend=backend)
     m = s.metrics(include_background=True, ignore_empty_classes=False)
     for c, name in enumerate(s.names()):
         ece, ace, mce = ref_errors(probs[c], ref[c], B)
