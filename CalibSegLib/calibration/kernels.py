@@ -293,6 +293,7 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
                     qc[i] += w & _Q_MASK
                     nc[i] += (w >> _COUNT_SHIFT) & _COUNT_MASK
                     hist[i] = 0
+                hist[width] = 0  # the slot of voxels outside the mask
     q_unit = 2.0 ** -_Q_SHIFT
     for c in range(n_classes):
         for lane in range(_LANES):
