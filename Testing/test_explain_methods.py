@@ -12,7 +12,13 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.explain import Explanation, as_segmenter, default_layer, list_layers
+from CalibSegLib.explain import (
+    Explanation,
+    as_segmenter,
+    bottleneck_layer,
+    default_layer,
+    list_layers,
+)
 from CalibSegLib.explain.api import (
     check_contributions,
     explain,
@@ -74,15 +80,21 @@ def test_posthoc_maps_on_input_grid(unet, image, method):
     if method == "occlusion":
         assert e.upsampling == "none" and e.details["mask_size"] == [6, 6, 6]
     else:
-        assert e.layer == "model.1.submodule.1" and e.map.min() >= 0 and e.map.max() > 0
-        assert e.upsampling.startswith("trilinear from feature grid (5, 6, 5)")
+        # default layer: the first decoder stage, at half the padded input's resolution
+        assert e.layer == "model.1.submodule.2" and e.map.min() >= 0 and e.map.max() > 0
+        assert e.upsampling.startswith("trilinear from feature grid (10, 12, 10)")
     json.dumps(e.to_dict())
 
 
 def test_layers_helpers(unet):
     layers = list_layers(unet)
     names = [entry["name"] for entry in layers]
-    assert "model.1.submodule.1" in names and default_layer(unet) == "model.1.submodule.1"
+    assert "model.1.submodule.1" in names and bottleneck_layer(unet) == "model.1.submodule.1"
+    # the up-convolution block after the bottleneck, not the skip connection containing it
+    assert default_layer(unet) == "model.1.submodule.2"
+    encoder = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, stride=2, padding=1),
+                                  torch.nn.Conv3d(4, 3, 1))
+    assert default_layer(encoder) == bottleneck_layer(encoder) == "1"  # no decoder: bottleneck
     with pytest.raises(CalibSegError, match="list_layers"):
         explain(np.zeros(SHAPE, np.float32) + 1, AFFINE, unet, "gradcam", 1, layer="nope",
                 roi=np.ones(SHAPE))

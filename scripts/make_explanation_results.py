@@ -58,7 +58,9 @@ def main() -> int:
         f"{args.steps} steps (removed voxels replaced by a blurred copy); AUC of the region's "
         "mean grey-matter probability. Faithfulness correlation: Pearson between the "
         f"probability drop and the attribution mass of {args.blocks} random blocks. Random "
-        "baselines: the same map's values permuted (and smoothed), i.e. equal histograms.", "",
+        "baselines: the same map's values permuted (and smoothed), i.e. equal histograms. "
+        "Grad-CAM at the default layer (`CalibSegLib.explain.default_layer`: the first "
+        "decoder stage).", "",
         format_table(rows), "",
         f"Computed in {seconds:.0f} s on the CPU (2 cores).", EXPLANATIONS_END]
     replace_marked_section(args.output, "\n".join(text), EXPLANATIONS_BEGIN, EXPLANATIONS_END)

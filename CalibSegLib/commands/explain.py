@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="class name or index (default: largest predicted foreground class)")
     parser.add_argument("--roi", default=None,
                         help="mask image of the region to explain (default: predicted segment)")
-    parser.add_argument("--layer", default=None, help="Grad-CAM layer (default: bottleneck)")
+    parser.add_argument("--layer", default=None,
+                        help="Grad-CAM layer (default: the first decoder stage)")
     parser.add_argument("--faithfulness", action="store_true",
                         help="score deletion/insertion, faithfulness correlation vs random maps")
     parser.add_argument("--reference", default=None,

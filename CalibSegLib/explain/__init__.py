@@ -19,7 +19,13 @@ from CalibSegLib.explain.faithfulness import (
     faithfulness_correlation,
     random_map,
 )
-from CalibSegLib.explain.posthoc import default_layer, gradcam_map, list_layers, occlusion_map
+from CalibSegLib.explain.posthoc import (
+    bottleneck_layer,
+    default_layer,
+    gradcam_map,
+    list_layers,
+    occlusion_map,
+)
 from CalibSegLib.explain.prototype import rank_prototypes
 from CalibSegLib.explain.region import RegionScore, region_mask
 from CalibSegLib.explain.segmenter import Segmenter, as_segmenter
@@ -28,7 +34,8 @@ from CalibSegLib.explain.types import METHODS, Explanation
 
 __all__ = [
     "METHODS", "Explanation", "RegionScore", "Segmenter", "activation_precision",
-    "as_segmenter", "check_contributions", "default_layer", "deletion_insertion",
+    "as_segmenter", "bottleneck_layer", "check_contributions", "default_layer",
+    "deletion_insertion",
     "evaluate_faithfulness", "explain", "explanation_table", "faithfulness_correlation",
     "format_table", "gradcam_map", "list_layers", "occlusion_map", "random_explanation",
     "random_map", "rank_prototypes", "region_mask", "resolve_class", "save_explanation",

@@ -94,7 +94,8 @@ def explain(
     roi : numpy.ndarray, optional
         ``(Z, Y, X)`` region to explain (default: the predicted segment of the class).
     layer : str, optional
-        Grad-CAM layer of the network (default: the coarsest feature layer).
+        Grad-CAM layer of the network (default: :func:`default_layer`, the first decoder
+        stage).
     faithfulness : bool
         Also measure faithfulness (see :func:`evaluate_faithfulness`).
     faithfulness_options : dict, optional

@@ -76,13 +76,44 @@ def list_layers(network: nn.Module, input_shape: tuple[int, int, int] | None = N
             for n, s in _probe(network, input_shape).items()]
 
 
-def default_layer(network: nn.Module, input_shape: tuple[int, int, int] | None = None) -> str:
+def bottleneck_layer(network: nn.Module, input_shape: tuple[int, int, int] | None = None
+                     ) -> str:
     """The last layer computed at the coarsest feature scale (a U-Net's bottleneck)."""
-    shapes = _probe(network, input_shape)
+    return _bottleneck(_probe(network, input_shape))
+
+
+def _bottleneck(shapes: dict[str, tuple[int, ...]]) -> str:
     if not shapes:
         raise CalibSegError("The network has no 3D feature layers to take Grad-CAM from.")
     smallest = min(int(np.prod(s)) for s in shapes.values())
     return [n for n, s in shapes.items() if int(np.prod(s)) == smallest][-1]
+
+
+def default_layer(network: nn.Module, input_shape: tuple[int, int, int] | None = None) -> str:
+    """Grad-CAM's default layer: the first decoder stage after the bottleneck.
+
+    That is the last layer computed at the first finer scale after the bottleneck that
+    does not itself contain the bottleneck (for a MONAI U-Net, the up-convolution block
+    before the skip concatenation); the bottleneck when no finer scale follows. At the
+    bottleneck, Grad-CAM of the demo models gave all-zero or worse-than-random maps; at
+    the first decoder stage it beat random maps on every model and held-out case
+    (docs/results.md).
+    """
+    shapes = _probe(network, input_shape)
+    bottleneck = _bottleneck(shapes)
+    names = list(shapes)
+    size = {n: int(np.prod(s)) for n, s in shapes.items()}
+    after = names[names.index(bottleneck) + 1:]
+    finer = [n for n in after if size[n] > size[bottleneck]]
+    if not finer:
+        return bottleneck
+    stage = []
+    for n in after[after.index(finer[0]):]:
+        if size[n] != size[finer[0]]:
+            break
+        stage.append(n)
+    own = [n for n in stage if not bottleneck.startswith(n + ".")]
+    return own[-1] if own else bottleneck
 
 
 def _check_layer(network: nn.Module, layer: str) -> None:
