@@ -71,8 +71,11 @@ def test_model_at_other_spacing_is_resampled(models, mni_case_4mm):
     image, affine, labels = _crop(mni_case_4mm)
     e = explain(image, affine, models["proto2mm"], "gradcam", 1, roi=labels == 1)
     assert e.map.shape == image.shape
-    # 4 mm image, 2 mm model: the network runs on a twice finer grid (39 x 47 x 43, padded).
-    assert e.upsampling.startswith("trilinear from feature grid (10, 12, 11)")
+    # 4 mm image, 2 mm model: the network runs on a twice finer grid (39 x 47 x 43, padded
+    # to 40 x 48 x 44); the first decoder stage is at half of it, which has the image's
+    # shape but not its grid
+    assert e.layer == "backbone.model.1.submodule.2"
+    assert e.upsampling == "trilinear from feature grid (20, 24, 22) to image grid (20, 24, 22)"
 
 
 def test_linear_model_has_no_prototypes(models, mni_case_4mm):

@@ -180,9 +180,10 @@ def gradcam_map(
     feature_shape = tuple(int(s) for s in feature.shape[2:])
     with torch.no_grad():
         full = segmenter.to_input_grid(feature.float(), image.shape)[0, 0]
-    if feature_shape == tuple(image.shape):
+    _, padded = segmenter.geometry(image.shape)
+    if segmenter.grid is None and feature_shape == padded == tuple(image.shape):
         upsampling = "none"
-    else:
+    else:  # equal shapes alone are not equal grids when the model runs at its own spacing
         upsampling = (f"trilinear from feature grid {feature_shape} to image grid "
                       f"{tuple(image.shape)}")
     info = {"layer": layer, "feature_shape": list(feature_shape), "upsampling": upsampling,
