@@ -139,7 +139,10 @@ def read_marked_section(path: str, begin: str, end: str) -> str | None:
     if not os.path.exists(path):
         return None
     with open(path, encoding="utf-8") as fh:
-        text = fh.read()
+        return _marked_section(fh.read(), begin, end)
+
+
+def _marked_section(text: str, begin: str, end: str) -> str | None:
     if begin not in text or end not in text:
         return None
     return text[text.index(begin):text.index(end) + len(end)]
@@ -156,7 +159,7 @@ def replace_marked_section(path: str, section: str, begin: str, end: str,
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
-    old = read_marked_section(path, begin, end)
+    old = _marked_section(text, begin, end)
     if old is not None:
         text = text.replace(old, section, 1)
     elif text.strip():

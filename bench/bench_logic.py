@@ -108,6 +108,17 @@ def compact_storage_rows() -> list[dict]:
     ]
 
 
+def mrml_round_trip(scene, image: np.ndarray, affine: np.ndarray) -> None:
+    """Array into a new volume node in ``scene`` and back to an array; the node is removed."""
+    import CalibSegArrays as arrays
+
+    node = arrays.newVolumeNode(image, affine, "round trip")
+    scene.AddNode(node)
+    back, _ = arrays.arrayFromNode(node)
+    scene.RemoveNode(node)
+    assert back.shape == image.shape
+
+
 def logic_showing(case):
     """A headless scene and CalibSeg logic showing a 3-class prediction with a reference.
 
@@ -135,7 +146,6 @@ def logic_showing(case):
 
 
 def run(quick: bool = False) -> list[dict]:
-    import CalibSegArrays as arrays
     import torch
 
     from CalibSegLib.data import sample_case
@@ -155,15 +165,8 @@ def run(quick: bool = False) -> list[dict]:
 
     image = case.image.astype(np.float32)
 
-    def round_trip():
-        node = arrays.newVolumeNode(image, case.affine, "round trip")
-        scene.AddNode(node)
-        back, affine = arrays.arrayFromNode(node)
-        scene.RemoveNode(node)
-        assert back.shape == image.shape
-
     copy = _best(lambda: image.copy(), repeats)
-    trip = _best(round_trip, repeats)
+    trip = _best(lambda: mrml_round_trip(scene, image, case.affine), repeats)
     shape = "x".join(str(s) for s in image.shape)
     what = "overlays + diagram"
     return compact_storage_rows() + [

@@ -50,7 +50,7 @@ for _path in (HERE, ROOT, os.path.join(ROOT, "CalibSeg")):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from bench_logic import logic_showing  # noqa: E402
+from bench_logic import logic_showing, mrml_round_trip  # noqa: E402
 from bench_reliability import N_BINS, N_CLASSES, _data, _min_time, _reset_hwm, _rss_mb  # noqa: E402
 
 OPS = ("stats", "predict", "temperature", "mrml")
@@ -111,16 +111,6 @@ def _measure(fn, repeat: int) -> tuple[float, float]:
     return best, _rss_mb("VmHWM") - rss0
 
 
-def _round_trip(scene, image: np.ndarray, affine: np.ndarray) -> None:
-    import CalibSegArrays as arrays
-
-    node = arrays.newVolumeNode(image, affine, "round trip")
-    scene.AddNode(node)
-    back, _ = arrays.arrayFromNode(node)
-    scene.RemoveNode(node)
-    assert back.shape == image.shape
-
-
 def _set_temperature(logic, temperatures) -> None:
     logic.setTemperature(next(temperatures))
 
@@ -143,7 +133,7 @@ def _warm_up(model) -> None:
     predict(case.image, case.affine, model, device="cpu", maps=True)
     scene, _colors, logic = _logic(case)
     logic.setTemperature(1.3)
-    _round_trip(scene, case.image, case.affine)
+    mrml_round_trip(scene, case.image, case.affine)
     scene.Clear(True)
 
 
@@ -186,7 +176,7 @@ def study(sizes=FULL_SIZES, big: bool = False, repeat_large: int = 1,
                 scene = slicer.vtkMRMLScene()
                 image = probs[0]  # a contiguous (Z, Y, X) float32 view: no second copy
                 record("mrml", shape, functools.partial(
-                    _round_trip, scene, image, np.diag([1.0, 1.0, 1.0, 1.0])), repeat)
+                    mrml_round_trip, scene, image, np.diag([1.0, 1.0, 1.0, 1.0])), repeat)
                 del scene, image
             del p, t, probs, target
             gc.collect()
@@ -200,7 +190,7 @@ def study(sizes=FULL_SIZES, big: bool = False, repeat_large: int = 1,
 
                 scene = slicer.vtkMRMLScene()
                 record("mrml", shape, functools.partial(
-                    _round_trip, scene, case.image, case.affine), repeat)
+                    mrml_round_trip, scene, case.image, case.affine), repeat)
                 del scene
             if "temperature" in ops:
                 scene, _colors, logic = _logic(case)

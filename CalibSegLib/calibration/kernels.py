@@ -85,6 +85,21 @@ def _exact_bin(p, edges, n_bins):  # pragma: no cover - compiled
     return np.int32(lo - 1)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _clamped(p):  # pragma: no cover - compiled
+    """``p`` clamped to [0, 2], NaN to 0 (same bin as ``p``; keeps conversions defined)."""
+    p = p if p > np.float32(0.0) else np.float32(0.0)
+    return p if p < np.float32(2.0) else np.float32(2.0)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _near_inner_edge(x, x_hi, tol):  # pragma: no cover - compiled
+    """Whether ``x = p * B`` lies within ``tol`` of an inner edge 1 … B - 1, where
+    ``int(x)`` may differ from the bin of the float32 edges."""
+    xc = min(max(x, np.float32(0.5)), x_hi)
+    return abs(xc - np.float32(np.int32(xc + np.float32(0.5)))) < tol
+
+
 _MANTISSA = (1 << 52) - 1
 _EXPONENT_ONE = 1023 << 52
 
@@ -142,6 +157,7 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
     invalid_slot = np.uint32(width)  # voxels outside the mask add here; never read
     near_tol = np.float32(n_bins * 2.0 ** -20)
     x_hi = np.float32(n_bins - 0.5)
+    tolerance = np.float32(SUM_TOLERANCE)
     q_scale = np.float32(2.0 ** _Q_SHIFT)
     p_max = np.float32(_P_MAX)
     one = np.int64(1) << _COUNT_SHIFT
@@ -209,15 +225,12 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
             n_near = np.int32(0)
             sq = 0.0
             for j in range(nb):
-                p = row[j]
-                p = p if p > np.float32(0.0) else np.float32(0.0)  # also NaN -> 0
+                p = _clamped(row[j])
                 pq = p if p < p_max else p_max
                 wc[j] = np.int64(pq * q_scale + np.float32(0.5)) + one
-                x = (p if p < np.float32(2.0) else np.float32(2.0)) * n_bins_f
+                x = p * n_bins_f
                 kb[j] = min(np.int32(x), top_bin)
-                xc = min(max(x, np.float32(0.5)), x_hi)
-                n_near += np.int32(abs(xc - np.float32(np.int32(xc + np.float32(0.5))))
-                                   < near_tol)
+                n_near += np.int32(_near_inner_edge(x, x_hi, near_tol))
                 raw = row[j]
                 better = raw > best[j]
                 best[j] = raw if better else best[j]
@@ -228,11 +241,8 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
                 sq += pf * pf
             if n_near:  # rare: a probability within rounding of an inner edge
                 for j in range(nb):
-                    p = row[j]
-                    p = p if p > np.float32(0.0) else np.float32(0.0)
-                    x = (p if p < np.float32(2.0) else np.float32(2.0)) * n_bins_f
-                    xc = min(max(x, np.float32(0.5)), x_hi)
-                    if abs(xc - np.float32(np.int32(xc + np.float32(0.5)))) < near_tol:
+                    p = _clamped(row[j])
+                    if _near_inner_edge(p * n_bins_f, x_hi, near_tol):
                         kb[j] = _exact_bin(p, edges, n_bins)
             if not dense:  # squares of voxels inside the mask only
                 sq = 0.0
@@ -270,8 +280,8 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
             pt = np.float64(ptb[j])
             v = vbuf[j] != 0
             pts += pt if v else 0.0
-            factors[j] = max(pt, 1e-12) if v else 1.0
-            n_off += np.int32(not (abs(total[j] - np.float32(1.0)) <= np.float32(1e-3))) & vbuf[j]
+            factors[j] = max(pt, NLL_FLOOR) if v else 1.0
+            n_off += np.int32(not (abs(total[j] - np.float32(1.0)) <= tolerance)) & vbuf[j]
         bad_sum += n_off
         if n_off:  # rare: count NaN inside the mask for the error message
             for c in range(n_classes):

@@ -519,10 +519,7 @@ def _float_block(x, start: int, stop: int) -> np.ndarray:
     """float32 C-contiguous ``x[:, start:stop]``; uint16 read as fixed point."""
     from CalibSegLib.inference.compact import from_fixed_point
 
-    block = x[:, start:stop]
-    if block.dtype == np.uint16:
-        return from_fixed_point(block)
-    return np.ascontiguousarray(block, dtype=np.float32)
+    return np.ascontiguousarray(from_fixed_point(x[:, start:stop]))
 
 
 def _as_numpy(x):
@@ -579,7 +576,7 @@ def _run_numba(acc, probs, target, reference, mask, edges, chunk, progress, canc
 def _run_torch(acc, probs, target, reference, mask, edges, chunk, progress, cancel) -> None:
     import torch
 
-    from CalibSegLib.inference.compact import FIXED_POINT_SCALE
+    from CalibSegLib.inference.compact import from_fixed_point
 
     p = probs if _is_torch(probs) else torch.from_numpy(np.ascontiguousarray(probs))
     device = p.device
@@ -603,7 +600,7 @@ def _run_torch(acc, probs, target, reference, mask, edges, chunk, progress, canc
         if x is None:
             return None
         x = x[:, start:stop]
-        return x.to(torch.float32) / FIXED_POINT_SCALE if x.dtype == torch.uint16 else x
+        return from_fixed_point(x) if x.dtype == torch.uint16 else x
 
     for start in range(0, max(n, 1), chunk):
         check_cancel(cancel, "calibration statistics computation")

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.io import LPS_TO_RAS
 
 MNI_CLASS_NAMES = ("background", "grey matter", "white matter")
 MNI_CLASS_COLORS = ((0.0, 0.0, 0.0), (0.86, 0.55, 0.35), (0.95, 0.95, 0.80))
 
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass
@@ -242,7 +242,7 @@ def _ct_chest_case() -> SampleCase:
     return SampleCase(
         name="ct-chest",
         image=np.ascontiguousarray(ct.transpose(2, 1, 0).astype(np.float32)),
-        affine=_LPS_TO_RAS @ ijk_to_lps,
+        affine=LPS_TO_RAS @ ijk_to_lps,
         labels=np.ascontiguousarray(labels_ijk.transpose(2, 1, 0)),
         class_names=names,
         class_colors=colors,

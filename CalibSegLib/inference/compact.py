@@ -34,7 +34,16 @@ def to_fixed_point(probs: np.ndarray) -> np.ndarray:
 
 
 def from_fixed_point(values: np.ndarray) -> np.ndarray:
-    """float32 probabilities of uint16 fixed-point ``values`` (other dtypes as float32)."""
+    """float32 probabilities of uint16 fixed-point ``values`` (other dtypes as float32).
+
+    Torch tensors are converted on their device.
+    """
+    import torch
+
+    if isinstance(values, torch.Tensor):
+        if values.dtype == torch.uint16:
+            return values.float() * (1.0 / FIXED_POINT_SCALE)
+        return values.float()
     values = np.asarray(values)
     if values.dtype == np.uint16:
         return values.astype(np.float32) * np.float32(1.0 / FIXED_POINT_SCALE)
