@@ -7,6 +7,7 @@ module's live temperature slider, so the threads are kept between calls.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Callable
@@ -39,3 +40,29 @@ def run_parallel(work: Callable[[int], None], count: int) -> None:
                                        thread_name_prefix="calibseg")
         pool = _pool
     list(pool.map(work, range(count)))
+
+
+def run_tasks(work: Callable[[int], None], tasks: int, threads: int) -> None:
+    """Call ``work(0) … work(tasks - 1)`` on up to ``threads`` threads.
+
+    Each thread takes the next task when it finishes one, so a core slowed by other
+    load (common on shared machines) takes fewer tasks instead of holding up the
+    whole call, as an even split into ``threads`` parts would.
+    """
+    threads = max(1, min(int(threads), int(tasks)))
+    if threads == 1:
+        for index in range(tasks):
+            work(index)
+        return
+    counter = itertools.count()
+    lock = threading.Lock()
+
+    def worker(_: int) -> None:
+        while True:
+            with lock:
+                index = next(counter)
+            if index >= tasks:
+                return
+            work(index)
+
+    run_parallel(worker, threads)

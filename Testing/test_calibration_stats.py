@@ -475,3 +475,58 @@ def test_merge_mismatch_raises():
     b = ReliabilityStats.from_probs(*random_case(rng, 3, (3, 3, 3)), 10)
     with pytest.raises(CalibSegError):
         a.merge(b)
+
+
+def test_parallel_tasks_equal_one_thread_and_do_not_depend_on_scheduling(monkeypatch):
+    """Many small tasks on three threads: counts exact, sums equal to rounding, and two
+    runs bit-identical (fixed task bounds and merge order)."""
+    from CalibSegLib.calibration import kernels
+
+    rng = np.random.default_rng(5)
+    p, t = random_case(rng, 4, (23, 31, 29), sharp=3.0)
+    flat, labels = p.reshape(4, -1), t.reshape(-1)
+    n = flat.shape[1]
+    edges = ref_edges(B)
+
+    def run(threads):
+        acc = kernels.Accumulators(4, B, False)
+        kernels.accumulate_numba(acc, flat, 0, labels, 0, n, edges, threads=threads)
+        return acc
+
+    one = run(1)
+    monkeypatch.setattr(kernels, "_TASK", 997)  # 21 uneven tasks
+    monkeypatch.setattr(kernels, "_MIN_PER_THREAD", 1)
+    first, second = run(3), run(3)
+    for name in vars(one):
+        a, b, c = getattr(one, name), getattr(first, name), getattr(second, name)
+        assert np.array_equal(b, c), name
+        if a.dtype.kind == "i":
+            assert np.array_equal(a, b), name
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-9, err_msg=name)
+    assert one.count.sum() == 4 * n
+
+
+def test_run_tasks_runs_every_task_once_and_raises_errors():
+    import threading
+
+    from CalibSegLib.threads import run_tasks
+
+    seen = []
+    lock = threading.Lock()
+
+    def work(i):
+        with lock:
+            seen.append(i)
+
+    run_tasks(work, 50, 3)
+    assert sorted(seen) == list(range(50))
+    run_tasks(work, 0, 3)
+    assert len(seen) == 50
+
+    def fails(i):
+        if i == 7:
+            raise ValueError("task 7")
+
+    with pytest.raises(ValueError, match="task 7"):
+        run_tasks(fails, 20, 2)

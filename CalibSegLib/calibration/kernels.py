@@ -21,7 +21,7 @@ import math
 import numba
 import numpy as np
 
-from CalibSegLib.threads import default_threads, run_parallel
+from CalibSegLib.threads import default_threads, run_tasks
 
 #: Clamp for log(p) in the NLL so a zero probability gives a large finite value.
 NLL_FLOOR = 1e-12
@@ -69,6 +69,10 @@ _P_MAX = 1.0 + 2.0 ** -10
 _FLUSH = 8
 #: Voxels per kernel call at most (int64 fixed-point sums per entry stay below 2**63).
 _MAX_RANGE = 1 << 30
+#: Voxels per task of the parallel split (threads take tasks as they finish them).
+_TASK = 1 << 19
+#: Fewer voxels than this per thread run on one thread.
+_MIN_PER_THREAD = 1 << 16
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -120,9 +124,10 @@ def _block_nll(x, n, scratch):  # pragma: no cover - compiled
         mantissa[j] = (b & _MANTISSA) | _EXPONENT_ONE
     s = 0.0
     for g in range(0, n, 512):
+        run = scratch[g:min(n, g + 512)]  # a slice: indices from 0 keep the loop vectorised
         m = 1.0
-        for j in range(g, min(n, g + 512)):
-            m *= scratch[j]
+        for j in range(run.shape[0]):
+            m *= run[j]
         s += math.log(m)
     return -(s + np.float64(exponent - 1023 * n) * math.log(2.0))
 
@@ -152,7 +157,8 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
     n_bins = edges.shape[0] - 1
     top_bin = np.int32(n_bins - 1)
     n_bins_f = np.float32(n_bins)
-    group = np.uint32(n_bins)
+    label_ref = np.int32(n_bins)  # group offset of voxels whose label is the class
+    label_arg = np.int32(2 * n_bins)  # group offset of voxels whose argmax is the class
     width = _LANES * _GROUPS * n_bins
     invalid_slot = np.uint32(width)  # voxels outside the mask add here; never read
     near_tol = np.float32(n_bins * 2.0 ** -20)
@@ -168,7 +174,7 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
     kbuf = np.empty((n_classes, _BLOCK), np.int32)
     words = np.empty((n_classes, _BLOCK), np.int64)
     slots = np.empty(_BLOCK, np.uint32)  # unsigned: no negative-index wraparound code
-    lanes = np.empty(_BLOCK, np.uint32)
+    lanes = np.empty(_BLOCK, np.int32)
     for j in range(_BLOCK):
         lanes[j] = (j & (_LANES - 1)) * _GROUPS * n_bins
     tbuf = np.empty(_BLOCK, np.int32)
@@ -255,16 +261,18 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
             kb = kbuf[c]
             wc = words[c]
             hist = packed[c]
+            # int32 throughout (numba would widen mixed or unsigned operands to 64 bits)
+            c32 = np.int32(c)
             if dense:
                 for j in range(nb):
-                    slots[j] = (lanes[j] + np.uint32(kb[j])
-                                + (2 * group if arg[j] == c else np.uint32(0))
-                                + (group if tbuf[j] == c else np.uint32(0)))
+                    slots[j] = np.uint32(lanes[j] + kb[j]
+                                         + (label_arg if arg[j] == c32 else np.int32(0))
+                                         + (label_ref if tbuf[j] == c32 else np.int32(0)))
             else:
                 for j in range(nb):
-                    slot = (lanes[j] + np.uint32(kb[j])
-                            + (2 * group if arg[j] == c else np.uint32(0))
-                            + (group if tbuf[j] == c else np.uint32(0)))
+                    slot = np.uint32(lanes[j] + kb[j]
+                                     + (label_arg if arg[j] == c32 else np.int32(0))
+                                     + (label_ref if tbuf[j] == c32 else np.int32(0)))
                     slots[j] = slot if vbuf[j] else invalid_slot
             for j in range(nb):
                 hist[slots[j]] += wc[j]
@@ -349,32 +357,38 @@ def accumulate_numba(acc: Accumulators, probs: np.ndarray, p0: int, labels: np.n
 
     ``probs`` is ``(C, M)`` float32 read from column ``p0``; ``labels`` and
     ``mask`` are 1-D read from ``l0``; ``ref`` is ``(C, M)`` float32 read from ``r0``.
-    The compiled kernel releases the GIL; blocks run on plain Python threads,
-    each into its own partial histograms (no OpenMP spin-waiting, which behaves
-    badly on busy machines and beside torch's own thread pool).
+    The compiled kernel releases the GIL. Large ranges are cut into tasks of
+    ``_TASK`` voxels that plain Python threads take as they finish the previous
+    one, each task into its own partial histograms (no OpenMP spin-waiting, which
+    behaves badly on busy machines and beside torch's own thread pool; a core slowed
+    by other load takes fewer tasks instead of holding up the call).
     """
     threads = default_threads() if threads is None else max(1, int(threads))
-    if n < threads * 65536:
+    if n < threads * _MIN_PER_THREAD:
         threads = 1
     ref_a = _EMPTY_REF if ref is None else ref
     mask_a = _EMPTY_MASK if mask is None else mask
     soft = ref is not None
+    # fixed task bounds and a fixed merge order: the result does not depend on which
+    # thread ran which task
+    tasks = 1 if threads == 1 else max(threads, -(-n // _TASK))
+    bounds = np.linspace(0, n, tasks + 1).astype(np.int64)
     parts = [acc] + [Accumulators(acc.count.shape[0], acc.count.shape[1], soft)
-                     for _ in range(threads - 1)]
-    step = (n + threads - 1) // threads
+                     for _ in range(tasks - 1)]
 
     def work(index: int) -> None:
         part = parts[index]
-        # calls of at most _MAX_RANGE voxels keep the packed 32-bit top-label counts exact
-        for start in range(index * step, min(n, (index + 1) * step), _MAX_RANGE):
-            stop = min(n, (index + 1) * step, start + _MAX_RANGE)
+        first, last = int(bounds[index]), int(bounds[index + 1])
+        # calls of at most _MAX_RANGE voxels keep the int64 fixed-point totals exact
+        for start in range(first, last, _MAX_RANGE):
+            stop = min(last, start + _MAX_RANGE)
             _accumulate_range(probs, p0, labels, l0, ref_a, r0, mask_a, start, stop, edges,
                               soft, mask is not None, part.count, part.sum_p, part.sum_y,
                               part.soft_y, part.top_count, part.top_sum_p, part.top_sum_y,
                               part.top_soft_y, part.intersection, part.predicted,
                               part.reference, part.scalars)
 
-    run_parallel(work, threads)
+    run_tasks(work, tasks, threads)
     for part in parts[1:]:
         for name in vars(acc):
             getattr(acc, name).__iadd__(getattr(part, name))
