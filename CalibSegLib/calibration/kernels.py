@@ -49,8 +49,9 @@ class Accumulators:
         self.scalars = np.zeros(6, np.float64)
 
 
-#: Voxels per block of the class-major loop (its per-voxel buffers stay in L1/L2).
-_BLOCK = 1024
+#: Voxels per block of the class-major loops (the block's rows and per-voxel buffers
+#: stay in the L1 cache between the loops).
+_BLOCK = 256
 #: Interleaved copies of every histogram: voxel j updates copy j % LANES, so consecutive
 #: voxels in the same bin do not wait on each other's store.
 _LANES = 4
@@ -66,7 +67,7 @@ _COUNT_MASK = (1 << (64 - _COUNT_SHIFT)) - 1
 _P_MAX = 1.0 + 2.0 ** -10
 #: Blocks between unpacking the packed words (per-lane count stays <= 2048 < 4096, and
 #: the sum field below 2**46 < 2**52).
-_FLUSH = 8
+_FLUSH = 8192 // _BLOCK
 #: Voxels per kernel call at most (int64 fixed-point sums per entry stay below 2**63).
 _MAX_RANGE = 1 << 30
 #: Voxels per task of the parallel split (threads take tasks as they finish them).
@@ -97,11 +98,21 @@ def _clamped(p):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _near_inner_edge(x, x_hi, tol):  # pragma: no cover - compiled
-    """Whether ``x = p * B`` lies within ``tol`` of an inner edge 1 … B - 1, where
-    ``int(x)`` may differ from the bin of the float32 edges."""
-    xc = min(max(x, np.float32(0.5)), x_hi)
-    return abs(xc - np.float32(np.int32(xc + np.float32(0.5)))) < tol
+def _bin_and_near(p, n_bins_f, x_hi, tol):  # pragma: no cover - compiled
+    """``(int(x + tol), near)`` for ``x = min(p * B, B - 1/2)``: the bin of ``p`` unless
+    ``near``, i.e. ``x`` lies within ``tol`` of an inner edge 1 … B - 1, where ``int(x)``
+    may differ from the bin of the float32 edges (``near`` is nonzero there)."""
+    x = min(p * n_bins_f, x_hi)
+    k = np.int32(x + tol)
+    return k, k ^ np.int32(x - tol)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _group(arg, label, c, n_bins):  # pragma: no cover - compiled
+    """Offset of the (is argmax, is label) histogram group of class ``c`` (int32)."""
+    by_arg = np.int32(2) * n_bins if arg == c else np.int32(0)
+    by_label = n_bins if label == c else np.int32(0)
+    return np.int32(by_arg + by_label)
 
 
 _MANTISSA = (1 << 52) - 1
@@ -139,13 +150,13 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
                       scalars):  # pragma: no cover - compiled
     """Serial accumulation of voxels [start, stop) into one thread's histograms.
 
-    Per block of ``_BLOCK`` voxels: (1) labels and mask are checked once; (2) for each
-    class, one vectorised loop over the contiguous row ``probs[c, block]`` finds every
-    probability's bin (``int(p * B)``, exact against the float32 edges except within
-    ``B * 2**-20`` of an inner edge, where a binary search decides), its fixed-point
-    value ``1 << 52 | round(p * 2**34)``, and updates the running argmax, label
-    probability, sum and sum of squares per voxel; (3) for each class, a scalar loop
-    adds the packed words into a histogram indexed by (lane, is argmax, is label, bin):
+    Per block of ``_BLOCK`` voxels: (1) labels and mask are checked once; (2) one
+    vectorised loop per class row ``probs[c, block]`` updates the running argmax, label
+    probability, sum and sum of squares per voxel; (3) per class, a second vectorised
+    loop over the row (now in L1) finds every probability's bin (``int(p * B)``, exact
+    against the float32 edges except within ``B * 2**-20`` of an inner edge, where a
+    binary search decides), its histogram slot (lane, is argmax, is label, bin) and its
+    fixed-point word ``1 << 52 | round(p * 2**34)``; a scalar loop then adds the words:
     one add gives count and probability sum, and the groups give the marginal
     (all groups), label (``sum_y``, ``reference``) and top-label statistics (argmax
     groups: ``top_*``, ``predicted``, ``intersection``) without further passes; (4) NLL
@@ -155,10 +166,8 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
     """
     n_classes = probs.shape[0]
     n_bins = edges.shape[0] - 1
-    top_bin = np.int32(n_bins - 1)
     n_bins_f = np.float32(n_bins)
-    label_ref = np.int32(n_bins)  # group offset of voxels whose label is the class
-    label_arg = np.int32(2 * n_bins)  # group offset of voxels whose argmax is the class
+    bins32 = np.int32(n_bins)
     width = _LANES * _GROUPS * n_bins
     invalid_slot = np.uint32(width)  # voxels outside the mask add here; never read
     near_tol = np.float32(n_bins * 2.0 ** -20)
@@ -171,8 +180,7 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
     soft = np.zeros((n_classes if has_ref else 0, width + 1), np.float64)
     q_total = np.zeros((n_classes, width), np.int64)
     n_total = np.zeros((n_classes, width), np.int64)
-    kbuf = np.empty((n_classes, _BLOCK), np.int32)
-    words = np.empty((n_classes, _BLOCK), np.int64)
+    wbuf = np.empty(_BLOCK, np.int64)
     slots = np.empty(_BLOCK, np.uint32)  # unsigned: no negative-index wraparound code
     lanes = np.empty(_BLOCK, np.int32)
     for j in range(_BLOCK):
@@ -223,59 +231,51 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
             best[j] = -1.0
             arg[j] = 0
             total[j] = 0.0
-        # (2) bins, packed words and per-voxel running values, class by class
+        # (2) per voxel: running argmax, label probability, sum and sum of squares
         for c in range(n_classes):
             row = probs[c, p0 + s:p0 + s + nb]
-            kb = kbuf[c]
-            wc = words[c]
-            n_near = np.int32(0)
+            c32 = np.int32(c)  # int32 compares (numba widens mixed operands to 64 bits)
             sq = 0.0
             for j in range(nb):
-                p = _clamped(row[j])
-                pq = p if p < p_max else p_max
-                wc[j] = np.int64(pq * q_scale + np.float32(0.5)) + one
-                x = p * n_bins_f
-                kb[j] = min(np.int32(x), top_bin)
-                n_near += np.int32(_near_inner_edge(x, x_hi, near_tol))
                 raw = row[j]
                 better = raw > best[j]
                 best[j] = raw if better else best[j]
-                arg[j] = np.int32(c) if better else arg[j]
-                ptb[j] = raw if tbuf[j] == c else ptb[j]
+                arg[j] = c32 if better else arg[j]
+                ptb[j] = raw if tbuf[j] == c32 else ptb[j]
                 total[j] += raw
                 pf = np.float64(raw)
                 sq += pf * pf
-            if n_near:  # rare: a probability within rounding of an inner edge
-                for j in range(nb):
-                    p = _clamped(row[j])
-                    if _near_inner_edge(p * n_bins_f, x_hi, near_tol):
-                        kb[j] = _exact_bin(p, edges, n_bins)
             if not dense:  # squares of voxels inside the mask only
                 sq = 0.0
                 for j in range(nb):
                     pf = np.float64(row[j]) if vbuf[j] else 0.0
                     sq += pf * pf
             sq_sum += sq
-        # (3) histograms: slot = lane + (is argmax, is label) group + bin
+        # (3) per class: slot = lane + (is argmax, is label) group + bin, packed word,
+        # then one histogram add per voxel
         for c in range(n_classes):
-            kb = kbuf[c]
-            wc = words[c]
+            row = probs[c, p0 + s:p0 + s + nb]
             hist = packed[c]
-            # int32 throughout (numba would widen mixed or unsigned operands to 64 bits)
             c32 = np.int32(c)
-            if dense:
-                for j in range(nb):
-                    slots[j] = np.uint32(lanes[j] + kb[j]
-                                         + (label_arg if arg[j] == c32 else np.int32(0))
-                                         + (label_ref if tbuf[j] == c32 else np.int32(0)))
-            else:
-                for j in range(nb):
-                    slot = np.uint32(lanes[j] + kb[j]
-                                     + (label_arg if arg[j] == c32 else np.int32(0))
-                                     + (label_ref if tbuf[j] == c32 else np.int32(0)))
-                    slots[j] = slot if vbuf[j] else invalid_slot
+            n_near = 0
             for j in range(nb):
-                hist[slots[j]] += wc[j]
+                p = _clamped(row[j])
+                pq = p if p < p_max else p_max
+                wbuf[j] = np.int64(pq * q_scale + np.float32(0.5)) + one
+                k, near = _bin_and_near(p, n_bins_f, x_hi, near_tol)
+                n_near |= near
+                slots[j] = np.uint32(lanes[j] + k + _group(arg[j], tbuf[j], c32, bins32))
+            if n_near:  # rare: a probability within rounding of an inner edge
+                for j in range(nb):
+                    p = _clamped(row[j])
+                    if _bin_and_near(p, n_bins_f, x_hi, near_tol)[1]:
+                        slots[j] = np.uint32(lanes[j] + _exact_bin(p, edges, n_bins)
+                                             + _group(arg[j], tbuf[j], c32, bins32))
+            if not dense:  # voxels outside the mask add to a slot that is never read
+                for j in range(nb):
+                    slots[j] = slots[j] if vbuf[j] else invalid_slot
+            for j in range(nb):
+                hist[slots[j]] += wbuf[j]
             if has_ref:
                 rrow = ref[c, r0 + s:r0 + s + nb]
                 soft_c = soft[c]
