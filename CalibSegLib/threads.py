@@ -66,3 +66,15 @@ def run_tasks(work: Callable[[int], None], tasks: int, threads: int) -> None:
             work(index)
 
     run_parallel(worker, threads)
+
+
+def guided_bounds(n: int, threads: int, smallest: int) -> list[int]:
+    """Task bounds over ``[0, n)`` for :func:`run_tasks`: each task takes a
+    ``1 / (2 * threads)`` share of what is left (at least ``smallest``), so tasks
+    start large (little per-task overhead) and end small (threads finish together).
+    The bounds depend only on the arguments, never on scheduling."""
+    bounds = [0]
+    while bounds[-1] < n:
+        size = max(int(smallest), (n - bounds[-1]) // (2 * max(1, int(threads))), 1)
+        bounds.append(min(n, bounds[-1] + size))
+    return bounds

@@ -494,7 +494,7 @@ def test_parallel_tasks_equal_one_thread_and_do_not_depend_on_scheduling(monkeyp
         return acc
 
     one = run(1)
-    monkeypatch.setattr(kernels, "_TASK", 997)  # 21 uneven tasks
+    monkeypatch.setattr(kernels, "_SMALLEST_TASK", 997)  # many uneven tasks
     monkeypatch.setattr(kernels, "_MIN_PER_THREAD", 1)
     first, second = run(3), run(3)
     for name in vars(one):
@@ -530,3 +530,16 @@ def test_run_tasks_runs_every_task_once_and_raises_errors():
 
     with pytest.raises(ValueError, match="task 7"):
         run_tasks(fails, 20, 2)
+
+
+@pytest.mark.parametrize("n,threads,smallest", [(0, 2, 10), (1, 2, 10), (1000, 2, 10),
+                                                (12345, 3, 100), (10, 4, 1000)])
+def test_guided_bounds_cover_the_range_with_shrinking_tasks(n, threads, smallest):
+    from CalibSegLib.threads import guided_bounds
+
+    bounds = guided_bounds(n, threads, smallest)
+    sizes = np.diff(bounds)
+    assert bounds[0] == 0 and bounds[-1] == n and (sizes > 0).all()
+    assert (np.diff(sizes[:-1]) <= 0).all()  # never growing, but for the remainder
+    assert (sizes[:-1] >= min(smallest, n)).all()
+    assert guided_bounds(n, threads, smallest) == bounds

@@ -21,7 +21,7 @@ import math
 import numba
 import numpy as np
 
-from CalibSegLib.threads import default_threads, run_tasks
+from CalibSegLib.threads import default_threads, guided_bounds, run_tasks
 
 #: Clamp for log(p) in the NLL so a zero probability gives a large finite value.
 NLL_FLOOR = 1e-12
@@ -70,8 +70,8 @@ _P_MAX = 1.0 + 2.0 ** -10
 _FLUSH = 8192 // _BLOCK
 #: Voxels per kernel call at most (int64 fixed-point sums per entry stay below 2**63).
 _MAX_RANGE = 1 << 30
-#: Voxels per task of the parallel split (threads take tasks as they finish them).
-_TASK = 1 << 19
+#: Smallest task of the parallel split (threads take tasks as they finish them).
+_SMALLEST_TASK = 1 << 16
 #: Fewer voxels than this per thread run on one thread.
 _MIN_PER_THREAD = 1 << 16
 
@@ -357,11 +357,12 @@ def accumulate_numba(acc: Accumulators, probs: np.ndarray, p0: int, labels: np.n
 
     ``probs`` is ``(C, M)`` float32 read from column ``p0``; ``labels`` and
     ``mask`` are 1-D read from ``l0``; ``ref`` is ``(C, M)`` float32 read from ``r0``.
-    The compiled kernel releases the GIL. Large ranges are cut into tasks of
-    ``_TASK`` voxels that plain Python threads take as they finish the previous
-    one, each task into its own partial histograms (no OpenMP spin-waiting, which
-    behaves badly on busy machines and beside torch's own thread pool; a core slowed
-    by other load takes fewer tasks instead of holding up the call).
+    The compiled kernel releases the GIL. Large ranges are cut into tasks (large
+    first, then shorter: :func:`guided_bounds`) that plain Python threads take as
+    they finish the previous one, each task into its own partial histograms (no
+    OpenMP spin-waiting, which behaves badly on busy machines and beside torch's own
+    thread pool; a core slowed by other load takes fewer tasks instead of holding up
+    the call).
     """
     threads = default_threads() if threads is None else max(1, int(threads))
     if n < threads * _MIN_PER_THREAD:
@@ -371,14 +372,14 @@ def accumulate_numba(acc: Accumulators, probs: np.ndarray, p0: int, labels: np.n
     soft = ref is not None
     # fixed task bounds and a fixed merge order: the result does not depend on which
     # thread ran which task
-    tasks = 1 if threads == 1 else max(threads, -(-n // _TASK))
-    bounds = np.linspace(0, n, tasks + 1).astype(np.int64)
+    bounds = [0, n] if threads == 1 else guided_bounds(n, threads, _SMALLEST_TASK)
+    tasks = len(bounds) - 1
     parts = [acc] + [Accumulators(acc.count.shape[0], acc.count.shape[1], soft)
                      for _ in range(tasks - 1)]
 
     def work(index: int) -> None:
         part = parts[index]
-        first, last = int(bounds[index]), int(bounds[index + 1])
+        first, last = bounds[index], bounds[index + 1]
         # calls of at most _MAX_RANGE voxels keep the int64 fixed-point totals exact
         for start in range(first, last, _MAX_RANGE):
             stop = min(last, start + _MAX_RANGE)

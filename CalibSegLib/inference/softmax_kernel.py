@@ -18,11 +18,11 @@ import math
 import numba
 import numpy as np
 
-from CalibSegLib.threads import default_threads, run_tasks
+from CalibSegLib.threads import default_threads, guided_bounds, run_tasks
 
 _BLOCK = 2048
-#: Tasks per thread of the parallel split (threads take tasks as they finish them).
-_TASKS_PER_THREAD = 8
+#: Smallest task of the parallel split (threads take tasks as they finish them).
+_SMALLEST_TASK = 32 * _BLOCK
 
 
 @numba.njit(cache=True, nogil=True)
@@ -97,12 +97,14 @@ def probability_maps_cpu(logits: np.ndarray, temperature: float, fixed_point: bo
         c = confidence if direct else confidence[first:last]
         e = entropy if direct else entropy[first:last]
         # several tasks per thread: a core slowed by other load takes fewer of them
-        tasks = 1 if workers == 1 else workers * _TASKS_PER_THREAD
-        bounds = np.linspace(first - z0, last - z0, tasks + 1).astype(np.int64)
+        span = last - first
+        bounds = [0, span] if workers == 1 else guided_bounds(span, workers, _SMALLEST_TASK)
+        base = first - z0
 
-        def work(i: int, z=z, p=p, c=c, e=e, bounds=bounds) -> None:
-            _maps_range(z, inv_t, inv_log_c, scale, offset, p, c, e, bounds[i], bounds[i + 1])
+        def work(i: int, z=z, p=p, c=c, e=e, bounds=bounds, base=base) -> None:
+            _maps_range(z, inv_t, inv_log_c, scale, offset, p, c, e, base + bounds[i],
+                        base + bounds[i + 1])
 
-        run_tasks(work, tasks, workers)
+        run_tasks(work, len(bounds) - 1, workers)
     spatial = logits.shape[1:]
     return probs.reshape(logits.shape), confidence.reshape(spatial), entropy.reshape(spatial)
