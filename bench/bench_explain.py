@@ -15,10 +15,12 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from timing import sample_times  # noqa: E402
 
 METHODS = ("prototype", "gradcam", "gradcampp", "occlusion")
 #: Seconds allowed per explanation of the 2 mm case on a 2-core CPU.
@@ -27,12 +29,9 @@ FAITHFULNESS_TARGET = 300.0
 
 
 def _timed(fn, repeats: int) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+    """Fastest of ``repeats`` calls in seconds, and the last call's result."""
+    times, result = sample_times(fn, repeats)
+    return min(times), result
 
 
 def run(quick: bool = False, model_folder: str | None = None) -> list[dict]:

@@ -20,25 +20,16 @@ run this file directly for a table. ``--quick`` uses the 2 mm case.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for path in (ROOT, os.path.join(ROOT, "CalibSeg")):
+for path in (ROOT, os.path.join(ROOT, "CalibSeg"), os.path.join(ROOT, "bench")):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times) if len(times) < 3 else statistics.median(times)
+from timing import typical_time  # noqa: E402
 
 
 def _prediction(case):
@@ -156,17 +147,17 @@ def run(quick: bool = False) -> list[dict]:
     scene, _colors, logic, prediction = logic_showing(case)
 
     logits = torch.from_numpy(np.array(prediction.logits))  # writable copy for torch
-    softmax = _best(lambda: torch.softmax(logits / 1.3, dim=0), repeats)
+    softmax = typical_time(lambda: torch.softmax(logits / 1.3, dim=0), repeats)
     from CalibSegLib.inference import apply_temperature
 
-    library = _best(lambda: apply_temperature(prediction, 1.7), repeats)
+    library = typical_time(lambda: apply_temperature(prediction, 1.7), repeats)
     temperatures = iter(np.linspace(0.6, 2.4, 4 * repeats + 4))
-    refresh = _best(lambda: logic.setTemperature(float(next(temperatures))), repeats)
+    refresh = typical_time(lambda: logic.setTemperature(float(next(temperatures))), repeats)
 
     image = case.image.astype(np.float32)
 
-    copy = _best(lambda: image.copy(), repeats)
-    trip = _best(lambda: mrml_round_trip(scene, image, case.affine), repeats)
+    copy = typical_time(lambda: image.copy(), repeats)
+    trip = typical_time(lambda: mrml_round_trip(scene, image, case.affine), repeats)
     shape = "x".join(str(s) for s in image.shape)
     what = "overlays + diagram"
     return compact_storage_rows() + [

@@ -15,24 +15,15 @@ rows ``{name, value, target, unit}`` for a suite runner.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from timing import best_time
 
 N_FULL = 256 * 256 * 256
 N_QUICK = 2_000_000
 N_CLASSES = 4
 N_BINS = 20
 NETCAL_VOXELS = 200_000
-
-
-def _min_time(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _reset_hwm() -> None:
@@ -94,18 +85,18 @@ def run(quick: bool = False, repeat: int = 7) -> list[dict]:
 
     rss0 = _rss_mb("VmRSS")
     _reset_hwm()
-    stats_s = _min_time(lambda: ReliabilityStats.from_probs(p, t, N_BINS), 1)
+    stats_s = best_time(lambda: ReliabilityStats.from_probs(p, t, N_BINS), 1)
     extra_mb = _rss_mb("VmHWM") - rss0
     # the ratio's two sides are timed alternately, so a slow spell of a shared machine
     # does not fall on one side only; each side keeps its best run
-    torch_sum = _min_time(lambda: pt.sum(), 2)
+    torch_sum = best_time(lambda: pt.sum(), 2)
     paired = []
     for _ in range(repeat):
-        one_stats = _min_time(lambda: ReliabilityStats.from_probs(p, t, N_BINS), 1)
-        one_sum = _min_time(lambda: pt.sum(), 2)
+        one_stats = best_time(lambda: ReliabilityStats.from_probs(p, t, N_BINS), 1)
+        one_sum = best_time(lambda: pt.sum(), 2)
         paired.append(one_stats / one_sum)
         stats_s, torch_sum = min(stats_s, one_stats), min(torch_sum, one_sum)
-    numpy_sum = _min_time(lambda: p.sum(), repeat + 2)
+    numpy_sum = best_time(lambda: p.sum(), repeat + 2)
     rows = [
         {"name": f"ReliabilityStats {n / 1e6:.1f}M voxels x {N_CLASSES}", "value": stats_s,
          "target": None, "unit": "s"},
@@ -126,7 +117,7 @@ def run(quick: bool = False, repeat: int = 7) -> list[dict]:
     from monai.metrics.calibration import calibration_binning
 
     target_onehot = torch.nn.functional.one_hot(tt, N_CLASSES).T.contiguous().float()[None]
-    monai_s = _min_time(lambda: calibration_binning(pt[None], target_onehot, N_BINS), 1)
+    monai_s = best_time(lambda: calibration_binning(pt[None], target_onehot, N_BINS), 1)
     rows.append({"name": "MONAI calibration_binning (marginal only)", "value": monai_s,
                  "target": None, "unit": "s"})
     rows.append({"name": "  speed-up of ReliabilityStats", "value": monai_s / stats_s,
@@ -135,7 +126,7 @@ def run(quick: bool = False, repeat: int = 7) -> list[dict]:
     from torchmetrics.functional.classification import multiclass_calibration_error
 
     ptn = pt.T  # (N, C) view, as torchmetrics expects
-    tm_s = _min_time(lambda: multiclass_calibration_error(ptn, tt, N_CLASSES, n_bins=N_BINS),
+    tm_s = best_time(lambda: multiclass_calibration_error(ptn, tt, N_CLASSES, n_bins=N_BINS),
                      1)
     rows.append({"name": "torchmetrics multiclass_calibration_error (top label)",
                  "value": tm_s, "target": None, "unit": "s"})
@@ -147,7 +138,7 @@ def run(quick: bool = False, repeat: int = 7) -> list[dict]:
 
         m = min(NETCAL_VOXELS, n)
         sub = np.ascontiguousarray(p[:, :m].T, dtype=np.float64)
-        nc_s = _min_time(lambda: ECE(bins=N_BINS).measure(sub, t[:m].astype(np.int64)), 1)
+        nc_s = best_time(lambda: ECE(bins=N_BINS).measure(sub, t[:m].astype(np.int64)), 1)
         nc_full = nc_s * n / m
         rows.append({"name": f"netcal ECE (top label; {m} voxels, scaled to {n})",
                      "value": nc_full, "target": None, "unit": "s"})
@@ -156,7 +147,7 @@ def run(quick: bool = False, repeat: int = 7) -> list[dict]:
     except ImportError:  # pragma: no cover - optional
         pass
 
-    onehot_s = _min_time(lambda: _onehot_top_label(pt, tt), 1)
+    onehot_s = best_time(lambda: _onehot_top_label(pt, tt), 1)
     rows.append({"name": "one-hot (N x B) top label only", "value": onehot_s, "target": None,
                  "unit": "s"})
     rows.append({"name": "  speed-up of ReliabilityStats", "value": onehot_s / stats_s,

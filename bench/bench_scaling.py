@@ -51,7 +51,8 @@ for _path in (HERE, ROOT, os.path.join(ROOT, "CalibSeg")):
         sys.path.insert(0, _path)
 
 from bench_logic import logic_showing, mrml_round_trip  # noqa: E402
-from bench_reliability import N_BINS, N_CLASSES, _data, _min_time, _reset_hwm, _rss_mb  # noqa: E402
+from bench_reliability import N_BINS, N_CLASSES, _data, _reset_hwm, _rss_mb  # noqa: E402
+from timing import best_time  # noqa: E402
 
 OPS = ("stats", "predict", "temperature", "mrml")
 TITLES = {
@@ -107,7 +108,7 @@ def _measure(fn, repeat: int) -> tuple[float, float]:
     _trim()
     rss0 = _rss_mb("VmRSS")
     _reset_hwm()
-    best = _min_time(fn, repeat)
+    best = best_time(fn, repeat)
     return best, _rss_mb("VmHWM") - rss0
 
 
