@@ -153,11 +153,12 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
     Per block of ``_BLOCK`` voxels: (1) labels and mask are checked once; (2) one
     vectorised loop per class row ``probs[c, block]`` updates the running argmax, label
     probability, sum and sum of squares per voxel; (3) per class, a second vectorised
-    loop over the row (now in L1) finds every probability's bin (``int(p * B)``, exact
-    against the float32 edges except within ``B * 2**-20`` of an inner edge, where a
-    binary search decides), its histogram slot (lane, is argmax, is label, bin) and its
-    fixed-point word ``1 << 52 | round(p * 2**34)``; a scalar loop then adds the words:
-    one add gives count and probability sum, and the groups give the marginal
+    loop over the row (now in L1) finds every probability's bin (``int(p * B + t)``
+    with ``t = B * 2**-20``, exact against the float32 edges unless ``int(p * B - t)``
+    differs, i.e. near an inner edge, where a binary search decides), its histogram
+    slot (lane, is argmax, is label, bin) and its fixed-point word
+    ``1 << 52 | round(p * 2**34)``; a scalar loop then adds the words: one add gives
+    count and probability sum, and the groups give the marginal
     (all groups), label (``sum_y``, ``reference``) and top-label statistics (argmax
     groups: ``top_*``, ``predicted``, ``intersection``) without further passes; (4) NLL
     and Brier per voxel. Every ``_FLUSH`` blocks the packed words are unpacked into
