@@ -72,9 +72,12 @@ def guided_bounds(n: int, threads: int, smallest: int) -> list[int]:
     """Task bounds over ``[0, n)`` for :func:`run_tasks`: each task takes a
     ``1 / (2 * threads)`` share of what is left (at least ``smallest``), so tasks
     start large (little per-task overhead) and end small (threads finish together).
-    The bounds depend only on the arguments, never on scheduling."""
+    The bounds depend only on the arguments, never on scheduling; one thread gets
+    one task."""
+    if int(threads) <= 1:
+        return [0, n] if n > 0 else [0]
     bounds = [0]
     while bounds[-1] < n:
-        size = max(int(smallest), (n - bounds[-1]) // (2 * max(1, int(threads))), 1)
+        size = max(int(smallest), (n - bounds[-1]) // (2 * int(threads)), 1)
         bounds.append(min(n, bounds[-1] + size))
     return bounds

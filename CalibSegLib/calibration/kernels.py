@@ -373,7 +373,7 @@ def accumulate_numba(acc: Accumulators, probs: np.ndarray, p0: int, labels: np.n
     soft = ref is not None
     # fixed task bounds and a fixed merge order: the result does not depend on which
     # thread ran which task
-    bounds = [0, n] if threads == 1 else guided_bounds(n, threads, _SMALLEST_TASK)
+    bounds = guided_bounds(n, threads, _SMALLEST_TASK)
     tasks = len(bounds) - 1
     parts = [acc] + [Accumulators(acc.count.shape[0], acc.count.shape[1], soft)
                      for _ in range(tasks - 1)]

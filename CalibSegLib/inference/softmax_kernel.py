@@ -97,8 +97,7 @@ def probability_maps_cpu(logits: np.ndarray, temperature: float, fixed_point: bo
         c = confidence if direct else confidence[first:last]
         e = entropy if direct else entropy[first:last]
         # several tasks per thread: a core slowed by other load takes fewer of them
-        span = last - first
-        bounds = [0, span] if workers == 1 else guided_bounds(span, workers, _SMALLEST_TASK)
+        bounds = guided_bounds(last - first, workers, _SMALLEST_TASK)
         base = first - z0
 
         def work(i: int, z=z, p=p, c=c, e=e, bounds=bounds, base=base) -> None:
