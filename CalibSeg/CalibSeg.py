@@ -1,16 +1,15 @@
 """CalibSeg: calibrated, explainable segmentation in 3D Slicer (module entry point).
 
-Only the module description lives here; the panel is :mod:`CalibSegWidget`, the
-MRML logic :mod:`CalibSegLogic`, background inference :mod:`CalibSegProcess`,
-dependency installation :mod:`CalibSegInstaller`, the self-test
-:mod:`CalibSegSelfTest`.
+Only the module description lives here; its helpers are in the package ``CalibSegSlicer``
+(panel ``widget``, MRML logic ``logic``, background inference ``process``, dependency
+installation ``installer``, self-test ``selftest``).
 """
 
 from __future__ import annotations
 
-from CalibSegLogic import CalibSegLogic
-from CalibSegSelfTest import CalibSegTest  # noqa: F401  (found by name by Slicer's test runner)
-from CalibSegWidget import CalibSegWidget  # noqa: F401  (found by name by Slicer)
+from CalibSegSlicer.logic import CalibSegLogic
+from CalibSegSlicer.selftest import CalibSegTest  # noqa: F401  (found by name by Slicer's test runner)
+from CalibSegSlicer.widget import CalibSegWidget  # noqa: F401  (found by name by Slicer)
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic
 
 HELP = """

@@ -148,9 +148,9 @@ def test_extension_index_file():
 # ---------------------------------------------------------------------------------- installer
 def _installer():
     sys.path.insert(0, MODULE_DIR)
-    import CalibSegInstaller
+    from CalibSegSlicer import installer
 
-    return CalibSegInstaller
+    return installer
 
 
 def test_installer_reads_the_project_requirements():
@@ -223,7 +223,7 @@ def _ui_widgets() -> dict[str, str]:
 def test_every_widget_the_code_uses_exists_in_the_ui():
     widgets = _ui_widgets()
     used = set()
-    for name in ("CalibSeg.py", "CalibSegWidget.py"):
+    for name in ("CalibSeg.py", os.path.join("CalibSegSlicer", "widget.py")):
         text = open(os.path.join(MODULE_DIR, name), encoding="utf-8").read()
         used |= set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", text))
     assert used, "the widget uses no self.ui.* names?"
@@ -240,7 +240,8 @@ def test_ui_parameter_names_match_the_parameter_node():
     for prop in ET.parse(UI_FILE).iter("property"):
         if prop.get("name") == "SlicerParameterName":
             names.add(prop.find("string").text)
-    text = open(os.path.join(MODULE_DIR, "CalibSegParameters.py"), encoding="utf-8").read()
+    path = os.path.join(MODULE_DIR, "CalibSegSlicer", "parameters.py")
+    text = open(path, encoding="utf-8").read()
     fields = set(re.findall(r"^    ([a-zA-Z]+):", text, re.M))
     assert names and names <= fields, sorted(names - fields)
 

@@ -14,7 +14,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "CalibSeg"))
 
-import CalibSegProcess as proc  # noqa: E402
+from CalibSegSlicer import process as proc  # noqa: E402
 
 
 def test_progress_lines_round_trip():
@@ -34,7 +34,7 @@ def test_command_line_is_a_list_with_every_argument():
     cmd = proc.buildCommand("/tmp/in put.nrrd", "/models/my model", "/tmp/out.npz", "cuda",
                             python="/opt/Slicer/bin/PythonSlicer")
     assert cmd[0] == "/opt/Slicer/bin/PythonSlicer"
-    assert cmd[1].endswith("CalibSegRunner.py") and os.path.isfile(cmd[1])
+    assert cmd[1].endswith(os.path.join("CalibSegSlicer", "runner.py")) and os.path.isfile(cmd[1])
     assert cmd[2:] == ["--input", "/tmp/in put.nrrd", "--model", "/models/my model",
                        "--output", "/tmp/out.npz", "--device", "cuda"]
     env = proc.runnerEnvironment({"PYTHONPATH": "/elsewhere"})
@@ -182,13 +182,13 @@ def test_real_runner_matches_in_process_inference(tmp_path, capsys):
 
 
 def test_runner_reports_user_errors_as_one_line(tmp_path, capsys):
-    import CalibSegRunner
+    from CalibSegSlicer import runner
 
     from CalibSegLib.io import write_image
 
     image = str(tmp_path / "in.nrrd")
     write_image(image, np.zeros((4, 4, 4), np.float32), np.eye(4))
-    code = CalibSegRunner.main(["--input", image, "--model", str(tmp_path / "no-such-model"),
+    code = runner.main(["--input", image, "--model", str(tmp_path / "no-such-model"),
                                 "--output", str(tmp_path / "out.npz")])
     assert code == 2
     lines = capsys.readouterr().out.strip().splitlines()

@@ -12,11 +12,8 @@ slicer = pytest.importorskip("slicer")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "CalibSeg"))
 
-import CalibSegArrays as arrays  # noqa: E402
-import CalibSegColors as colors  # noqa: E402
-import CalibSegLayouts as layouts  # noqa: E402
-import CalibSegPlots as plots  # noqa: E402
-from CalibSegLogic import CalibSegLogic, loadModel  # noqa: E402
+from CalibSegSlicer import arrays, colors, layouts, plots  # noqa: E402
+from CalibSegSlicer.logic import CalibSegLogic, loadModel  # noqa: E402
 from test_logic_support import (  # noqa: E402
     add_volume,
     calibration_available,

@@ -12,7 +12,7 @@ slicer = pytest.importorskip("slicer")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "CalibSeg"))
 
-from CalibSegLogic import CalibSegLogic  # noqa: E402
+from CalibSegSlicer.logic import CalibSegLogic  # noqa: E402
 from test_logic_support import add_volume, case4, models_and_predictions, new_scene  # noqa: E402
 
 pytestmark = pytest.mark.mrml

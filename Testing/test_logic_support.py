@@ -35,7 +35,7 @@ _KEEP: list = []
 
 
 def add_volume(scene, array, affine, name, className="vtkMRMLScalarVolumeNode"):
-    import CalibSegArrays as arrays
+    from CalibSegSlicer import arrays
 
     node = arrays.newVolumeNode(np.asarray(array), affine, name, className)
     scene.AddNode(node)

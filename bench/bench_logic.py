@@ -101,7 +101,7 @@ def compact_storage_rows() -> list[dict]:
 
 def mrml_round_trip(scene, image: np.ndarray, affine: np.ndarray) -> None:
     """Array into a new volume node in ``scene`` and back to an array; the node is removed."""
-    import CalibSegArrays as arrays
+    from CalibSegSlicer import arrays
 
     node = arrays.newVolumeNode(image, affine, "round trip")
     scene.AddNode(node)
@@ -116,9 +116,9 @@ def logic_showing(case):
     Returns ``(scene, colour logic, logic, prediction)``; the colour logic must stay alive
     as long as the scene.
     """
-    import CalibSegArrays as arrays
     import slicer
-    from CalibSegLogic import CalibSegLogic
+    from CalibSegSlicer import arrays
+    from CalibSegSlicer.logic import CalibSegLogic
 
     scene = slicer.vtkMRMLScene()
     slicer.mrmlScene = scene

@@ -91,8 +91,8 @@ def render(logic) -> np.ndarray:
 
 
 def diagram_panel(scene, logic, size) -> np.ndarray:
-    import CalibSegPlots as plots
     import matplotlib.pyplot as plt
+    from CalibSegSlicer import plots
 
     fig, ax = plt.subplots(figsize=(size[1] / 100, size[0] / 100), dpi=100)
     ax.plot([0, 1], [0, 1], "--", color="0.5", lw=1, label="perfect calibration")
@@ -142,10 +142,9 @@ def main(argv=None) -> int:
     parser.add_argument("--resolution", type=float, default=2.0)
     args = parser.parse_args(argv)
 
-    import CalibSegArrays as arrays
-    import CalibSegLayouts as layouts
     import slicer
-    from CalibSegLogic import CalibSegLogic
+    from CalibSegSlicer import arrays, layouts
+    from CalibSegSlicer.logic import CalibSegLogic
 
     from CalibSegLib.data import sample_case
 

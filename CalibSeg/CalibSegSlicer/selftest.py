@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import tempfile
 
-import CalibSegArrays as arrays
 import numpy as np
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
 from CalibSegLib.errors import CalibSegError
+from CalibSegSlicer import arrays
 
 
 class CalibSegTest(ScriptedLoadableModuleTest):
@@ -29,12 +29,11 @@ class CalibSegTest(ScriptedLoadableModuleTest):
         self.test_CalibSegWholePath()
 
     def test_CalibSegWholePath(self):
-        import CalibSegPlots as plots
-        from CalibSegLogic import CalibSegLogic, loadModel
-        from CalibSegProcess import InferenceJob, loadPrediction
-
         from CalibSegLib.data import sample_case
         from CalibSegLib.models.testing import tiny_model
+        from CalibSegSlicer import plots
+        from CalibSegSlicer.logic import CalibSegLogic, loadModel
+        from CalibSegSlicer.process import InferenceJob, loadPrediction
 
         self.delayDisplay("Loading the sample case")
         case = sample_case("mni-t1", resolution_mm=4.0)

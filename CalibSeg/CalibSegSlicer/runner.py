@@ -2,7 +2,7 @@
 
 Usage (started by :mod:`CalibSegProcess` with ``PythonSlicer``)::
 
-    CalibSegRunner.py --input in.nrrd --model MODEL_FOLDER --output out.npz [--device auto]
+    CalibSegSlicer/runner.py --input in.nrrd --model MODEL_FOLDER --output out.npz [--device auto]
 
 This is ``calibseg predict`` for the Slicer module: the same library calls, but
 it prints one machine-readable line per progress step
@@ -26,13 +26,14 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    for root in (here, os.path.dirname(here)):
+    moduleDir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if moduleDir not in sys.path:  # CalibSegSlicer (this package) importable
+        sys.path.insert(0, moduleDir)
+    for root in (moduleDir, os.path.dirname(moduleDir)):
         if os.path.isdir(os.path.join(root, "CalibSegLib")) and root not in sys.path:
             sys.path.insert(0, root)
-    from CalibSegProcess import DONE_PREFIX, ERROR_PREFIX, progressLine, savePrediction
-
     from CalibSegLib.errors import CalibSegError
+    from CalibSegSlicer.process import DONE_PREFIX, ERROR_PREFIX, progressLine, savePrediction
 
     def progress(fraction, message=""):
         print(progressLine(0.05 + 0.9 * fraction, message), flush=True)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import slicer
-from CalibSegLogic import OVERLAYS
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+
+from CalibSegSlicer.logic import OVERLAYS
 
 
 @parameterNodeWrapper

@@ -38,7 +38,7 @@ def normalise(name: str) -> str:
 
 def requirementsPath(moduleDir: str | None = None) -> str:
     """Where ``requirements.txt`` is: installed next to the module, or in the source tree."""
-    moduleDir = moduleDir or os.path.dirname(os.path.abspath(__file__))
+    moduleDir = moduleDir or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     candidates = [
         os.path.join(moduleDir, "Resources", "CalibSeg", "requirements.txt"),  # installed
         os.path.join(moduleDir, "..", "Resources", "requirements.txt"),  # source checkout

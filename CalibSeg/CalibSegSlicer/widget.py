@@ -7,16 +7,16 @@ thread; results become MRML nodes through :class:`CalibSegLogic.CalibSegLogic`.
 
 from __future__ import annotations
 
-import CalibSegInstaller
 import qt
 import slicer
-from CalibSegLogic import SLOTS, CalibSegLogic, loadModel
-from CalibSegParameters import CalibSegParameterNode
-from CalibSegProcess import InferenceJob, loadPrediction
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
 from CalibSegLib.errors import CalibSegError
+from CalibSegSlicer import installer
+from CalibSegSlicer.logic import SLOTS, CalibSegLogic, loadModel
+from CalibSegSlicer.parameters import CalibSegParameterNode
+from CalibSegSlicer.process import InferenceJob, loadPrediction
 
 POLL_MS = 200
 
@@ -132,7 +132,7 @@ class CalibSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- inference ---------------------------------------------------------------------------
     def onApply(self):
         with slicer.util.tryWithErrorDisplay("CalibSeg could not start.", waitCursor=True):
-            if not CalibSegInstaller.ensureDependencies():
+            if not installer.ensureDependencies():
                 self.ui.statusLabel.text = "Dependencies are missing; nothing was run."
                 return
             volume = self.ui.inputSelector.currentNode()

@@ -24,14 +24,11 @@ import math
 import os
 from dataclasses import dataclass, field
 
-import CalibSegArrays as arrays
-import CalibSegColors as colors
-import CalibSegLayouts as layouts
-import CalibSegPlots as plots
 import numpy as np
 import slicer
 
 from CalibSegLib.errors import CalibSegError
+from CalibSegSlicer import arrays, colors, layouts, plots
 
 OVERLAYS = ("confidence", "entropy", "similarity", "contribution", "none")
 SLOTS = ("A", "B")

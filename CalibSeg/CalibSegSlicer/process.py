@@ -1,6 +1,6 @@
 """Inference in a separate process, so Slicer stays responsive.
 
-The input is written to a temporary NRRD, ``CalibSegRunner.py`` runs in
+The input is written to a temporary NRRD, ``CalibSegSlicer/runner.py`` runs in
 ``PythonSlicer`` (the same Python as Slicer's), prints machine-readable progress
 lines and writes the prediction to a ``.npz``; a reader thread collects its
 output and the widget's ``qt.QTimer`` calls :meth:`InferenceJob.poll` on the main
@@ -32,7 +32,7 @@ ERROR_PREFIX = "CALIBSEG-ERROR"
 DONE_PREFIX = "CALIBSEG-DONE"
 #: Fields not written: recomputed from the logits at the saved temperature on loading.
 RECOMPUTED = ("probs", "confidence", "entropy")
-RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "CalibSegRunner.py")
+RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner.py")
 
 
 def progressLine(fraction: float, message: str = "") -> str:
@@ -73,11 +73,11 @@ def buildCommand(inputPath: str, modelFolder: str, outputPath: str, device: str 
 def runnerEnvironment(base=None) -> dict:
     """Environment of the runner: ``CalibSegLib`` (next to this file) importable."""
     env = dict(os.environ if base is None else base)
-    here = os.path.dirname(os.path.abspath(__file__))
-    roots = [here, os.path.dirname(here)]  # installed: here; source checkout: the parent
+    moduleDir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    roots = [moduleDir, os.path.dirname(moduleDir)]  # installed: beside; source: the parent
     libRoots = [r for r in roots if os.path.isdir(os.path.join(r, "CalibSegLib"))]
     old = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = os.pathsep.join(libRoots + ([old] if old else []))
+    env["PYTHONPATH"] = os.pathsep.join([moduleDir] + libRoots + ([old] if old else []))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
