@@ -1,0 +1,55 @@
+# Files of the repository's Resources folder installed with the Slicer extension
+# (paths relative to Resources/): requirements, demo models, sample data.
+# Testing/test_extension_packaging.py checks it and
+# `python Testing/test_extension_packaging.py --write-cmake` regenerates it.
+set(CALIBSEG_SHARED_RESOURCES
+  Models/dicece-hardace/gallery/proto_000.nii.gz
+  Models/dicece-hardace/gallery/proto_001.nii.gz
+  Models/dicece-hardace/gallery/proto_002.nii.gz
+  Models/dicece-hardace/gallery/proto_003.nii.gz
+  Models/dicece-hardace/gallery/proto_004.nii.gz
+  Models/dicece-hardace/gallery/proto_005.nii.gz
+  Models/dicece-hardace/gallery/proto_006.nii.gz
+  Models/dicece-hardace/gallery/proto_007.nii.gz
+  Models/dicece-hardace/gallery/proto_008.nii.gz
+  Models/dicece-hardace/gallery/proto_009.nii.gz
+  Models/dicece-hardace/gallery/proto_010.nii.gz
+  Models/dicece-hardace/gallery/proto_011.nii.gz
+  Models/dicece-hardace/model.json
+  Models/dicece-hardace/model.safetensors
+  Models/dicece-hardace/training_command.txt
+  Models/dicece-hardace/training_log.json
+  Models/dicece-softace/gallery/proto_000.nii.gz
+  Models/dicece-softace/gallery/proto_001.nii.gz
+  Models/dicece-softace/gallery/proto_002.nii.gz
+  Models/dicece-softace/gallery/proto_003.nii.gz
+  Models/dicece-softace/gallery/proto_004.nii.gz
+  Models/dicece-softace/gallery/proto_005.nii.gz
+  Models/dicece-softace/gallery/proto_006.nii.gz
+  Models/dicece-softace/gallery/proto_007.nii.gz
+  Models/dicece-softace/gallery/proto_008.nii.gz
+  Models/dicece-softace/gallery/proto_009.nii.gz
+  Models/dicece-softace/gallery/proto_010.nii.gz
+  Models/dicece-softace/gallery/proto_011.nii.gz
+  Models/dicece-softace/model.json
+  Models/dicece-softace/model.safetensors
+  Models/dicece-softace/training_command.txt
+  Models/dicece-softace/training_log.json
+  Models/dicece/gallery/proto_000.nii.gz
+  Models/dicece/gallery/proto_001.nii.gz
+  Models/dicece/gallery/proto_002.nii.gz
+  Models/dicece/gallery/proto_003.nii.gz
+  Models/dicece/gallery/proto_004.nii.gz
+  Models/dicece/gallery/proto_005.nii.gz
+  Models/dicece/gallery/proto_006.nii.gz
+  Models/dicece/gallery/proto_007.nii.gz
+  Models/dicece/gallery/proto_008.nii.gz
+  Models/dicece/gallery/proto_009.nii.gz
+  Models/dicece/gallery/proto_010.nii.gz
+  Models/dicece/gallery/proto_011.nii.gz
+  Models/dicece/model.json
+  Models/dicece/model.safetensors
+  Models/dicece/training_command.txt
+  Models/dicece/training_log.json
+  requirements.txt
+  )
