@@ -7,10 +7,21 @@ installation ``installer``, self-test ``selftest``).
 
 from __future__ import annotations
 
-from CalibSegSlicer.logic import CalibSegLogic
-from CalibSegSlicer.selftest import CalibSegTest  # noqa: F401  (found by name by Slicer's test runner)
-from CalibSegSlicer.widget import CalibSegWidget  # noqa: F401  (found by name by Slicer)
-from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic
+from CalibSegSlicer.reloading import prepareHelperImports
+
+# Before any other helper import: re-import the helpers on "Reload", and in a source checkout
+# ("Additional module paths" = <repo>/CalibSeg) make CalibSegLib importable.
+prepareHelperImports()
+
+import slicer  # noqa: E402
+from CalibSegSlicer.logic import CalibSegLogic  # noqa: E402
+from CalibSegSlicer.sampledata import registerSampleData  # noqa: E402
+from CalibSegSlicer.selftest import CalibSegTest  # noqa: E402, F401  (found by name by Slicer's test runner)
+from CalibSegSlicer.widget import CalibSegWidget  # noqa: E402, F401  (found by name by Slicer)
+from slicer.ScriptedLoadableModule import (  # noqa: E402
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+)
 
 HELP = """
 <p>Run one or two segmentation models on a scan and see where they are unsure:
@@ -41,6 +52,8 @@ class CalibSeg(ScriptedLoadableModule):
         self.parent.contributors = ["CalibSeg contributors"]
         self.parent.helpText = HELP
         self.parent.acknowledgementText = ACKNOWLEDGEMENT
+        # The sample case is offered by the SampleData module once Slicer has started.
+        slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 class CalibSegModuleLogic(ScriptedLoadableModuleLogic):

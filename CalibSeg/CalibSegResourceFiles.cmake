@@ -51,5 +51,9 @@ set(CALIBSEG_SHARED_RESOURCES
   Models/dicece/model.safetensors
   Models/dicece/training_command.txt
   Models/dicece/training_log.json
+  SampleData/CalibSeg-MNI-T1-2mm-LICENSE.txt
+  SampleData/CalibSeg-MNI-T1-2mm-tissues.seg.nrrd
+  SampleData/CalibSeg-MNI-T1-2mm.nrrd
+  SampleData/CalibSeg-MNI-T1-2mm.png
   requirements.txt
   )

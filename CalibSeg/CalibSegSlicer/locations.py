@@ -28,9 +28,12 @@ import sys
 
 #: Sub-folder of ``Resources`` in the installed extension holding the shared resources.
 INSTALLED_RESOURCES = ("Resources", "CalibSeg")
-#: The sample volume (the 2 mm MNI ICBM152 2009a T1 template) and its reference labels.
+#: The sample volume (the 2 mm MNI ICBM152 2009a T1 template), its reference tissue
+#: segmentation, the thumbnail shown by the SampleData module and the template's licence.
 SAMPLE_VOLUME_FILE = "CalibSeg-MNI-T1-2mm.nrrd"
-SAMPLE_LABELS_FILE = "CalibSeg-MNI-T1-2mm-tissues.nrrd"
+SAMPLE_LABELS_FILE = "CalibSeg-MNI-T1-2mm-tissues.seg.nrrd"
+SAMPLE_THUMBNAIL_FILE = "CalibSeg-MNI-T1-2mm.png"
+SAMPLE_LICENSE_FILE = "CalibSeg-MNI-T1-2mm-LICENSE.txt"
 #: The file a model folder must contain.
 MODEL_CARD = "model.json"
 
@@ -82,8 +85,13 @@ def sampleDataPath(base: str | None = None) -> str:
 
 
 def sampleLabelsPath(base: str | None = None) -> str:
-    """The shipped reference tissue labels of the sample volume (compressed NRRD)."""
+    """The shipped reference tissue segmentation of the sample volume (Slicer ``.seg.nrrd``)."""
     return resourcePath("SampleData", SAMPLE_LABELS_FILE, base=base)
+
+
+def sampleThumbnailPath(base: str | None = None) -> str:
+    """The sample's thumbnail (PNG) for the SampleData module."""
+    return resourcePath("SampleData", SAMPLE_THUMBNAIL_FILE, base=base)
 
 
 def libraryParentDir(base: str | None = None) -> str | None:
