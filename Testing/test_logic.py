@@ -12,8 +12,9 @@ slicer = pytest.importorskip("slicer")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "CalibSeg"))
 
-from CalibSegSlicer import arrays, colors, layouts, plots  # noqa: E402
-from CalibSegSlicer.logic import CalibSegLogic, loadModel  # noqa: E402
+from CalibSegSlicer import arrays, colors, layouts, plots, reference, results  # noqa: E402
+from CalibSegSlicer.catalog import loadModel  # noqa: E402
+from CalibSegSlicer.logic import CalibSegLogic  # noqa: E402
 from test_logic_support import (  # noqa: E402
     add_volume,
     calibration_available,
@@ -116,7 +117,7 @@ def test_segmentation_node_has_class_names_colours_and_labels(setup):
     for c in present:
         assert names[model.class_names[c]].GetColor() == pytest.approx(model.class_colors[c])
     # Read back through the reference path: the segmentation reproduces the labels.
-    labels = logic._labelsFromSegmentation(seg, volume, model.class_names)
+    labels = reference.labelsFromSegmentation(scene, seg, volume, model.class_names)
     np.testing.assert_array_equal(labels, pred.labels)
 
 
@@ -132,7 +133,7 @@ def test_input_volume_is_never_modified(scene):
     logic.addPrediction(volume, model_a, pred_a, slot="A")
     logic.addPrediction(volume, model_b, pred_b, slot="B")
     logic.showOverlay("entropy", 0.4)
-    logic.setTemperature(1.7)
+    logic.setTemperature(1.7, "A")
     logic.showLayout(compare=True)
     logic.probe(arrays.indexToRas(case.affine, (20, 30, 25)))
     logic.showContributionMap()
@@ -194,7 +195,7 @@ def test_temperature_updates_overlays_in_place(setup):
     (_, pred), _ = models_and_predictions()
     before = dict(logic.results["A"].nodeIDs)
     count = scene.GetNumberOfNodes()
-    logic.setTemperature(2.5)
+    logic.setTemperature(2.5, "A")
     assert logic.results["A"].nodeIDs == before
     assert scene.GetNumberOfNodes() == count
     expected = apply_temperature(pred, 2.5)
@@ -204,7 +205,7 @@ def test_temperature_updates_overlays_in_place(setup):
                                expected.entropy, rtol=1e-6)
     assert np.array_equal(arrays.affineFromNode(logic.node("A", "confidence")), case4().affine)
     with pytest.raises(CalibSegError, match="positive"):
-        logic.setTemperature(0.0)
+        logic.setTemperature(0.0, "A")
 
 
 def test_card_temperature_is_the_default(setup):
@@ -338,7 +339,7 @@ def test_failure_while_adding_removes_the_nodes(setup, monkeypatch):
     def boom(*args, **kwargs):
         raise CalibSegError("simulated failure")
 
-    monkeypatch.setattr(logic, "_fillSegmentation", boom)
+    monkeypatch.setattr(results, "fillSegmentation", boom)
     with pytest.raises(CalibSegError, match="simulated"):
         logic.addPrediction(volume, model_b, pred_b, slot="B")
     after = set(node_ids(scene)) - set(before)

@@ -89,6 +89,6 @@ def test_temperature_change_shows_in_the_view(rendered_scene):
     scene, red, logic = rendered_scene
     logic.showOverlay("confidence", 0.8)
     before = render(red)
-    logic.setTemperature(5.0)  # flatter probabilities: lower confidence, redder overlay
+    logic.setTemperature(5.0, "A")  # flatter probabilities: lower confidence, redder overlay
     after = render(red)
     assert np.abs(after - before).mean() > 0.5

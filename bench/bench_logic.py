@@ -49,13 +49,15 @@ def _prediction(case):
                       class_colors=tuple(case.class_colors))
 
 
-class _Model:
-    def __init__(self, case):
-        self.name = "synthetic"
-        self.class_names = tuple(case.class_names)
-        self.class_colors = tuple(case.class_colors)
-        self.temperature = 1.0
-        self.card = {"name": "synthetic"}
+def _model(case):
+    """A library ``Model`` with the case's classes (its network is never run here)."""
+    import torch
+
+    from CalibSegLib.models import Model, new_card
+
+    card = new_card("synthetic", case.class_names, class_colors=case.class_colors,
+                    head="linear")
+    return Model(card=card, network=torch.nn.Identity())
 
 
 def compact_storage_rows() -> list[dict]:
@@ -128,7 +130,7 @@ def logic_showing(case):
     scene.AddNode(volume)
     prediction = _prediction(case)
     logic = CalibSegLogic(scene)
-    logic.addPrediction(volume, _Model(case), prediction, slot="A")
+    logic.addPrediction(volume, _model(case), prediction, slot="A")
     reference = arrays.newVolumeNode(case.labels.astype(np.int16), case.affine, "reference",
                                      "vtkMRMLLabelMapVolumeNode")
     scene.AddNode(reference)
@@ -152,7 +154,7 @@ def run(quick: bool = False) -> list[dict]:
 
     library = typical_time(lambda: apply_temperature(prediction, 1.7), repeats)
     temperatures = iter(np.linspace(0.6, 2.4, 4 * repeats + 4))
-    refresh = typical_time(lambda: logic.setTemperature(float(next(temperatures))), repeats)
+    refresh = typical_time(lambda: logic.setTemperature(float(next(temperatures)), "A"), repeats)
 
     image = case.image.astype(np.float32)
 

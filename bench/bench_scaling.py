@@ -113,7 +113,7 @@ def _measure(fn, repeat: int) -> tuple[float, float]:
 
 
 def _set_temperature(logic, temperatures) -> None:
-    logic.setTemperature(next(temperatures))
+    logic.setTemperature(next(temperatures), "A")
 
 
 def _logic(case):
@@ -133,7 +133,7 @@ def _warm_up(model) -> None:
     case = _case((32, 32, 32))
     predict(case.image, case.affine, model, device="cpu", maps=True)
     scene, _colors, logic = _logic(case)
-    logic.setTemperature(1.3)
+    logic.setTemperature(1.3, "A")
     mrml_round_trip(scene, case.image, case.affine)
     scene.Clear(True)
 

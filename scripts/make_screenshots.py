@@ -54,13 +54,14 @@ def surrogate_prediction(case, sharpness: float, noise: float, seed: int, name: 
     )
 
 
-class SurrogateModel:
-    def __init__(self, name, case):
-        self.name = name
-        self.class_names = tuple(case.class_names)
-        self.class_colors = tuple(case.class_colors)
-        self.temperature = 1.0
-        self.card = {"name": name}
+def surrogate_model(name, case):
+    """A library ``Model`` named ``name`` with the case's classes (its network is never run)."""
+    import torch
+
+    from CalibSegLib.models import Model, new_card
+
+    card = new_card(name, case.class_names, class_colors=case.class_colors, head="linear")
+    return Model(card=card, network=torch.nn.Identity())
 
 
 def slice_logic(scene, name, orientation):
@@ -144,6 +145,7 @@ def main(argv=None) -> int:
 
     import slicer
     from CalibSegSlicer import arrays, layouts
+    from CalibSegSlicer.catalog import loadModel
     from CalibSegSlicer.logic import CalibSegLogic
 
     from CalibSegLib.data import sample_case
@@ -172,13 +174,13 @@ def main(argv=None) -> int:
                        if os.path.isfile(os.path.join(demo, d, "model.json")))
         folders = found[:2] if len(found) >= 2 else []
     if folders:
-        logic.run(volume, folders, device="auto")
+        logic.run(volume, [loadModel(folder) for folder in folders], device="auto")
     else:
         print("no trained models given: using surrogate models made from the tissue maps")
         for slot, (sharp, noise, seed, name) in zip("AB", ((3.0, 1.2, 1, "surrogate sharp"),
                                                            (0.9, 0.4, 2, "surrogate soft"))):
             pred = surrogate_prediction(case, sharp, noise, seed, name)
-            logic.addPrediction(volume, SurrogateModel(name, case), pred, slot=slot)
+            logic.addPrediction(volume, surrogate_model(name, case), pred, slot=slot)
     have_diagram = True
     try:
         logic.setReference(reference)

@@ -155,3 +155,11 @@ def linkViews(scene, names) -> list:
 def _nodes(scene, className):
     collection = scene.GetNodesByClass(className)
     return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+
+
+def sliceNodeIfPresent(scene, name: str):
+    """The slice node of view ``name``, or None (never created here)."""
+    for node in _nodes(scene, "vtkMRMLSliceNode"):
+        if node.GetLayoutName() == name:
+            return node
+    return None

@@ -1,11 +1,16 @@
-"""Inference in a separate process, so Slicer stays responsive.
+"""Inference and model import in a separate process, so Slicer stays responsive.
 
-The input is written to a temporary NRRD, ``CalibSegSlicer/runner.py`` runs in
-``PythonSlicer`` (the same Python as Slicer's), prints machine-readable progress
-lines and writes the prediction to a ``.npz``; a reader thread collects its
-output and the widget's ``qt.QTimer`` calls :meth:`InferenceJob.poll` on the main
-thread, where all MRML changes happen. Cancel kills the whole process tree;
-temporary files are removed in every case.
+For inference the input is written to a temporary NRRD, ``CalibSegSlicer/runner.py``
+runs in ``PythonSlicer`` (the same Python as Slicer's), prints machine-readable
+progress lines and writes the prediction to a ``.npz``; for an import it runs the
+library's importer and writes the new model folder. A reader thread collects the
+output and the panel's timer calls :meth:`BackgroundJob.poll` on the main thread,
+where all MRML changes happen. Cancel kills the whole process tree; temporary
+files are removed in every case.
+
+:class:`ProcessRunner` starts such jobs; :class:`InProcessRunner` runs the same
+library calls in this process (scripts without ``PythonSlicer``, and tests). The
+panel takes either.
 
 Nothing here imports Qt or MRML, so it is tested headless with a plain Python.
 """
@@ -65,9 +70,16 @@ def pythonExecutable() -> str:
 
 def buildCommand(inputPath: str, modelFolder: str, outputPath: str, device: str = "auto",
                  python: str | None = None, runner: str = RUNNER) -> list[str]:
-    """The runner's command line (a list: no shell, paths with spaces are safe)."""
+    """The runner's inference command line (a list: no shell, paths with spaces are safe)."""
     return [python or pythonExecutable(), runner, "--input", inputPath, "--model", modelFolder,
             "--output", outputPath, "--device", device]
+
+
+def buildImportCommand(source: str, outputFolder: str, python: str | None = None,
+                       runner: str = RUNNER) -> list[str]:
+    """The runner's import command line: ``source`` (bundle or TorchScript) to a new folder."""
+    return [python or pythonExecutable(), runner, "--import-source", source,
+            "--output", outputFolder]
 
 
 def runnerEnvironment(base=None) -> dict:
@@ -160,22 +172,20 @@ def killTree(process: subprocess.Popen, grace: float = 2.0) -> None:
         process.wait(timeout=grace)
 
 
-class InferenceJob:
-    """One model run in a child process; call :meth:`poll` regularly (e.g. from a QTimer).
+class BackgroundJob:
+    """One run of ``runner.py`` in a child process; call :meth:`poll` regularly (a timer).
 
     States: ``"ready"`` -> ``"running"`` -> ``"finished"`` | ``"failed"`` | ``"cancelled"``.
+    Subclasses give the command and the output.
     """
 
-    def __init__(self, modelFolder: str, device: str = "auto", python: str | None = None,
-                 runner: str = RUNNER, command=None):
-        self.modelFolder = modelFolder
-        self.device = device
+    def __init__(self, outputPath: str = "", python: str | None = None, runner: str = RUNNER,
+                 command=None):
         self.python = python
         self.runner = runner
         self._command = command  # tests inject another program here
         self.tempDir = tempfile.mkdtemp(prefix="CalibSeg-")
-        self.inputPath = os.path.join(self.tempDir, "input.nrrd")
-        self.outputPath = os.path.join(self.tempDir, "prediction.npz")
+        self.outputPath = outputPath
         self.state = "ready"
         self.fraction = 0.0
         self.message = ""
@@ -185,18 +195,8 @@ class InferenceJob:
         self._lines: queue.Queue = queue.Queue()
         self._reader: threading.Thread | None = None
 
-    # -- lifecycle ---------------------------------------------------------------------------
-    def writeInput(self, image: np.ndarray, affine: np.ndarray) -> str:
-        """Write the input ``(Z, Y, X)`` image and its affine as the temporary NRRD."""
-        from CalibSegLib.io import write_image
-
-        return write_image(self.inputPath, image, affine)
-
     def command(self) -> list[str]:
-        if self._command is not None:
-            return list(self._command)
-        return buildCommand(self.inputPath, self.modelFolder, self.outputPath, self.device,
-                            self.python, self.runner)
+        raise NotImplementedError
 
     def start(self) -> None:
         kwargs = {}
@@ -240,7 +240,7 @@ class InferenceJob:
                 self.log = self.log[-200:]
         if self.state == "running" and ended:
             code = self.process.wait()
-            if code == 0 and os.path.isfile(self.outputPath):
+            if code == 0 and os.path.exists(self.outputPath):
                 self.state, self.fraction = "finished", 1.0
             else:
                 self.state = "failed"
@@ -275,3 +275,130 @@ class InferenceJob:
         if self.state == "running":
             self.cancel()
         self.cleanup()
+
+
+class InferenceJob(BackgroundJob):
+    """One model run on one input image in a child process; :meth:`result` is the Prediction."""
+
+    def __init__(self, modelFolder: str, device: str = "auto", python: str | None = None,
+                 runner: str = RUNNER, command=None):
+        super().__init__("", python, runner, command)
+        self.modelFolder = modelFolder
+        self.device = device
+        self.inputPath = os.path.join(self.tempDir, "input.nrrd")
+        self.outputPath = os.path.join(self.tempDir, "prediction.npz")
+
+    def writeInput(self, image: np.ndarray, affine: np.ndarray) -> str:
+        """Write the input ``(Z, Y, X)`` image and its affine as the temporary NRRD."""
+        from CalibSegLib.io import write_image
+
+        return write_image(self.inputPath, image, affine)
+
+    def command(self) -> list[str]:
+        if self._command is not None:
+            return list(self._command)
+        return buildCommand(self.inputPath, self.modelFolder, self.outputPath, self.device,
+                            self.python, self.runner)
+
+    def result(self):
+        """The ``Prediction`` the child process wrote (after ``"finished"``)."""
+        return loadPrediction(self.outputPath)
+
+
+class ImportJob(BackgroundJob):
+    """The library's model importer in a child process; :meth:`result` is the new folder."""
+
+    def __init__(self, source: str, outputFolder: str, python: str | None = None,
+                 runner: str = RUNNER, command=None):
+        super().__init__(outputFolder, python, runner, command)
+        self.source = source
+
+    def command(self) -> list[str]:
+        if self._command is not None:
+            return list(self._command)
+        return buildImportCommand(self.source, self.outputPath, self.python, self.runner)
+
+    def result(self) -> str:
+        """The imported model's folder (after ``"finished"``)."""
+        return self.outputPath
+
+
+class ProcessRunner:
+    """Starts jobs in child processes (``PythonSlicer`` inside Slicer)."""
+
+    def __init__(self, python: str | None = None) -> None:
+        self.python = python
+
+    def inference(self, modelFolder: str, device: str = "auto") -> InferenceJob:
+        return InferenceJob(modelFolder, device, python=self.python)
+
+    def importModel(self, source: str, outputFolder: str) -> ImportJob:
+        return ImportJob(source, outputFolder, python=self.python)
+
+
+class InProcessJob:
+    """A job run in this process at :meth:`start` (blocking); same states and calls as
+    :class:`BackgroundJob`."""
+
+    def __init__(self, work) -> None:
+        self._work = work
+        self.state = "ready"
+        self.fraction = 0.0
+        self.message = ""
+        self.error = ""
+        self._result = None
+        self._image = None
+
+    def writeInput(self, image: np.ndarray, affine: np.ndarray) -> None:
+        self._image = (np.array(image, copy=True), np.array(affine, copy=True))
+
+    def start(self) -> None:
+        from CalibSegLib.errors import CalibSegError
+
+        self.state = "running"
+
+        def progress(fraction, message=""):
+            self.fraction, self.message = float(fraction), str(message)
+
+        try:
+            self._result = self._work(self._image, progress)
+        except CalibSegError as exc:
+            self.state, self.error = "failed", " ".join(str(exc).split())
+            return
+        self.state, self.fraction = "finished", 1.0
+
+    def poll(self) -> list[tuple]:
+        return []
+
+    def cancel(self) -> None:
+        self.state = "cancelled"
+
+    def cleanup(self) -> None:
+        self._image = None
+
+    def result(self):
+        return self._result
+
+
+class InProcessRunner:
+    """Runs the jobs' library calls in this process (no ``PythonSlicer`` needed)."""
+
+    def inference(self, modelFolder: str, device: str = "auto") -> InProcessJob:
+        def work(image, progress):
+            from CalibSegLib.inference import predict
+            from CalibSegLib.models import load_model
+
+            volume, affine = image
+            return predict(volume, affine, load_model(modelFolder), device=device,
+                           progress=progress)
+
+        return InProcessJob(work)
+
+    def importModel(self, source: str, outputFolder: str) -> InProcessJob:
+        def work(_image, progress):
+            from CalibSegLib.models.importers import import_model
+
+            progress(0.0, "importing")
+            return import_model(source, outputFolder)
+
+        return InProcessJob(work)

@@ -1,14 +1,16 @@
-"""Run one CalibSeg model on one image file, as a child process of Slicer.
+"""Run one CalibSeg model on one image file, or import a model, as a child process of Slicer.
 
-Usage (started by :mod:`CalibSegProcess` with ``PythonSlicer``)::
+Usage (started by :mod:`CalibSegSlicer.process` with ``PythonSlicer``)::
 
     CalibSegSlicer/runner.py --input in.nrrd --model MODEL_FOLDER --output out.npz [--device auto]
+    CalibSegSlicer/runner.py --import-source BUNDLE_OR_TORCHSCRIPT --output NEW_MODEL_FOLDER
 
 This is ``calibseg predict`` for the Slicer module: the same library calls, but
 it prints one machine-readable line per progress step
 (``CALIBSEG-PROGRESS <fraction> <message>``), ``CALIBSEG-ERROR <message>`` for an
 error the user can fix, and ``CALIBSEG-DONE <path>`` at the end, and it keeps the
-logits (for temperature changes without re-inference) in the output file.
+logits (for temperature changes without re-inference) in the output file. An
+import is ``calibseg import-model`` (the library's ``import_model``), with the same lines.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ import sys
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", required=True)
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--input")
+    parser.add_argument("--model")
+    parser.add_argument("--import-source", dest="importSource")
     parser.add_argument("--output", required=True)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    if args.importSource is None and (args.input is None or args.model is None):
+        parser.error("give --input and --model (inference) or --import-source (import)")
 
     moduleDir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if moduleDir not in sys.path:  # CalibSegSlicer (this package) importable
@@ -39,6 +44,14 @@ def main(argv=None) -> int:
         print(progressLine(0.05 + 0.9 * fraction, message), flush=True)
 
     try:
+        if args.importSource is not None:
+            from CalibSegLib.models.importers import import_model
+
+            print(progressLine(0.0, "importing"), flush=True)
+            import_model(args.importSource, args.output)
+            print(progressLine(1.0, "done"), flush=True)
+            print(f"{DONE_PREFIX} {args.output}", flush=True)
+            return 0
         from CalibSegLib.inference import predict
         from CalibSegLib.io import read_image
         from CalibSegLib.models import load_model

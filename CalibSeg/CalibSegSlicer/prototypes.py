@@ -1,0 +1,111 @@
+"""Prototype explanations of a result: catalogue look-up, probe, source crops, contributions.
+
+The catalogue is the card's ``prototypes`` list (``index``, ``class``, ``case``,
+``voxel``, ``bbox``, ``gallery``; see the model-card schema); entries are found by
+their ``index``, not their position. Maps come from the library's ``Prediction``
+(``similarity``, ``nearest_prototype``, ``prototype_contribution``,
+``prototype_class``, ``prototype_weights``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from CalibSegLib.errors import CalibSegError
+from CalibSegLib.inference import Prediction
+from CalibSegLib.models import Model
+from CalibSegSlicer.results import ModelResult
+
+
+def catalogueEntry(model: Model, k: int) -> dict | None:
+    """The card's catalogue entry of prototype ``k`` (None when the card has none)."""
+    for entry in model.card.prototypes:
+        if int(entry["index"]) == int(k):
+            return entry
+    return None
+
+
+def probePrototypes(prediction: Prediction, model: Model, index, topK: int = 3) -> list[dict]:
+    """The ``topK`` most similar prototypes at voxel ``index`` (z, y, x), with their source."""
+    if prediction.similarity is not None:
+        values = np.asarray(prediction.similarity[(slice(None), *index)], dtype=np.float32)
+        candidates = [(int(k), float(values[k])) for k in np.argsort(-values)[:topK]]
+    elif prediction.nearest_prototype is not None:
+        similarity = prediction.top_similarity
+        candidates = [(int(prediction.nearest_prototype[index]),
+                       float(similarity[index]) if similarity is not None else math.nan)]
+    else:
+        return []
+    classes = prediction.prototype_class
+    rows = []
+    for k, similarity in candidates:
+        rows.append({"prototype": k, "similarity": similarity,
+                     "class_index": int(classes[k]) if classes is not None else None,
+                     "source": catalogueEntry(model, k) or {}})
+    return rows
+
+
+def sourceEntry(result: ModelResult, k: int) -> dict:
+    """Catalogue entry of prototype ``k`` of ``result``'s model; a clear error when absent."""
+    count = result.model.card.num_prototypes
+    entry = catalogueEntry(result.model, k) if 0 <= int(k) < count else None
+    if entry is None:
+        raise CalibSegError(
+            f"Model {result.name} has no prototype {k} in its card "
+            f"({len(result.model.card.prototypes)} catalogued).")
+    return entry
+
+
+def galleryPath(result: ModelResult, k: int) -> str:
+    """Absolute path of prototype ``k``'s gallery crop (inside the model folder)."""
+    entry = sourceEntry(result, k)
+    if not entry.get("gallery"):
+        raise CalibSegError(f"Prototype {k} of {result.name} has no gallery crop in its card.")
+    path = result.model.gallery_path(entry["gallery"])
+    if path is None:
+        raise CalibSegError(f"Model {result.name} was not loaded from a folder; "
+                            "its gallery crops cannot be found.")
+    return path
+
+
+def readCrop(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """A gallery crop ``(image (Z, Y, X), affine)``: an image file or ``.npz`` (``image``
+    [+ ``affine``])."""
+    if not os.path.exists(path):
+        raise CalibSegError(f"Prototype gallery crop {path} is missing; reinstall the model.")
+    if path.lower().endswith(".npz"):
+        with np.load(path, allow_pickle=False) as data:
+            if "image" not in data.files:
+                raise CalibSegError(f"{path} has no 'image' array; rewrite the gallery crop.")
+            image = np.asarray(data["image"])
+            affine = np.asarray(data["affine"]) if "affine" in data.files else np.eye(4)
+        while image.ndim > 3:
+            image = image[0]
+        return image, affine
+    from CalibSegLib.io import read_image
+
+    return read_image(path)
+
+
+def contributionValues(result: ModelResult, prototype: int | None = None) -> np.ndarray:
+    """A ``(Z, Y, X)`` float32 contribution map of ``result`` at its current temperature.
+
+    Without ``prototype``: the part of the winning class's logit given by its own
+    prototypes (``prototype_contribution``). With ``k``: ``w[c, k] * similarity[k]``
+    for prototype ``k`` of class ``c``.
+    """
+    current = result.current
+    if not current.is_prototype:
+        raise CalibSegError(f"Model {result.name} gives no contribution maps "
+                            "(only prototype models do).")
+    if prototype is None:
+        return np.asarray(current.prototype_contribution, dtype=np.float32)
+    k = int(prototype)
+    count = current.similarity.shape[0]
+    if not 0 <= k < count:
+        raise CalibSegError(f"Model {result.name} has no prototype {k} ({count} prototypes).")
+    c = int(current.prototype_class[k])
+    return np.float32(current.prototype_weights[c, k]) * current.similarity[k].astype(np.float32)

@@ -1,0 +1,111 @@
+"""The reliability diagram (one plot chart) and the metrics table of the shown results.
+
+The chart holds the diagonal of perfect calibration and, per model, its observed
+frequency per confidence bin (line) and the share of voxels per bin (bars), read
+from a table node of that model. The metrics table has one column per model.
+:class:`ReliabilityChart` remembers the ids of the shared nodes it created and
+removes exactly those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import slicer
+
+from CalibSegSlicer import layouts, plots
+from CalibSegSlicer.results import ModelResult, removeNode
+
+
+def columnName(result: ModelResult) -> str:
+    """Metrics table column of a result: ``"<slot>: <model name>"``."""
+    return f"{result.slot}: {result.name}"
+
+
+class ReliabilityChart:
+    """The chart, its diagonal and the metrics table of one scene (created on first use)."""
+
+    def __init__(self, scene) -> None:
+        self.scene = scene
+        self.chartNodeID: str | None = None
+        self.diagonalTableID: str | None = None
+        self.diagonalSeriesID: str | None = None
+        self.metricsTableID: str | None = None
+
+    def _sharedNodes(self):
+        scene = self.scene
+        chart = scene.GetNodeByID(self.chartNodeID or "")
+        if chart is None:
+            diagonal = plots.newDiagonalTable()
+            scene.AddNode(diagonal)
+            series = plots.newSeries("perfect calibration", diagonal, "x", "y",
+                                     (0.4, 0.4, 0.4), "diagonal")
+            scene.AddNode(series)
+            series.SetAndObserveTableNodeID(diagonal.GetID())
+            chart = plots.newChart()
+            scene.AddNode(chart)
+            chart.AddAndObservePlotSeriesNodeID(series.GetID())
+            self.chartNodeID, self.diagonalTableID = chart.GetID(), diagonal.GetID()
+            self.diagonalSeriesID = series.GetID()
+        metricsTable = scene.GetNodeByID(self.metricsTableID or "")
+        if metricsTable is None:
+            metricsTable = slicer.vtkMRMLTableNode()
+            metricsTable.SetName(plots.METRICS_TABLE)
+            scene.AddNode(metricsTable)
+            self.metricsTableID = metricsTable.GetID()
+        return chart, metricsTable
+
+    def _modelNodes(self, result: ModelResult):
+        """The reliability table of ``result`` with its two series (created on first use)."""
+        scene = self.scene
+        table = scene.GetNodeByID(result.nodeIDs.get("reliability", ""))
+        if table is not None:
+            return table
+        table = slicer.vtkMRMLTableNode()
+        table.SetName(f"CalibSeg reliability {result.name} ({result.slot})")
+        table.SetAttribute("CalibSeg.Slot", result.slot)
+        scene.AddNode(table)
+        result.nodeIDs["reliability"] = table.GetID()
+        color = plots.SERIES_COLORS.get(result.slot, (0.2, 0.2, 0.2))
+        for key, title, x, y, kind in (
+            ("observedSeries", "observed frequency", plots.CONFIDENCE, plots.OBSERVED, "line"),
+            ("countSeries", "fraction of voxels", plots.BIN_CENTRE, plots.FRACTION, "bar"),
+        ):
+            series = plots.newSeries(f"{result.slot}: {result.name} {title}", table, x, y,
+                                     color, kind)
+            series.SetAttribute("CalibSeg.Slot", result.slot)
+            scene.AddNode(series)
+            series.SetAndObserveTableNodeID(table.GetID())
+            result.nodeIDs[key] = series.GetID()
+        return table
+
+    def update(self, results: Mapping[str, ModelResult]) -> None:
+        """Draw every result that has statistics; drop series of results no longer shown."""
+        chart, metricsTable = self._sharedNodes()
+        wanted = [self.diagonalSeriesID]
+        columns, temperatures = {}, {}
+        for result in results.values():
+            if result.stats is None:
+                continue
+            table = self._modelNodes(result)
+            plots.fillColumns(table, plots.diagramArrays(result.stats.reliability_diagram()))
+            wanted += [result.nodeIDs["observedSeries"], result.nodeIDs["countSeries"]]
+            columns[columnName(result)] = plots.metricRows(result.metrics or {},
+                                                            result.classNames)
+            temperatures[columnName(result)] = result.temperature
+        present = [chart.GetNthPlotSeriesNodeID(i)
+                   for i in range(chart.GetNumberOfPlotSeriesNodes())]
+        for seriesID in present:
+            if seriesID not in wanted:
+                chart.RemovePlotSeriesNodeID(seriesID)
+        for seriesID in wanted:
+            if seriesID not in present:
+                chart.AddAndObservePlotSeriesNodeID(seriesID)
+        plots.fillMetricsTable(metricsTable, columns, temperatures)
+        layouts.plotViewNode(self.scene).SetPlotChartNodeID(chart.GetID())
+
+    def remove(self) -> None:
+        """Remove the chart, the diagonal and the metrics table from the scene."""
+        for attr in ("chartNodeID", "diagonalSeriesID", "diagonalTableID", "metricsTableID"):
+            removeNode(self.scene, self.scene.GetNodeByID(getattr(self, attr) or ""))
+            setattr(self, attr, None)
