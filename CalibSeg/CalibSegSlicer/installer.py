@@ -1,18 +1,21 @@
 """Python dependencies of CalibSeg inside 3D Slicer.
 
-One source of truth: ``Resources/requirements.txt`` (also read by
-``pyproject.toml``). Inside Slicer:
+One source of truth: ``Resources/requirements.txt`` (also read by ``pyproject.toml``).
+Inside Slicer, in this order:
 
-- ``torch`` comes from the PyTorch extension (``PyTorchUtils``), which picks a
-  build that matches the computer's GPU;
-- packages Slicer ships itself (numpy, SimpleITK, VTK, ...) are never
-  reinstalled, whatever the requirement says;
-- everything else is installed with pip after the user agrees:
-  ``slicer.packaging.pip_ensure`` on Slicer 5.12 and later (it asks and shows
-  progress itself), ``slicer.util.pip_install`` after a confirmation dialog on
-  older versions.
+1. ``torch`` comes from the PyTorch extension (``PyTorchUtils``), which picks a build that
+   matches the computer's GPU. Its installed version is read without importing it; when it
+   is missing or older than the requirement, the PyTorch extension is asked to install or
+   upgrade it (it asks the user first). pip never installs torch for CalibSeg.
+2. Packages Slicer ships itself (numpy, SimpleITK, VTK, ...) are never installed, upgraded
+   or replaced: their requirement lines are dropped, and every pip run gets a constraints
+   file pinning the installed torch and Slicer packages to their installed versions, so a
+   dependency that wants another version makes pip stop with an error instead of replacing
+   a library Slicer has loaded.
+3. The other missing packages are installed with ``slicer.util.pip_install`` after the user
+   agrees (Slicer 5.12 shows pip's progress in a dialog).
 
-The parsing and filtering functions are plain Python and tested headless.
+The parsing, version and argument functions are plain Python and tested headless.
 """
 
 from __future__ import annotations
@@ -118,58 +121,121 @@ def missingRequirements(lines: list[str], versionOf=None) -> list[str]:
     return missing
 
 
-def slicerVersion() -> tuple[int, int]:
-    import slicer
-
-    app = getattr(slicer, "app", None)
-    if app is None:
-        return (0, 0)
-    return (int(app.majorVersion), int(app.minorVersion))
+#: Never installed, upgraded or replaced by CalibSeg's pip runs (normalised names).
+PROTECTED = frozenset({TORCH} | SLICER_OWNED)
+#: pip options that could replace an installed package: never passed.
+FORBIDDEN_PIP_OPTIONS = ("--upgrade", "-U", "--force-reinstall", "--ignore-installed", "-I",
+                         "--upgrade-strategy")
 
 
-def ensureTorch(torchLine: str | None) -> bool:
-    """Make torch importable through the PyTorch extension; False when the user declined."""
+def installedVersion(name: str, versionOf=None) -> str | None:
+    """The installed version of distribution ``name`` (not imported), or None."""
+    import importlib.metadata
+
+    versionOf = versionOf or importlib.metadata.version
     try:
-        import torch  # noqa: F401
+        return versionOf(name)
+    except Exception:
+        return None
 
+
+def satisfies(version: str | None, spec: str | None) -> bool:
+    """True when ``version`` is installed and meets ``spec`` (``">=2.4"``; None: any)."""
+    if version is None:
+        return False
+    if not spec:
         return True
-    except ImportError:
-        pass
+    from packaging.specifiers import SpecifierSet
+
+    return SpecifierSet(spec).contains(version, prereleases=True)
+
+
+def constraintsText(versionOf=None, names=PROTECTED) -> str:
+    """pip constraints pinning each installed distribution of ``names`` to its version."""
+    lines = []
+    for name in sorted(names):
+        version = installedVersion(name, versionOf)
+        if version is not None:
+            lines.append(f"{name}=={version}")
+    return "\n".join(lines) + "\n"
+
+
+def pipArguments(requirements: list[str], constraintsFile: str) -> list[str]:
+    """Arguments for ``slicer.util.pip_install``: the requirements under the constraints."""
+    protected = [r for r in requirements if parseRequirements(r)[0][0] in PROTECTED]
+    if protected:
+        raise ValueError(f"CalibSeg never installs these with pip: {protected}")
+    return ["-c", constraintsFile, *requirements]
+
+
+def ensureTorch(torchLine: str | None, versionOf=None) -> bool:
+    """Make a torch meeting ``torchLine`` available through the PyTorch extension.
+
+    Returns False when the user declined. Raises ``CalibSegError`` when the PyTorch
+    extension is missing, or when torch was upgraded while an older one is loaded.
+    """
+    import sys
+
+    from CalibSegLib.errors import CalibSegError
+
+    spec = torchVersionSpec(torchLine)
+    installed = installedVersion(TORCH, versionOf)
+    if satisfies(installed, spec):
+        return True
     try:
         import PyTorchUtils
     except ImportError as exc:
-        from CalibSegLib.errors import CalibSegError
-
         raise CalibSegError(
             "CalibSeg needs the PyTorch extension: install 'PyTorch' from the Extensions "
             "Manager, restart Slicer and try again."
         ) from exc
-    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-    if torchLogic.torchInstalled():
-        return True
-    return torchLogic.installTorch(askConfirmation=True,
-                                   torchVersionRequirement=torchVersionSpec(torchLine)) is not None
+    loaded = TORCH in sys.modules
+    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+        askConfirmation=True, torchVersionRequirement=spec)
+    if torch is None:
+        return False
+    if loaded and installed is not None:
+        raise CalibSegError(f"PyTorch was upgraded from {installed}; restart Slicer to use it.")
+    return True
 
 
-def ensureDependencies(requirementsFile: str | None = None) -> bool:
+def ensureDependencies(requirementsFile: str | None = None, versionOf=None) -> bool:
     """Install what CalibSeg needs inside Slicer, asking first; True when all is there."""
+    import tempfile
+
     import slicer
+
+    from CalibSegLib.errors import CalibSegError
 
     with open(requirementsFile or requirementsPath(), encoding="utf-8") as fh:
         pip, torchLine = splitRequirements(fh.read())
-    if not ensureTorch(torchLine):
+    if not ensureTorch(torchLine, versionOf):
         return False
-    missing = missingRequirements(pip)
+    missing = missingRequirements(pip, versionOf)
     if not missing:
         return True
-    packaging = getattr(slicer, "packaging", None)
-    if slicerVersion() >= (5, 12) and packaging is not None and hasattr(packaging, "pip_ensure"):
-        packaging.pip_ensure(missing, requester="CalibSeg")
-        return not missingRequirements(pip)
     question = ("CalibSeg needs these Python packages, which are not installed yet:\n\n  "
-                + "\n  ".join(missing) + "\n\nInstall them now? This can take a few minutes.")
-    if not slicer.util.confirmOkCancelDisplay(question, "CalibSeg: install dependencies"):
+                + "\n  ".join(missing) + "\n\nInstall them now? This needs a network "
+                "connection and can take a few minutes. PyTorch, numpy and SimpleITK are "
+                "kept as they are.")
+    testing = bool(getattr(slicer.app, "testingEnabled", lambda: False)())
+    if not testing and not slicer.util.confirmOkCancelDisplay(
+            question, "CalibSeg: install Python packages"):
         return False
-    with slicer.util.WaitCursor():
-        slicer.util.pip_install(missing)
-    return not missingRequirements(pip)
+    folder = tempfile.mkdtemp(prefix="CalibSeg-pip-")
+    constraints = os.path.join(folder, "constraints.txt")
+    try:
+        with open(constraints, "w", encoding="utf-8") as fh:
+            fh.write(constraintsText(versionOf))
+        slicer.util.pip_install(pipArguments(missing, constraints))
+    except Exception as exc:
+        raise CalibSegError(
+            f"Installing {', '.join(missing)} failed ({exc}); see the Python console. "
+            "CalibSeg does not replace Slicer's PyTorch, numpy or SimpleITK: if a package "
+            "needs other versions of them, update Slicer or the PyTorch extension."
+        ) from exc
+    finally:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+    return not missingRequirements(pip, versionOf)
