@@ -6,6 +6,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/__init__.py
   CalibSegLib/calibration/__init__.py
   CalibSegLib/calibration/binning.py
+  CalibSegLib/calibration/diagram.py
   CalibSegLib/calibration/errors.py
   CalibSegLib/calibration/kernels.py
   CalibSegLib/calibration/losses.py
@@ -16,6 +17,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/cli.py
   CalibSegLib/cohort.py
   CalibSegLib/commands/__init__.py
+  CalibSegLib/commands/_checks.py
   CalibSegLib/commands/calibrate.py
   CalibSegLib/commands/compare.py
   CalibSegLib/commands/demo.py

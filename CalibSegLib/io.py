@@ -19,6 +19,61 @@ from CalibSegLib.errors import CalibSegError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+#: Formats whose (header) files are plain text.
+_TEXT_HEADER_SUFFIXES = (".nhdr", ".mhd", ".nrrd")
+#: The command-line flag that allows replacing existing outputs.
+OVERWRITE_FLAG = "--overwrite"
+
+
+def refuse_overwrite(paths, overwrite: bool = False, flag: str = OVERWRITE_FLAG) -> None:
+    """The one overwrite rule: refuse existing ``paths`` unless ``overwrite``.
+
+    Raises :class:`CalibSegError` naming the first existing path(s) and ``flag``;
+    nothing is written or removed here.
+    """
+    if overwrite:
+        return
+    existing = [os.fspath(p) for p in paths if os.path.lexists(os.fspath(p))]
+    if not existing:
+        return
+    shown = ", ".join(existing[:2])
+    more = f" and {len(existing) - 2} more" if len(existing) > 2 else ""
+    verb = "exists" if len(existing) == 1 else "exist"
+    raise CalibSegError(f"{shown}{more} already {verb}; pass {flag} to replace "
+                        f"{'it' if len(existing) == 1 else 'them'}, or choose another output.")
+
+
+def check_image_file(path: str) -> None:
+    """Refuse, without reading pixels, a missing, empty or plain-text image file.
+
+    DICOM series folders pass (they are checked when read). The message names
+    what the file is instead of the reader's internals.
+    """
+    if not os.path.exists(path):
+        raise CalibSegError(f"{path}: no such file or folder.")
+    if os.path.isdir(path):
+        return
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CalibSegError(f"{path}: the file is empty; pass an image file (NIfTI, NRRD, "
+                            "MetaImage) or a DICOM series folder.")
+    if image_suffix(path) in _TEXT_HEADER_SUFFIXES:
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head[:2] != b"\x1f\x8b" and _is_text(head):
+        raise CalibSegError(f"{path}: this is a text file, not an image; pass an image file "
+                            "(NIfTI, NRRD, MetaImage) or a DICOM series folder.")
+
+
+def _is_text(head: bytes) -> bool:
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def image_suffix(path: str) -> str:
@@ -34,8 +89,7 @@ def read_image(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Read an image file or DICOM series folder; return ``(array (Z, Y, X), affine)``."""
     import SimpleITK as sitk
 
-    if not os.path.exists(path):
-        raise CalibSegError(f"{path}: no such file or folder.")
+    check_image_file(path)
     try:
         if os.path.isdir(path):
             reader = sitk.ImageSeriesReader()
@@ -44,7 +98,8 @@ def read_image(path: str) -> tuple[np.ndarray, np.ndarray]:
         else:
             image = sitk.ReadImage(path)
     except RuntimeError as exc:
-        raise CalibSegError(f"{path}: cannot read this image ({str(exc).strip()[:200]}).") from exc
+        raise CalibSegError(f"{path}: cannot read this image ({reader_message(exc)}); pass "
+                            "a NIfTI, NRRD or MetaImage file or a DICOM series folder.") from exc
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise CalibSegError(
             f"{path}: expected a 3D single-channel image, got {image.GetDimension()}D with "
@@ -52,6 +107,25 @@ def read_image(path: str) -> tuple[np.ndarray, np.ndarray]:
         )
     array = sitk.GetArrayFromImage(image)
     return array, affine_from_sitk(image)
+
+
+def reader_message(exc: Exception) -> str:
+    """The reader's complaint without its source-file locations (``…ReaderBase.cxx:99…``)."""
+    import re
+
+    text = " ".join(str(exc).split())
+    text = re.sub(r"[^\s]*\.(?:cxx|cpp|h|hxx|txx)(?::\d+)?:?", "", text)
+    text = re.sub(r"\b(?:ITK ERROR|sitk::ERROR|Exception thrown in SimpleITK \w+)[:\s]*", "",
+                  text)
+    text = re.sub(r"\s+", " ", text).strip(" :")
+    return text[:160] or "unknown format"
+
+
+def looks_like_labels(array: np.ndarray, max_values: int = 16) -> bool:
+    """True for an integer array with at most ``max_values`` distinct values (a label map)."""
+    if array.dtype.kind not in "iub":
+        return False
+    return np.unique(array).size <= max_values
 
 
 def series_file_names(folder: str) -> list[str]:

@@ -40,8 +40,10 @@ def test_evaluate_npy_json_and_outputs(tmp_path, capsys):
     text = capsys.readouterr().out
     result = json.loads(text[: text.rindex("}") + 1])
     expected = ReliabilityStats.from_probs(p, t, 10).metrics()
-    for key in ("ece", "ace", "mce", "marginal_ece", "marginal_ace", "marginal_mce"):
+    for key in ("ece", "ace", "mce_raw", "marginal_ece", "marginal_ace", "marginal_mce_raw"):
         assert result[key] == pytest.approx(expected[key], rel=1e-9)
+    # 120 voxels: no bin reaches the minimum bin mass, so MCE is undefined (JSON null)
+    assert result["mce"] is None and np.isnan(expected["mce"])
     assert result["n_bins"] == 10 and set(result["per_class"]) == {"class 0", "class 1",
                                                                     "class 2"}
     assert set(result["dice"]) == set(result["per_class"])

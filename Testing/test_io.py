@@ -42,8 +42,38 @@ def test_errors_are_clear(tmp_path):
         write_image(str(tmp_path / "x.png"), np.zeros((2, 2, 2)), np.eye(4))
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"not an image")
-    with pytest.raises(CalibSegError, match="cannot read"):
+    with pytest.raises(CalibSegError, match="this is a text file, not an image"):
         read_image(str(bad))
+    empty = tmp_path / "empty.nii.gz"
+    empty.write_bytes(b"")
+    with pytest.raises(CalibSegError, match="the file is empty"):
+        read_image(str(empty))
+    binary = tmp_path / "noise.nii"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CalibSegError, match="cannot read this image") as info:
+        read_image(str(binary))
+    message = str(info.value)
+    assert ".cxx" not in message and "\n" not in message  # no reader internals, one line
+
+
+def test_refuse_overwrite_names_the_flag(tmp_path):
+    from CalibSegLib.io import refuse_overwrite
+
+    kept = tmp_path / "a.nii.gz"
+    kept.write_bytes(b"x")
+    refuse_overwrite([tmp_path / "new.nii.gz"])  # nothing there: fine
+    refuse_overwrite([kept], overwrite=True)
+    with pytest.raises(CalibSegError, match="already exists; pass --overwrite to replace it"):
+        refuse_overwrite([kept, tmp_path / "new.nii.gz"])
+    assert kept.read_bytes() == b"x"
+
+
+def test_looks_like_labels():
+    from CalibSegLib.io import looks_like_labels
+
+    assert looks_like_labels(np.array([[0, 1], [2, 1]], dtype=np.int16))
+    assert not looks_like_labels(np.arange(100, dtype=np.int16))
+    assert not looks_like_labels(np.array([0.0, 1.0]))
 
 
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch):

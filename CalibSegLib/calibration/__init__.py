@@ -4,6 +4,13 @@ ACE here is the *Average* Calibration Error (mean gap over non-empty bins).
 """
 
 from CalibSegLib.calibration.binning import bin_centres, bin_edges, bin_index
+from CalibSegLib.calibration.diagram import (
+    MIN_BIN_COUNT,
+    MIN_BIN_FRACTION,
+    DiagramBins,
+    maximum_calibration_error,
+    reliable_bins,
+)
 from CalibSegLib.calibration.errors import compute_calibration_errors, compute_dice
 from CalibSegLib.calibration.losses import (
     DiceCEL1ACELoss,
@@ -29,7 +36,8 @@ from CalibSegLib.calibration.temperature import (
 )
 
 __all__ = [
-    "DiceCEL1ACELoss", "HardL1ACELoss", "ReliabilityMetric", "ReliabilityStats",
+    "MIN_BIN_COUNT", "MIN_BIN_FRACTION", "DiagramBins", "maximum_calibration_error",
+    "reliable_bins", "DiceCEL1ACELoss", "HardL1ACELoss", "ReliabilityMetric", "ReliabilityStats",
     "SoftL1ACELoss", "apply_temperature_to_logits", "bin_centres", "bin_edges", "bin_index",
     "compute_calibration_errors", "compute_dice", "compute_reliability_stats",
     "default_temperature_grid", "fit_temperature", "fit_temperature_from_grid",

@@ -11,10 +11,13 @@ import os
 
 import numpy as np
 
+from CalibSegLib.calibration.diagram import DiagramBins
 from CalibSegLib.calibration.stats import ReliabilityStats
 from CalibSegLib.errors import CalibSegError
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+#: Colour of bins below the minimum bin mass.
+_SPARSE = "0.65"
 
 
 def _models(stats_or_models) -> list[tuple[str, ReliabilityStats]]:
@@ -38,54 +41,85 @@ def _save(fig, path: str | None) -> None:
         fig.savefig(tmp, format=fmt, dpi=110, bbox_inches="tight")
 
 
+def metric_text(d: DiagramBins) -> str:
+    """``ECE … · ACE … · MCE … (raw …)`` of one diagram, as shown in legends and tables."""
+    raw = "" if d.mce_raw == d.mce or np.isnan(d.mce_raw) else f" (raw {d.mce_raw:.3f})"
+    mce = "–" if np.isnan(d.mce) else f"{d.mce:.3f}"
+    return f"ECE {d.ece:.3f} · ACE {d.ace:.3f} · MCE {mce}{raw}"
+
+
 def plot_reliability_diagram(stats_or_models, class_index: int | None = None, *,
                              title: str | None = None, path: str | None = None):
     """Reliability diagram of one or several models (overlaid), with bin counts below.
 
     One model: bars of observed frequency per bin, the gap to the mean confidence
     as hatched bars, the diagonal. Several: one line per model. Empty bins are
-    left out (never drawn as zero). The counts panel uses a log axis when counts
-    span more than 100×. ECE/ACE/MCE (ACE = Average Calibration Error) are in the
-    legend. Returns the Figure; writes it to ``path`` (PNG/SVG/PDF) when given.
+    left out (never drawn as zero). Bins below the minimum bin mass
+    (:mod:`CalibSegLib.calibration.diagram`) are drawn in grey, apart from the
+    curve, with their voxel count written next to them, and do not enter MCE
+    (the raw MCE over every bin is shown alongside when it differs). The counts
+    panel shows every non-empty bin (grey below the threshold, dotted line at the
+    threshold) on a log axis when counts span more than 100×. Returns the Figure;
+    writes it to ``path`` (PNG/SVG/PDF) when given.
     """
     from matplotlib.figure import Figure
 
     models = _models(stats_or_models)
-    fig = Figure(figsize=(5.2, 5.6))
-    ax, ax_n = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig = Figure(figsize=(5.4, 5.9))
+    ax, ax_n = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.2]})
     ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfect calibration")
     all_counts = []
     width = 1.0 / models[0][1].n_bins
+    any_sparse = False
+    thresholds = set()
     for n, (label, stats) in enumerate(models):
-        d = stats.reliability_diagram(class_index)
+        d = stats.diagram_bins(class_index)
         color = _COLORS[n % len(_COLORS)]
-        filled = d["counts"] > 0
-        text = f"{label}: ECE {d['ece']:.3f} · ACE {d['ace']:.3f} · MCE {d['mce']:.3f}"
+        ok, sparse = d.reliable, d.sparse
+        any_sparse |= bool(sparse.any())
+        thresholds.add(d.min_count)
+        text = f"{label}: {metric_text(d)}"
         if len(models) == 1:
-            ax.bar(d["bin_centres"][filled], d["observed_frequency"][filled], width=width,
-                   color=color, alpha=0.75, edgecolor="white", label=f"observed — {text}")
-            ax.bar(d["bin_centres"][filled], d["gap"][filled],
-                   bottom=d["observed_frequency"][filled], width=width, fill=False,
+            ax.bar(d.centres[ok], d.accuracy[ok], width=width, color=color, alpha=0.75,
+                   edgecolor="white", label=f"observed — {text}")
+            ax.bar(d.centres[ok], d.gap[ok], bottom=d.accuracy[ok], width=width, fill=False,
                    edgecolor="#d62728", hatch="//", lw=0.8, label="gap to confidence")
+            ax.bar(d.centres[sparse], d.accuracy[sparse], width=width, color=_SPARSE,
+                   alpha=0.5, edgecolor="white")
         else:
-            ax.plot(d["mean_confidence"][filled], d["observed_frequency"][filled], marker="o",
-                    ms=3.5, color=color, label=text)
-        ax_n.step(d["bin_edges"][:-1][filled] + width / 2, d["counts"][filled], where="mid",
-                  color=color, lw=1.2)
-        ax_n.plot(d["bin_centres"][filled], d["counts"][filled], "o", ms=2.5, color=color)
-        all_counts.append(d["counts"][filled])
+            ax.plot(d.confidence[ok], d.accuracy[ok], marker="o", ms=3.5, color=color,
+                    label=text)
+            ax.plot(d.confidence[sparse], d.accuracy[sparse], ls="none", marker="o", ms=4,
+                    mfc="none", color=_SPARSE)
+        for k in np.flatnonzero(sparse):
+            x = d.centres[k] if len(models) == 1 else d.confidence[k]
+            ax.annotate(f"n={d.count[k]}", (x, d.accuracy[k]), xytext=(0, 4 + 7 * n),
+                        textcoords="offset points", ha="center", fontsize=6, color="0.35")
+        ax_n.bar(d.centres[ok] + (n - (len(models) - 1) / 2) * width / len(models),
+                 d.count[ok], width=width / len(models), color=color, alpha=0.8)
+        ax_n.bar(d.centres[sparse] + (n - (len(models) - 1) / 2) * width / len(models),
+                 d.count[sparse], width=width / len(models), color=_SPARSE, alpha=0.8)
+        all_counts.append(d.count[d.filled])
+    if any_sparse:
+        ax.plot([], [], ls="none", marker="s", color=_SPARSE,
+                label="too few voxels: greyed out, not in MCE")
     counts = np.concatenate(all_counts) if all_counts else np.zeros(0)
     if counts.size and counts.min() > 0 and counts.max() / counts.min() > 100:
         ax_n.set_yscale("log")
+    for threshold in sorted(thresholds):
+        ax_n.axhline(threshold, color="0.4", ls=":", lw=0.8)
+    if len(thresholds) == 1:
+        ax_n.annotate(f"minimum bin mass {thresholds.pop()} voxels", (0.01, 1.0),
+                      xycoords="axes fraction", va="top", fontsize=6, color="0.35")
     which = "top-label" if class_index is None else (
         f"class '{models[0][1].names()[int(class_index)]}' (one-vs-rest)")
     ax.set_title(title or f"Reliability diagram, {which}", fontsize=10)
     ax.set_ylabel("observed frequency")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=6.5, loc="upper left")
     ax_n.set_xlabel("confidence (predicted probability)")
-    ax_n.set_ylabel("voxels")
+    ax_n.set_ylabel("voxels per bin")
     fig.tight_layout()
     _save(fig, path)
     return fig

@@ -17,6 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from CalibSegLib.calibration.binning import bin_centres, bin_edges, check_n_bins
+from CalibSegLib.calibration.diagram import (
+    MIN_BIN_COUNT,
+    MIN_BIN_FRACTION,
+    DiagramBins,
+    diagram_bins,
+    maximum_calibration_error,
+)
 from CalibSegLib.calibration.errors import bin_means, compute_calibration_errors, compute_dice
 from CalibSegLib.calibration.kernels import Accumulators, accumulate_numba, accumulate_torch
 from CalibSegLib.errors import CalibSegError
@@ -246,7 +253,8 @@ class ReliabilityStats:
 
     # ------------------------------------------------------------------ metrics
     def metrics(self, reduction: str = "macro", include_background: bool = False,
-                ignore_empty_classes: bool = True) -> dict:
+                ignore_empty_classes: bool = True, min_bin_fraction: float = MIN_BIN_FRACTION,
+                min_bin_count: int = MIN_BIN_COUNT) -> dict:
         """Calibration and overlap metrics.
 
         Parameters
@@ -260,49 +268,67 @@ class ReliabilityStats:
         ignore_empty_classes
             Classes absent from an image's reference get no marginal calibration
             error for that image (excluded from the means) instead of a one-sided one.
+        min_bin_fraction, min_bin_count
+            The minimum-bin-mass rule (:mod:`CalibSegLib.calibration.diagram`): MCE
+            is taken over bins holding at least this share of the diagram's voxels
+            and at least this many voxels; ``*mce_raw`` over every non-empty bin.
+            ``0, 0`` gives the classic MCE.
 
         Returns
         -------
         dict
             ``ece``, ``ace``, ``mce`` (top label), ``marginal_ece``, ``marginal_ace``,
-            ``marginal_mce`` (mean over classes), ``per_class`` {name: {ece, ace, mce,
-            dice}}, ``dice`` {name: value}, ``mean_dice``, ``nll``, ``brier``, the same
-            ``soft_*`` against a soft reference when present, and ``n_bins``,
-            ``reduction``, ``include_background``, ``n_images``, ``n_voxels``.
-            ACE is the *Average* Calibration Error.
+            ``marginal_mce`` (mean over classes), each MCE also as ``*_mce_raw``,
+            ``per_class`` {name: {ece, ace, mce, mce_raw, dice}}, ``dice`` {name: value},
+            ``mean_dice``, ``nll``, ``brier``, the same ``soft_*`` against a soft
+            reference when present, and ``n_bins``, ``reduction``,
+            ``include_background``, ``min_bin_fraction``, ``min_bin_count``,
+            ``n_images``, ``n_voxels``. ACE is the *Average* Calibration Error.
         """
         if reduction not in ("macro", "micro"):
             raise CalibSegError(f"reduction must be 'macro' or 'micro', got {reduction!r}.")
         stats = self if reduction == "macro" else self.pooled()
         names = self.names()
         first = 0 if include_background else 1
+        rule = {"min_fraction": float(min_bin_fraction), "min_count": int(min_bin_count)}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            ece_c, ace_c, mce_c = compute_calibration_errors(stats.count, stats.sum_p, stats.sum_y)
+            ece_c, ace_c, _ = compute_calibration_errors(stats.count, stats.sum_p, stats.sum_y)
+            mce_c, raw_c = maximum_calibration_error(stats.count, stats.sum_p, stats.sum_y,
+                                                     **rule)
             if ignore_empty_classes:
                 absent = stats.reference == 0
-                ece_c, ace_c, mce_c = (np.where(absent, np.nan, a) for a in (ece_c, ace_c, mce_c))
-            ece_t, ace_t, mce_t = compute_calibration_errors(
+                ece_c, ace_c, mce_c, raw_c = (np.where(absent, np.nan, a)
+                                              for a in (ece_c, ace_c, mce_c, raw_c))
+            ece_t, ace_t, _ = compute_calibration_errors(
                 stats.top_count, stats.top_sum_p, stats.top_sum_y)
+            mce_t, raw_t = maximum_calibration_error(stats.top_count, stats.top_sum_p,
+                                                     stats.top_sum_y, **rule)
             dice_c = compute_dice(stats.intersection, stats.predicted, stats.reference)
             per_class_mean = {k: np.nanmean(v, axis=0) for k, v in
-                              (("ece", ece_c), ("ace", ace_c), ("mce", mce_c), ("dice", dice_c))}
+                              (("ece", ece_c), ("ace", ace_c), ("mce", mce_c),
+                               ("mce_raw", raw_c), ("dice", dice_c))}
             n = np.maximum(stats.n_voxels, 1)
             out: dict = {
                 "reduction": reduction,
                 "include_background": bool(include_background),
                 "ignore_empty_classes": bool(ignore_empty_classes),
                 "n_bins": self.n_bins,
+                "min_bin_fraction": rule["min_fraction"],
+                "min_bin_count": rule["min_count"],
                 "n_images": self.num_images,
                 "n_voxels": int(self.n_voxels.sum()),
                 "ece": _f(np.nanmean(ece_t)),
                 "ace": _f(np.nanmean(ace_t)),
                 "mce": _f(np.nanmean(mce_t)),
+                "mce_raw": _f(np.nanmean(raw_t)),
                 "marginal_ece": _f(np.nanmean(per_class_mean["ece"][first:])),
                 "marginal_ace": _f(np.nanmean(per_class_mean["ace"][first:])),
                 "marginal_mce": _f(np.nanmean(per_class_mean["mce"][first:])),
+                "marginal_mce_raw": _f(np.nanmean(per_class_mean["mce_raw"][first:])),
                 "per_class": {
-                    name: {k: _f(per_class_mean[k][c]) for k in ("ece", "ace", "mce", "dice")}
+                    name: {k: _f(per_class_mean[k][c])
+                           for k in ("ece", "ace", "mce", "mce_raw", "dice")}
                     for c, name in enumerate(names)
                 },
                 "dice": {name: _f(per_class_mean["dice"][c]) for c, name in enumerate(names)},
@@ -311,23 +337,31 @@ class ReliabilityStats:
                 "brier": _f(np.nanmean(stats.brier_sum / n)),
             }
             if self.has_soft_reference:
-                s_ece, s_ace, s_mce = compute_calibration_errors(stats.count, stats.sum_p,
-                                                                 stats.soft_y)
-                t_ece, t_ace, t_mce = compute_calibration_errors(
+                s_ece, s_ace, _ = compute_calibration_errors(stats.count, stats.sum_p,
+                                                             stats.soft_y)
+                s_mce, s_raw = maximum_calibration_error(stats.count, stats.sum_p,
+                                                         stats.soft_y, **rule)
+                t_ece, t_ace, _ = compute_calibration_errors(
                     stats.top_count, stats.top_sum_p, stats.top_soft_y)
+                t_mce, t_raw = maximum_calibration_error(stats.top_count, stats.top_sum_p,
+                                                         stats.top_soft_y, **rule)
                 soft_class = {k: np.nanmean(v, axis=0) for k, v in
-                              (("ece", s_ece), ("ace", s_ace), ("mce", s_mce))}
+                              (("ece", s_ece), ("ace", s_ace), ("mce", s_mce),
+                               ("mce_raw", s_raw))}
                 out.update({
                     "soft_ece": _f(np.nanmean(t_ece)),
                     "soft_ace": _f(np.nanmean(t_ace)),
                     "soft_mce": _f(np.nanmean(t_mce)),
+                    "soft_mce_raw": _f(np.nanmean(t_raw)),
                     "soft_marginal_ece": _f(np.nanmean(soft_class["ece"][first:])),
                     "soft_marginal_ace": _f(np.nanmean(soft_class["ace"][first:])),
                     "soft_marginal_mce": _f(np.nanmean(soft_class["mce"][first:])),
+                    "soft_marginal_mce_raw": _f(np.nanmean(soft_class["mce_raw"][first:])),
                 })
                 for c, name in enumerate(names):
                     out["per_class"][name].update(
-                        {f"soft_{k}": _f(soft_class[k][c]) for k in ("ece", "ace", "mce")})
+                        {f"soft_{k}": _f(soft_class[k][c])
+                         for k in ("ece", "ace", "mce", "mce_raw")})
         return out
 
     def per_image_metrics(self, include_background: bool = False,
@@ -340,33 +374,48 @@ class ReliabilityStats:
         return rows
 
     # ------------------------------------------------------------------ diagrams
-    def reliability_diagram(self, class_index: int | None = None) -> dict:
-        """Reliability-diagram data pooled over images.
+    def diagram_bins(self, class_index: int | None = None,
+                     min_bin_fraction: float = MIN_BIN_FRACTION,
+                     min_bin_count: int = MIN_BIN_COUNT) -> DiagramBins:
+        """Per-bin data of a reliability diagram pooled over images (the one to draw).
 
         ``class_index=None`` gives the top-label diagram, an index the marginal
-        (one-vs-rest) diagram of that class. Empty bins have NaN means and gap
-        (they are skipped when drawing, never shown as zero).
+        (one-vs-rest) diagram of that class. Per bin: mean confidence, observed
+        frequency (``accuracy``; NaN in empty bins), voxel count and whether the
+        bin is ``reliable`` under the minimum-bin-mass rule (draw the others greyed
+        out with their count); ``mce`` over reliable bins, ``mce_raw`` over all.
         """
         pooled = self.pooled()
         if class_index is None:
             count, sum_p, sum_y = pooled.top_count[0], pooled.top_sum_p[0], pooled.top_sum_y[0]
+            label = "top label"
         else:
             if not 0 <= int(class_index) < self.num_classes:
                 raise CalibSegError(
                     f"class_index {class_index} is out of range for {self.num_classes} classes.")
             c = int(class_index)
             count, sum_p, sum_y = pooled.count[0, c], pooled.sum_p[0, c], pooled.sum_y[0, c]
-        mean_p, mean_y = bin_means(count, sum_p, sum_y)
-        ece, ace, mce = compute_calibration_errors(count, sum_p, sum_y)
+            label = self.names()[c]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ece, ace, _ = compute_calibration_errors(count, sum_p, sum_y)
+        return diagram_bins(count, sum_p, sum_y, bin_edges(self.n_bins), bin_centres(self.n_bins),
+                            label, ece, ace, min_bin_fraction, min_bin_count)
+
+    def reliability_diagram(self, class_index: int | None = None) -> dict:
+        """:meth:`diagram_bins` as a plain dict (the older form).
+
+        Keys: ``bin_edges``, ``bin_centres``, ``mean_confidence``,
+        ``observed_frequency``, ``gap``, ``counts``, ``reliable``, ``ece``, ``ace``,
+        ``mce``, ``mce_raw``, ``min_count``, ``class``. Empty bins have NaN means and
+        gap (skipped when drawing, never shown as zero).
+        """
+        d = self.diagram_bins(class_index)
         return {
-            "bin_edges": bin_edges(self.n_bins).astype(np.float64),
-            "bin_centres": bin_centres(self.n_bins),
-            "mean_confidence": mean_p,
-            "observed_frequency": mean_y,
-            "gap": mean_p - mean_y,
-            "counts": count.astype(np.int64),
-            "ece": _f(ece), "ace": _f(ace), "mce": _f(mce),
-            "class": "top label" if class_index is None else self.names()[int(class_index)],
+            "bin_edges": d.edges, "bin_centres": d.centres, "mean_confidence": d.confidence,
+            "observed_frequency": d.accuracy, "gap": d.gap, "counts": d.count,
+            "reliable": d.reliable, "ece": d.ece, "ace": d.ace, "mce": d.mce,
+            "mce_raw": d.mce_raw, "min_count": d.min_count, "class": d.label,
         }
 
     def dataset_reliability_histogram(self, class_index: int | None = None) -> np.ndarray:
