@@ -1,8 +1,11 @@
 """Self-test of the CalibSeg module inside 3D Slicer (Reload and Test, or ctest).
 
-Runs the whole path on the embedded sample case with a tiny untrained model:
-background process inference, nodes, overlays, reliability diagram, temperature
-change, comparison layout and a bad reference.
+Runs the path a user takes on the shipped sample case ("Download sample" in the SampleData
+module) with a tiny untrained model: background process inference, nodes, overlays,
+reliability diagram against the sample's tissue segmentation, temperature change,
+comparison layout and a bad reference. Before that, :mod:`CalibSegSlicer.selftestsetup`
+decides whether the dependencies are there, are installed first, or the test is skipped
+(build machines without network).
 """
 
 from __future__ import annotations
@@ -15,37 +18,46 @@ import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
 from CalibSegLib.errors import CalibSegError
-from CalibSegSlicer import arrays
+from CalibSegSlicer import arrays, installer, selftestsetup
 
 
 class CalibSegTest(ScriptedLoadableModuleTest):
-    """Slicer's test runner calls :meth:`runTest`."""
+    """Slicer's test runner calls :meth:`runTest` (GUI) or the ``test_*`` methods (ctest)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
+        preparation = selftestsetup.currentPlan()
+        if preparation.action == "fail":
+            self.fail(preparation.reason)
+        if preparation.action == "skip":
+            self.skipTest(preparation.reason)
+        if preparation.action == "install":
+            self.delayDisplay(preparation.reason)
+            if not installer.ensureDependencies():
+                self.skipTest("CalibSeg self-test skipped: the dependencies were not installed.")
 
     def runTest(self):
         self.setUp()
         self.test_CalibSegWholePath()
 
     def test_CalibSegWholePath(self):
-        from CalibSegLib.data import sample_case
+        import SampleData
+
+        from CalibSegLib.data.sample import MNI_CLASS_NAMES
         from CalibSegLib.models.testing import tiny_model
-        from CalibSegSlicer import plots
-        from CalibSegSlicer.logic import CalibSegLogic, loadModel
+        from CalibSegSlicer import plots, sampledata
+        from CalibSegSlicer.catalog import loadModel
+        from CalibSegSlicer.logic import CalibSegLogic
         from CalibSegSlicer.process import InferenceJob, loadPrediction
 
-        self.delayDisplay("Loading the sample case")
-        case = sample_case("mni-t1", resolution_mm=4.0)
-        volume = arrays.newVolumeNode(case.image, case.affine, "mni-t1")
-        slicer.mrmlScene.AddNode(volume)
-        volume.CreateDefaultDisplayNodes()
-        reference = arrays.newVolumeNode(case.labels.astype(np.int16), case.affine, "reference",
-                                         "vtkMRMLLabelMapVolumeNode")
-        slicer.mrmlScene.AddNode(reference)
-        reference.CreateDefaultDisplayNodes()
+        self.delayDisplay("Loading the sample case through the SampleData module")
+        self.assertTrue(sampledata.registerSampleData())
+        volume, segmentation = SampleData.SampleDataLogic().downloadSamples(sampledata.SAMPLE_NAME)
+        self.assertTrue(volume.IsA("vtkMRMLScalarVolumeNode"))
+        self.assertTrue(segmentation.IsA("vtkMRMLSegmentationNode"))
+        self.assertEqual(volume.GetName(), sampledata.VOLUME_NODE_NAME)
         folder = tiny_model(os.path.join(tempfile.mkdtemp(prefix="CalibSegTest-"), "tiny"),
-                            head="prototype", class_names=list(case.class_names))
+                            head="prototype", class_names=list(MNI_CLASS_NAMES))
 
         self.delayDisplay("Inference in a background process")
         logic = CalibSegLogic(slicer.mrmlScene)
@@ -61,16 +73,15 @@ class CalibSegTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Showing results")
         before = arrays.arrayFromNode(volume)[0].copy()
-        logic.addPrediction(volume, loadModel(folder), prediction, slot="A", folder=folder)
-        logic.addPrediction(volume, loadModel(folder), prediction, slot="B", folder=folder)
+        logic.addPrediction(volume, loadModel(folder), prediction, slot="A")
+        logic.addPrediction(volume, loadModel(folder), prediction, slot="B")
         confidence = logic.node("A", "confidence")
-        np.testing.assert_allclose(arrays.affineFromNode(confidence), case.affine)
+        np.testing.assert_allclose(arrays.affineFromNode(confidence), affine)
         np.testing.assert_array_equal(arrays.arrayFromNode(volume)[0], before)
 
-        self.delayDisplay("Reliability diagram and temperature")
-        logic.setReference(reference)
-        chart = slicer.mrmlScene.GetNodeByID(logic.chartNodeID)
-        self.assertEqual(chart.GetNumberOfPlotSeriesNodes(), 5)
+        self.delayDisplay("Reliability diagram against the sample's segmentation, temperature")
+        logic.setReference(segmentation)
+        self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(logic.chartNodeID))
         ids = dict(logic.results["A"].nodeIDs)
         logic.setTemperature(2.0)
         self.assertEqual(ids["confidence"], logic.results["A"].nodeIDs["confidence"])
@@ -83,8 +94,8 @@ class CalibSegTest(ScriptedLoadableModuleTest):
         logic.showLayout(compare=False)
 
         self.delayDisplay("A bad reference is refused without leaving nodes behind")
-        bad = arrays.newVolumeNode(case.labels.astype(np.int16) + 5, case.affine, "bad",
-                                   "vtkMRMLLabelMapVolumeNode")
+        labels = np.zeros(image.shape, np.int16) + 5
+        bad = arrays.newVolumeNode(labels, affine, "bad", "vtkMRMLLabelMapVolumeNode")
         slicer.mrmlScene.AddNode(bad)
         count = slicer.mrmlScene.GetNumberOfNodes()
         with self.assertRaises(CalibSegError):
