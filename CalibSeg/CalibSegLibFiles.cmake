@@ -29,6 +29,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/commands/report.py
   CalibSegLib/commands/sample_data.py
   CalibSegLib/commands/train.py
+  CalibSegLib/commands/view.py
   CalibSegLib/data/__init__.py
   CalibSegLib/data/sample.py
   CalibSegLib/data/shift.py
