@@ -225,7 +225,7 @@ def test_reliability_diagram_and_metrics_equal_the_library(setup):
     reference = reference_node(scene)
     logic.setReference(reference)
     chart = scene.GetNodeByID(logic.chartNodeID)
-    assert chart.GetNumberOfPlotSeriesNodes() == 5  # diagonal + 2 per model
+    assert chart.GetNumberOfPlotSeriesNodes() == 7  # diagonal + 3 per model
     labels = case4().labels.astype(np.int64)
     for slot, temperature in (("A", None), ("B", None), ("A", 1.8)):
         if temperature is not None:
@@ -234,10 +234,14 @@ def test_reliability_diagram_and_metrics_equal_the_library(setup):
             assert logic.results[slot].nodeIDs == ids
         result = logic.results[slot]
         stats = ReliabilityStats.from_probs(result.current.probs, labels, n_bins=20)
-        expected = plots.diagramArrays(stats.reliability_diagram())
+        bins = stats.diagram_bins()
         table = scene.GetNodeByID(result.nodeIDs["reliability"])
-        for column in (plots.CONFIDENCE, plots.OBSERVED, plots.COUNT, plots.FRACTION):
-            np.testing.assert_allclose(plots.readColumn(table, column), expected[column],
+        expected = {plots.CONFIDENCE: bins.confidence, plots.COUNT: bins.count,
+                    plots.FRACTION: bins.count / bins.count.sum(),
+                    plots.OBSERVED: np.where(bins.reliable, bins.accuracy, np.nan),
+                    plots.OBSERVED_LIGHT: np.where(bins.sparse, bins.accuracy, np.nan)}
+        for column, values in expected.items():
+            np.testing.assert_allclose(plots.readColumn(table, column), values,
                                        rtol=1e-9, equal_nan=True, err_msg=column)
         series = scene.GetNodeByID(result.nodeIDs["observedSeries"])
         assert series.GetTableNodeID() == table.GetID()
@@ -246,7 +250,8 @@ def test_reliability_diagram_and_metrics_equal_the_library(setup):
         metrics = stats.metrics()
         values = plots.readMetricsTable(scene.GetNodeByID(logic.metricsTableID))
         column = values[logic.columnName(slot)]
-        for label, key in (("ACE", "ace"), ("ECE", "ece"), ("MCE", "mce")):
+        for label, key in (("ACE", "ace"), ("ECE", "ece"), ("MCE", "mce"),
+                           ("MCE (all bins)", "mce_raw")):
             assert column[label] == pytest.approx(metrics[key], rel=1e-9, abs=1e-12)
         for label, value in plots.metricRows(metrics, result.classNames):
             if label.startswith("Dice"):
@@ -438,12 +443,33 @@ def test_clear_removes_every_created_node(scene):
 
 
 # ------------------------------------------------------------------------------------ helpers
-def test_plot_helpers_normalise_library_output():
-    diagram = {"bin_centers": [0.25, 0.75], "mean_confidence": [0.3, np.nan],
-               "observed_frequency": [0.2, np.nan], "counts": [4, 0]}
-    cols = plots.diagramArrays(diagram)
-    np.testing.assert_allclose(cols[plots.FRACTION], [1.0, 0.0])
-    assert np.isnan(cols[plots.OBSERVED][1])
+def test_light_bins_are_greyed_with_their_count_and_left_out_of_mce():
+    """5 voxels near confidence 0.55 among 2000 near 0.95: that bin is below the minimum mass."""
+    from CalibSegLib.calibration import ReliabilityStats
+
+    rng = np.random.default_rng(0)
+    n_big, n_small = 2000, 5
+    top = np.concatenate([np.full(n_big, 0.95), np.full(n_small, 0.55)])
+    probs = np.stack([top, 1 - top]).astype(np.float32).reshape(2, 1, 1, -1)
+    target = np.where(rng.random(top.size) < top, 0, 1).reshape(1, 1, -1)
+    target[..., n_big:] = 1  # the light bin is all wrong: a large gap MCE must not see
+    bins = ReliabilityStats.from_probs(probs, target, n_bins=20).diagram_bins()
+    light = int(np.flatnonzero(bins.sparse)[0])
+    heavy = int(np.flatnonzero(bins.reliable)[0])
+    assert bins.count[light] == n_small and bins.count[heavy] == n_big
+    cols = plots.diagramArrays(bins)
+    assert np.isnan(cols[plots.OBSERVED][light]) and cols[plots.OBSERVED_LIGHT][light] == 0.0
+    assert np.isnan(cols[plots.OBSERVED_LIGHT][heavy])
+    assert cols[plots.OBSERVED][heavy] == pytest.approx(bins.accuracy[heavy])
+    assert cols[plots.RELIABLE][light] == 0.0 and cols[plots.RELIABLE][heavy] == 1.0
+    np.testing.assert_allclose(cols[plots.FRACTION].sum(), 1.0)
+    labels = plots.pointLabels(bins)
+    assert labels[light] == f"n={n_small} (< {bins.min_count}: not in MCE)"
+    assert labels[heavy] == f"n={n_big}"
+    assert bins.mce < 0.5 < bins.mce_raw  # the light bin's gap of 0.55 only in the raw MCE
+
+
+def test_metric_rows():
     rows = dict(plots.metricRows({"ace": 0.1, "ece": 0.2, "mce": 0.3,
                                   "dice": {"a": 0.9, "b": 0.8}}, ["a", "b"]))
     assert rows == {"ACE": 0.1, "ECE": 0.2, "MCE": 0.3, "Dice a": 0.9, "Dice b": 0.8}

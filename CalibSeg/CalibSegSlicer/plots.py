@@ -1,12 +1,16 @@
 """Reliability diagram (plot chart) and metrics table nodes.
 
 One chart shows, for each model, the observed frequency of the predicted class
-against the mean confidence of each confidence bin (a line), the share of voxels
+against the mean confidence of each confidence bin (a line over the bins with
+enough voxels), the bins with too few voxels as grey points labelled with their
+count (left out of MCE: the library's minimum-bin-mass rule), the share of voxels
 in each bin (bars), and the diagonal of perfect calibration. A table node holds
-ACE, ECE, MCE, Dice per class and the other scores, one column per model.
+ACE, ECE, MCE (and MCE over every bin), Dice per class and the other scores, one
+column per model.
 
-Values come straight from :class:`CalibSegLib.calibration.ReliabilityStats`; the
-functions here only copy them into VTK tables.
+Values come straight from :class:`CalibSegLib.calibration.DiagramBins` and the
+metrics of :class:`~CalibSegLib.calibration.ReliabilityStats`; the functions here
+only copy them into VTK tables.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import numpy as np
 import slicer
 import vtk
 
+from CalibSegLib.calibration import DiagramBins
+
 CHART_NAME = "CalibSeg reliability diagram"
 DIAGONAL_TABLE = "CalibSeg reliability diagonal"
 METRICS_TABLE = "CalibSeg metrics"
@@ -24,44 +30,55 @@ METRICS_TABLE = "CalibSeg metrics"
 #: Column names of a model's reliability table (one row per confidence bin).
 BIN_CENTRE, CONFIDENCE, OBSERVED, FRACTION, COUNT = (
     "bin centre", "mean confidence", "observed frequency", "fraction of voxels", "count")
+#: Observed frequency of the bins with too few voxels (NaN elsewhere), and point labels.
+OBSERVED_LIGHT, RELIABLE, LABEL = "observed frequency (few voxels)", "reliable", "label"
+#: Colour of the bins with too few voxels.
+LIGHT_COLOR = (0.6, 0.6, 0.6)
 
 #: Line colours of models A and B (bars use the same colour, lighter).
 SERIES_COLORS = {"A": (0.85, 0.30, 0.10), "B": (0.15, 0.45, 0.80)}
 
 #: Metric rows: (row label, key in the metrics dict); Dice rows are added per class.
 METRIC_ROWS = [
-    ("ACE", "ace"), ("ECE", "ece"), ("MCE", "mce"),
+    ("ACE", "ace"), ("ECE", "ece"), ("MCE", "mce"), ("MCE (all bins)", "mce_raw"),
     ("marginal ACE", "marginal_ace"), ("marginal ECE", "marginal_ece"),
     ("marginal MCE", "marginal_mce"), ("NLL", "nll"), ("Brier", "brier"),
 ]
 
 
-def diagramArrays(diagram: dict) -> dict[str, np.ndarray]:
-    """Normalise a ``reliability_diagram()`` dict to the four columns of the table.
+def diagramArrays(bins: DiagramBins) -> dict[str, np.ndarray]:
+    """The columns of a model's reliability table from the library's diagram bins.
 
-    Accepts the library's key names (and a few spellings of them) and returns
-    float64 arrays ``{BIN_CENTRE, CONFIDENCE, OBSERVED, COUNT, FRACTION}``.
+    float64 ``(B,)`` arrays: bin centre, mean confidence, observed frequency of the
+    reliable bins (NaN elsewhere, so the line skips them), observed frequency of the
+    non-empty bins with too few voxels (NaN elsewhere), count, fraction, reliable (1/0).
     """
-
-    def pick(*candidates):
-        for key in candidates:
-            if key in diagram:
-                return np.asarray(diagram[key], dtype=np.float64).ravel()
-        raise KeyError(f"reliability diagram lacks one of {candidates}; has {sorted(diagram)}")
-
-    centres = pick("bin_centers", "bin_centres", "centers", "centres", "bin_center")
-    confidence = pick("mean_confidence", "confidence", "avg_confidence", "conf")
-    observed = pick("observed_frequency", "frequency", "accuracy", "observed", "acc")
-    counts = pick("counts", "count", "bin_counts")
-    total = float(np.sum(counts))
-    fraction = counts / total if total > 0 else np.zeros_like(counts)
-    return {BIN_CENTRE: centres, CONFIDENCE: confidence, OBSERVED: observed,
-            COUNT: counts, FRACTION: fraction}
+    observed = np.where(bins.reliable, bins.accuracy, np.nan)
+    light = np.where(bins.sparse, bins.accuracy, np.nan)
+    return {BIN_CENTRE: np.asarray(bins.centres, np.float64),
+            CONFIDENCE: np.asarray(bins.confidence, np.float64),
+            OBSERVED: observed.astype(np.float64), OBSERVED_LIGHT: light.astype(np.float64),
+            COUNT: bins.count.astype(np.float64), FRACTION: bins.fraction.astype(np.float64),
+            RELIABLE: bins.reliable.astype(np.float64)}
 
 
-def fillColumns(tableNode, columns: dict[str, np.ndarray]) -> None:
-    """Replace a table node's content with float columns (same length each)."""
+def pointLabels(bins: DiagramBins) -> list[str]:
+    """One label per bin: its voxel count, marked when below the minimum mass."""
+    return [f"n={int(n)}" + (f" (< {bins.min_count}: not in MCE)" if sparse else "")
+            for n, sparse in zip(bins.count, bins.sparse)]
+
+
+def fillColumns(tableNode, columns: dict[str, np.ndarray], labels: list[str] | None = None
+                ) -> None:
+    """Replace a table node's content with float columns (same length each) and, when
+    given, a string column :data:`LABEL`."""
     table = vtk.vtkTable()
+    if labels is not None:
+        text = vtk.vtkStringArray()
+        text.SetName(LABEL)
+        for label in labels:
+            text.InsertNextValue(label)
+        table.AddColumn(text)
     for name, values in columns.items():
         array = vtk.vtkDoubleArray()
         array.SetName(name)
@@ -96,7 +113,13 @@ def newSeries(name: str, tableNode, xColumn: str, yColumn: str, color, plotType:
     series.SetXColumnName(xColumn)
     series.SetYColumnName(yColumn)
     series.SetColor(*color)
-    if plotType == "bar":
+    if plotType == "light":
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleNone)
+        series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+        series.SetMarkerSize(7)
+        series.SetLabelColumnName(LABEL)
+    elif plotType == "bar":
         series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
         series.SetOpacity(0.35)
     else:

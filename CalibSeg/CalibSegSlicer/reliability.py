@@ -1,8 +1,10 @@
 """The reliability diagram (one plot chart) and the metrics table of the shown results.
 
 The chart holds the diagonal of perfect calibration and, per model, its observed
-frequency per confidence bin (line) and the share of voxels per bin (bars), read
-from a table node of that model. The metrics table has one column per model.
+frequency per confidence bin (line over the bins with enough voxels; grey points,
+labelled with their count, for the bins with too few, which MCE leaves out) and the
+share of voxels per bin (bars), read from a table node of that model. The metrics
+table has one column per model.
 :class:`ReliabilityChart` remembers the ids of the shared nodes it created and
 removes exactly those.
 """
@@ -69,10 +71,13 @@ class ReliabilityChart:
         color = plots.SERIES_COLORS.get(result.slot, (0.2, 0.2, 0.2))
         for key, title, x, y, kind in (
             ("observedSeries", "observed frequency", plots.CONFIDENCE, plots.OBSERVED, "line"),
+            ("lightSeries", "bins with few voxels", plots.CONFIDENCE, plots.OBSERVED_LIGHT,
+             "light"),
             ("countSeries", "fraction of voxels", plots.BIN_CENTRE, plots.FRACTION, "bar"),
         ):
             series = plots.newSeries(f"{result.slot}: {result.name} {title}", table, x, y,
-                                     color, kind)
+                                     plots.LIGHT_COLOR if kind == "light" else color, kind)
+            series.SetLabelColumnName(plots.LABEL)
             series.SetAttribute("CalibSeg.Slot", result.slot)
             scene.AddNode(series)
             series.SetAndObserveTableNodeID(table.GetID())
@@ -88,8 +93,10 @@ class ReliabilityChart:
             if result.stats is None:
                 continue
             table = self._modelNodes(result)
-            plots.fillColumns(table, plots.diagramArrays(result.stats.reliability_diagram()))
-            wanted += [result.nodeIDs["observedSeries"], result.nodeIDs["countSeries"]]
+            bins = result.stats.diagram_bins()
+            plots.fillColumns(table, plots.diagramArrays(bins), plots.pointLabels(bins))
+            wanted += [result.nodeIDs[key] for key in ("observedSeries", "lightSeries",
+                                                        "countSeries")]
             columns[columnName(result)] = plots.metricRows(result.metrics or {},
                                                             result.classNames)
             temperatures[columnName(result)] = result.temperature
