@@ -4,7 +4,8 @@ Each subcommand lives in its own module under :mod:`CalibSegLib.commands` and
 defines ``NAME``, ``HELP``, ``EXAMPLE``, ``add_arguments(parser)`` and
 ``run(args) -> int``. Modules are discovered, so adding a command never edits
 this file. User errors (:class:`CalibSegError`) end with one line and exit code
-2; a traceback is shown only with ``--debug``.
+2; a traceback is shown only with ``--debug``. Building the parser and checking
+options imports neither torch nor a model, so a wrong option fails at once.
 """
 
 from __future__ import annotations
@@ -43,6 +44,39 @@ def _command_modules() -> list[ModuleType]:
     return sorted(modules, key=rank)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the example's layout and appends ``(default: …)`` to every option that has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default is argparse.SUPPRESS
+                or "default:" in text.lower() or not action.option_strings):
+            return text
+        if isinstance(default, (list, tuple)):
+            shown = " ".join(str(v) for v in default) if action.nargs else \
+                ",".join(str(v) for v in default)
+        else:
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+        return f"{text} (default: {shown})" if text else f"default: {shown}"
+
+
+class _LineTracker:
+    """A stderr wrapper that knows whether the last thing written ended its line."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.mid_line = False
+
+    def write(self, text: str) -> int:
+        if text:
+            self.mid_line = not text.endswith("\n")
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every discovered subcommand."""
     parser = argparse.ArgumentParser(
@@ -61,13 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
             help=module.HELP,
             description=module.HELP,
             epilog=f"example:\n  {example}" if example else None,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show tracebacks on errors")
         p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                        help="no progress output")
         module.add_arguments(p)
+        for action in p._actions:  # an option without help still shows its default
+            if action.option_strings and action.help is None and action.default not in (
+                    None, False, argparse.SUPPRESS):
+                action.help = "default: %(default)s"
         p.set_defaults(_run=module.run)
     return parser
 
@@ -96,6 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    stderr = sys.stderr
+    tracker = _LineTracker(stderr)
+    sys.stderr = tracker
+
+    def fail(message: str) -> None:
+        if tracker.mid_line:  # after a progress bar: the error gets its own line
+            stderr.write("\n")
+        print(f"calibseg {args.command}: {message}", file=stderr)
+
     try:
         for name in ("output", "dicom_out"):
             if isinstance(getattr(args, name, None), str):
@@ -104,17 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     except CalibSegError as exc:
         if args.debug:
             raise
-        print(f"calibseg {args.command}: error: {exc}", file=sys.stderr)
+        fail(f"error: {exc}")
         return 2
     except OSError as exc:  # a file system refusal met mid-way (disk full, permissions)
         if args.debug:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"calibseg {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        fail(f"error: {where}{exc.strerror or exc}")
         return 2
     except KeyboardInterrupt:
-        print(f"calibseg {args.command}: interrupted", file=sys.stderr)
+        fail("interrupted")
         return 130
+    finally:
+        sys.stderr = stderr
 
 
 if __name__ == "__main__":  # pragma: no cover

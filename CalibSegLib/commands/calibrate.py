@@ -8,6 +8,9 @@ import shutil
 import sys
 import tempfile
 
+from CalibSegLib.commands import _checks
+from CalibSegLib.commands._checks import add_overwrite_argument
+
 NAME = "calibrate"
 HELP = ("fit the temperature on validation cases and write it into a copy of the model "
         "folder (or the folder itself with --in-place)")
@@ -18,25 +21,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model folder")
     parser.add_argument("--cohort", required=True,
                         help="folder of <id>_image/<id>_labels pairs, or a CSV (image, labels)")
-    parser.add_argument("-o", "--output", help="new model folder (must not exist)")
+    parser.add_argument("-o", "--output",
+                        help="new model folder (an existing one only with --overwrite)")
     parser.add_argument("--in-place", action="store_true",
                         help="update the model folder's card instead of writing a copy")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto: CUDA when available")
+    add_overwrite_argument(parser)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Options, model folder, cohort and output, before any model is loaded (no torch)."""
+    from CalibSegLib.errors import CalibSegError
+    from CalibSegLib.io import refuse_overwrite
+
+    if bool(args.output) == bool(args.in_place):
+        raise CalibSegError("Give either -o NEW_FOLDER (a calibrated copy) or --in-place.")
+    _checks.model_card(args.model)
+    _checks.input_file(args.cohort, "--cohort")
+    if args.output:
+        if os.path.abspath(args.output) == os.path.abspath(args.model):
+            raise CalibSegError("-o is the model folder itself; use --in-place to update it.")
+        refuse_overwrite([args.output], args.overwrite)
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    check(args)
     from CalibSegLib.cohort import fit_cohort_temperature, read_cohort
-    from CalibSegLib.errors import CalibSegError
     from CalibSegLib.io import atomic_path
     from CalibSegLib.models import load_model
     from CalibSegLib.models.card import CARD_FILE
 
-    if bool(args.output) == bool(args.in_place):
-        raise CalibSegError("Give either -o NEW_FOLDER (a calibrated copy) or --in-place.")
-    if args.output and os.path.exists(args.output):
-        raise CalibSegError(f"{args.output} already exists; choose a new folder.")
     model = load_model(args.model)
     cases = read_cohort(args.cohort)
     bar = tqdm(total=len(cases), disable=getattr(args, "quiet", False), file=sys.stderr,
@@ -60,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
             shutil.copytree(args.model, folder)
             with open(os.path.join(folder, CARD_FILE), "w", encoding="utf-8") as fh:
                 fh.write(card.to_json())
+            if os.path.lexists(args.output):  # only reached with --overwrite
+                os.replace(args.output, os.path.join(staging, "previous"))
             os.replace(folder, args.output)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

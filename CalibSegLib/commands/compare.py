@@ -6,6 +6,9 @@ import argparse
 import json
 import os
 
+from CalibSegLib.commands import _checks
+from CalibSegLib.commands._checks import add_overwrite_argument
+
 NAME = "compare"
 HELP = "run two models on one image and compare their segmentation and calibration"
 EXAMPLE = ("calibseg compare image.nii.gz --model Resources/Models/dicece "
@@ -17,33 +20,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", required=True,
                         help="model folder (give two)")
     parser.add_argument("--reference", help="reference label map on the image grid")
-    parser.add_argument("--bins", type=int, default=20)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--bins", type=int, default=20, help="confidence bins")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto: CUDA when available")
     parser.add_argument("-o", "--output", default="out/compare", help="output folder")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_overwrite_argument(parser)
+
+
+def _names(card_names: list[str]) -> list[str]:
+    return [n if n != card_names[1 - i] else f"{n}-{'AB'[i]}" for i, n in enumerate(card_names)]
+
+
+def check(args: argparse.Namespace) -> list[str]:
+    """Options, files and outputs before any model is loaded; returns the models' labels."""
+    from CalibSegLib.errors import CalibSegError
+    from CalibSegLib.io import refuse_overwrite
+
+    if len(args.model) != 2:
+        raise CalibSegError("compare needs exactly two --model folders.")
+    _checks.input_image(args.image)
+    if args.reference:
+        _checks.input_image(args.reference)
+    if args.bins < 1:
+        raise CalibSegError(f"--bins {args.bins}: give at least 1 bin.")
+    classes = [_checks.model_class_names(m) for m in args.model]
+    if classes[0] != classes[1]:
+        raise CalibSegError("The two models have different classes; compare models of the "
+                            "same task.")
+    names = _names([str(_checks.model_card(m).get("name", os.path.basename(
+        os.path.normpath(m)))) for m in args.model])
+    planned = [os.path.join(args.output, f"{n}_{k}.nii.gz") for n in names
+               for k in ("labels", "confidence")]
+    planned += [os.path.join(args.output, f) for f in ("compare.json", "reliability.png")]
+    refuse_overwrite(planned, args.overwrite)
+    return names
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from CalibSegLib.calibration import ReliabilityStats, plots
     from CalibSegLib.errors import CalibSegError
-    from CalibSegLib.inference import predict
     from CalibSegLib.io import atomic_path, read_image, write_image
-    from CalibSegLib.models import load_model
 
-    if len(args.model) != 2:
-        raise CalibSegError("compare needs exactly two --model folders.")
+    names = check(args)
     image, affine = read_image(args.image)
+    _checks.warn_if_label_image(NAME, image, args.image)
     reference = None
     if args.reference:
         reference, ref_affine = read_image(args.reference)
         if reference.shape != image.shape or not np.allclose(ref_affine, affine, atol=1e-3):
             raise CalibSegError(f"{args.reference}: geometry differs from {args.image}; "
                                 "resample the reference onto the image grid.")
+    from CalibSegLib.calibration import ReliabilityStats, plots
+    from CalibSegLib.inference import predict
+    from CalibSegLib.models import load_model
+
     models = [load_model(m) for m in args.model]
-    names = [m.name if m.name != models[1 - i].name else f"{m.name}-{'AB'[i]}"
-             for i, m in enumerate(models)]
     predictions = [predict(image, affine, m, device=args.device) for m in models]
     result: dict = {"image": os.path.abspath(args.image), "models": {}}
     stats = {}

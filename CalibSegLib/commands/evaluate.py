@@ -2,8 +2,10 @@
 
 The probabilities are a ``.npy`` / ``.npz`` array ``(C, Z, Y, X)`` or a vector image
 (NIfTI, NRRD, MetaImage) with one component per class; the reference is a label
-image on the same grid. Everything is computed before anything is written, so an
-error leaves no partial output. The probability-file logic lives in functions
+image on the same grid. Class names come from ``--classes``, else from the
+sidecar ``predict`` (``<stem>_prediction.json``) or ``sample-data`` (``<stem>.json``)
+wrote beside the probabilities. Everything is computed before anything is
+written, so an error leaves no partial output. The probability-file logic lives in functions
 (:func:`read_probabilities`, :func:`evaluate_files`, :func:`summary`,
 :func:`write_outputs`) so that other sources (a model on a cohort) can reuse them.
 """
@@ -16,15 +18,21 @@ import os
 
 import numpy as np
 
+from CalibSegLib.commands import _checks
+from CalibSegLib.commands._checks import add_overwrite_argument
+
 NAME = "evaluate"
 HELP = ("measure calibration (ECE, ACE = average calibration error, MCE) and Dice of "
         "class probabilities against a reference segmentation")
 EXAMPLE = "calibseg evaluate --probs probs.nii.gz --reference labels.nii.gz --json -o out/eval"
 
 #: Keys of the summary printed with ``--json``.
-SUMMARY_KEYS = ("ece", "ace", "mce", "marginal_ece", "marginal_ace", "marginal_mce",
-                "per_class", "dice", "n_bins", "reduction", "include_background", "nll",
-                "brier", "n_voxels")
+SUMMARY_KEYS = ("ece", "ace", "mce", "mce_raw", "marginal_ece", "marginal_ace", "marginal_mce",
+                "marginal_mce_raw", "per_class", "dice", "n_bins", "min_bin_fraction",
+                "min_bin_count", "reduction", "include_background", "nll", "brier", "n_voxels")
+#: Files ``evaluate -o`` writes (the cohort ones only with --model/--cohort).
+OUTPUT_FILES = ("stats.json", "metrics.json", "reliability.png")
+COHORT_FILES = ("cases.csv", "dataset_reliability_histogram.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,14 +42,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model folder (with --cohort)")
     parser.add_argument("--cohort",
                         help="folder of <id>_image/<id>_labels pairs or a CSV (with --model)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--bins", type=int, default=20, help="confidence bins (default 20)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="with --model: auto uses CUDA when available")
+    parser.add_argument("--classes", default=None,
+                        help="comma-separated class names, background first (default: from the "
+                             "prediction's JSON sidecar beside --probs, else class 0, 1, …)")
+    parser.add_argument("--bins", type=int, default=20, help="confidence bins")
     parser.add_argument("--include-background", action="store_true",
                         help="let class 0 enter the class means")
-    parser.add_argument("--reduction", choices=["macro", "micro"], default="macro")
+    parser.add_argument("--reduction", choices=["macro", "micro"], default="macro",
+                        help="macro: per image, then the mean; micro: images pooled first")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument("-o", "--output", default=None,
-                        help="folder for stats.json, metrics.json and reliability.png")
+                        help="folder for stats.json, metrics.json and reliability.png "
+                             "(default: print only)")
+    add_overwrite_argument(parser)
+
+
+def sidecar_class_names(probs_path: str) -> tuple[str, ...] | None:
+    """Class names from the JSON ``predict`` or ``sample-data`` wrote beside ``probs_path``."""
+    from CalibSegLib.io import image_suffix
+
+    folder, name = os.path.split(os.path.abspath(probs_path))
+    suffix = image_suffix(name)
+    stem = name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
+    if stem.endswith("_probs"):
+        stem = stem[: -len("_probs")]
+    for candidate in (f"{stem}_prediction.json", f"{stem}.json"):
+        path = os.path.join(folder, candidate)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as fh:
+                names = json.load(fh).get("class_names")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+            return tuple(names)
+    return None
+
+
+def class_names_for(args: argparse.Namespace, num_classes: int) -> tuple[str, ...] | None:
+    """``--classes``, else the sidecar's names when they fit ``num_classes``, else None."""
+    from CalibSegLib.errors import CalibSegError
+
+    if args.classes:
+        names = tuple(n.strip() for n in args.classes.split(","))
+        if len(names) != num_classes:
+            raise CalibSegError(f"--classes names {len(names)} classes but the probabilities "
+                                f"have {num_classes} channels; give one name per channel.")
+        return names
+    names = sidecar_class_names(args.probs)
+    return names if names is not None and len(names) == num_classes else None
 
 
 def read_probabilities(path: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -106,15 +158,21 @@ def read_reference(path: str, shape: tuple[int, ...], affine: np.ndarray | None)
 
 
 def evaluate_files(probs_path: str, reference_path: str, n_bins: int = 20, progress=None,
-                   cancel=None):
-    """ReliabilityStats of a probability file against a reference label file."""
+                   cancel=None, class_names=None):
+    """ReliabilityStats of a probability file against a reference label file.
+
+    ``class_names``: a sequence, or a callable ``(num_classes) -> names or None``.
+    """
     from CalibSegLib.calibration import ReliabilityStats
 
     probs, affine = read_probabilities(probs_path)
     labels = read_reference(reference_path, probs.shape[1:], affine)
     name = os.path.basename(probs_path)
+    if callable(class_names):
+        class_names = class_names(probs.shape[0])
     return ReliabilityStats.from_probs(probs, labels, n_bins, image_id=name,
-                                       progress=progress, cancel=cancel)
+                                       class_names=class_names, progress=progress,
+                                       cancel=cancel)
 
 
 def summary(stats, reduction: str = "macro", include_background: bool = False) -> dict:
@@ -161,7 +219,8 @@ def write_cohort_outputs(stats, rows: list[dict], folder: str) -> list[str]:
     figure = plot_dataset_reliability_histogram(stats)
     os.makedirs(folder, exist_ok=True)
     columns = ["case", "temperature", "mean_dice", "marginal_ace", "marginal_ece",
-               "marginal_mce", "ece", "ace", "mce", "nll", "brier"]
+               "marginal_mce", "marginal_mce_raw", "ece", "ace", "mce", "mce_raw", "nll",
+               "brier"]
     path = os.path.join(folder, "cases.csv")
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -174,23 +233,43 @@ def write_cohort_outputs(stats, rows: list[dict], folder: str) -> list[str]:
     return [path, hist]
 
 
-def run(args: argparse.Namespace) -> int:
+def check(args: argparse.Namespace) -> None:
+    """Options and files, before anything is read or a model loaded (no torch import)."""
     from CalibSegLib.errors import CalibSegError
+    from CalibSegLib.io import refuse_overwrite
 
-    rows = None
     if args.model or args.cohort:
         if not (args.model and args.cohort) or args.probs or args.reference:
             raise CalibSegError("Use either --model DIR --cohort DIR_OR_CSV, or --probs FILE "
                                 "--reference FILE.")
+        _checks.model_card(args.model)
+        _checks.input_file(args.cohort, "--cohort")
+        if args.classes:
+            raise CalibSegError("--classes is for --probs; a model brings its class names.")
+    elif args.probs and args.reference:
+        _checks.input_file(args.probs, "--probs")
+        _checks.input_image(args.reference)
+    else:
+        raise CalibSegError("Give --probs FILE --reference FILE, or --model DIR --cohort DIR.")
+    if args.bins < 1:
+        raise CalibSegError(f"--bins {args.bins}: give at least 1 bin.")
+    if args.output:
+        names = OUTPUT_FILES + (COHORT_FILES if args.model else ())
+        refuse_overwrite([os.path.join(args.output, n) for n in names], args.overwrite)
+
+
+def run(args: argparse.Namespace) -> int:
+    check(args)
+    rows = None
+    if args.model:
         from CalibSegLib.cohort import evaluate_cohort, read_cohort
         from CalibSegLib.models import load_model
 
         stats, rows = evaluate_cohort(load_model(args.model), read_cohort(args.cohort),
                                       args.bins, device=args.device)
-    elif args.probs and args.reference:
-        stats = evaluate_files(args.probs, args.reference, args.bins)
     else:
-        raise CalibSegError("Give --probs FILE --reference FILE, or --model DIR --cohort DIR.")
+        stats = evaluate_files(args.probs, args.reference, args.bins,
+                               class_names=lambda n: class_names_for(args, n))
     result = summary(stats, args.reduction, args.include_background)
     written = write_outputs(stats, result, args.output) if args.output else []
     if args.output and rows is not None:
@@ -198,14 +277,30 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_json_safe(result), indent=1))
     elif not getattr(args, "quiet", False):
-        print(f"top-label  ECE {result['ece']:.4f}  ACE {result['ace']:.4f}  "
-              f"MCE {result['mce']:.4f}   ({result['reduction']}, {result['n_bins']} bins; "
-              "ACE = average calibration error)")
-        print(f"marginal   ECE {result['marginal_ece']:.4f}  ACE {result['marginal_ace']:.4f}  "
-              f"MCE {result['marginal_mce']:.4f}")
-        for name, dice in result["dice"].items():
-            print(f"  Dice {name}: {dice:.4f}")
+        for line in summary_lines(result):
+            print(line)
     if not getattr(args, "quiet", False):
         for path in written:
             print(f"wrote {path}")
     return 0
+
+
+def _mce(value: float, raw: float) -> str:
+    shown = "  –   " if value != value else f"{value:.4f}"
+    return shown if raw == value or raw != raw else f"{shown} (raw {raw:.4f})"
+
+
+def summary_lines(result: dict) -> list[str]:
+    """The human-readable summary of :func:`summary`."""
+    lines = [
+        f"top-label  ECE {result['ece']:.4f}  ACE {result['ace']:.4f}  "
+        f"MCE {_mce(result['mce'], result['mce_raw'])}",
+        f"marginal   ECE {result['marginal_ece']:.4f}  ACE {result['marginal_ace']:.4f}  "
+        f"MCE {_mce(result['marginal_mce'], result['marginal_mce_raw'])}",
+        f"  ({result['reduction']}, {result['n_bins']} bins; ACE = average calibration error; "
+        f"MCE leaves out bins under {100 * result['min_bin_fraction']:g} % of the voxels or "
+        f"{result['min_bin_count']} voxels, raw = every non-empty bin)",
+    ]
+    for name, dice in result["dice"].items():
+        lines.append(f"  Dice {name}: {dice:.4f}")
+    return lines

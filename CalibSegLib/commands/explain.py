@@ -6,11 +6,15 @@ import argparse
 import os
 import sys
 
+from CalibSegLib.commands import _checks
+from CalibSegLib.commands._checks import add_overwrite_argument
+
 NAME = "explain"
 HELP = ("explain a model's segmentation of an image (prototypes, Grad-CAM, Grad-CAM++ or "
         "occlusion) and, on request, score how faithful the explanation is")
-EXAMPLE = ("calibseg explain image.nii.gz --model Resources/Models/demo-proto --method prototype "
-           "--class 'grey matter' --faithfulness --reference labels.nii.gz -o out/explain")
+EXAMPLE = ("calibseg explain out/sample/mni-t1_image.nii.gz --model "
+           "Resources/Models/dicece-softace --method prototype --class 'grey matter' "
+           "--faithfulness --reference out/sample/mni-t1_labels.nii.gz -o out/explain")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,15 +33,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score deletion/insertion, faithfulness correlation vs random maps")
     parser.add_argument("--reference", default=None,
                         help="reference label image: adds activation precision (plausibility)")
-    parser.add_argument("--steps", type=int, default=20, help="deletion/insertion steps")
+    parser.add_argument("--steps", type=int, default=20,
+                        help="deletion/insertion steps of the faithfulness scores")
     parser.add_argument("--baseline", default="blur", choices=["blur", "mean"],
                         help="what removed voxels become (default: blur)")
     parser.add_argument("--blocks", type=int, default=32,
                         help="random blocks of the faithfulness correlation")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--format", default=".nii.gz", choices=[".nii.gz", ".nrrd", ".mha"])
+    parser.add_argument("--format", default=".nii.gz", choices=[".nii.gz", ".nrrd", ".mha"],
+                        help="output image format")
     parser.add_argument("-o", "--output", default="out/explain", help="output folder")
+    add_overwrite_argument(parser)
+
+
+def _stem(path: str) -> str:
+    from CalibSegLib.io import image_suffix
+
+    name = os.path.basename(os.path.normpath(path))
+    suffix = image_suffix(name)
+    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
+
+
+def check(args: argparse.Namespace) -> int | None:
+    """Options, files, class and outputs before any model is loaded; the class index."""
+    import glob
+
+    from CalibSegLib.errors import CalibSegError
+    from CalibSegLib.io import refuse_overwrite
+
+    _checks.input_image(args.image)
+    for path in (args.roi, args.reference):
+        if path:
+            _checks.input_image(path)
+    for option, value in (("--steps", args.steps), ("--blocks", args.blocks)):
+        if value < 1:
+            raise CalibSegError(f"{option} {value}: give at least 1.")
+    names = _checks.model_class_names(args.model)
+    target = _checks.class_index(args.target_class, names, args.model)
+    base = os.path.join(args.output, f"{_stem(args.image)}_{args.method}")
+    refuse_overwrite([base + args.format, base + ".json"]
+                     + sorted(glob.glob(glob.escape(base) + "_*" + args.format)), args.overwrite)
+    return target
 
 
 def _progress_printer(quiet: bool):
@@ -70,18 +107,26 @@ def _read_on_grid(path: str, shape, affine, what: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from CalibSegLib.explain.api import explain, save_explanation
-    from CalibSegLib.io import image_suffix, read_image
-    from CalibSegLib.models import load_model
+    from CalibSegLib.io import read_image
 
+    target = check(args)
     quiet = getattr(args, "quiet", False)
     image, affine = read_image(args.image)
-    model = load_model(args.model)
+    _checks.warn_if_label_image(NAME, image, args.image)
     roi = _read_on_grid(args.roi, image.shape, affine, "ROI") if args.roi else None
     reference = (_read_on_grid(args.reference, image.shape, affine, "reference segmentation")
                  .astype("int64") if args.reference else None)
+    if args.faithfulness and not quiet:
+        print(f"calibseg explain: scoring faithfulness re-runs the model for {args.steps} "
+              f"deletion and insertion steps, {args.blocks} random blocks and the random "
+              "baselines: about a minute or more on a CPU", file=sys.stderr)
+
+    from CalibSegLib.explain.api import explain, save_explanation
+    from CalibSegLib.models import load_model
+
+    model = load_model(args.model)
     explanation = explain(
-        image, affine, model, args.method, args.target_class, roi, layer=args.layer,
+        image, affine, model, args.method, target, roi, layer=args.layer,
         faithfulness=args.faithfulness, reference=reference, device=args.device,
         faithfulness_options={"steps": args.steps, "baseline": args.baseline,
                               "n_blocks": args.blocks, "seed": args.seed},
@@ -94,11 +139,9 @@ def run(args: argparse.Namespace) -> int:
             "activation_precision": activation_precision(
                 explanation.map, reference == explanation.target_class),
             "top_percent": 10.0}
-    name = os.path.basename(os.path.normpath(args.image))
-    suffix = image_suffix(name)
-    stem = name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
     os.makedirs(args.output, exist_ok=True)
-    written = save_explanation(explanation, args.output, stem=stem, suffix=args.format)
+    written = save_explanation(explanation, args.output, stem=_stem(args.image),
+                               suffix=args.format)
     note = explanation.details.get("note")
     if note:
         print(f"calibseg explain: warning: {note}", file=sys.stderr)

@@ -10,29 +10,48 @@ import shutil
 import sys
 import tempfile
 
+from CalibSegLib.commands import _checks
+from CalibSegLib.commands._checks import add_overwrite_argument
+
 NAME = "predict"
 HELP = ("segment an image with a model; write labels, probabilities, confidence, entropy and "
         "prototype maps")
-EXAMPLE = "calibseg predict out/sample/mni-t1_image.nii.gz --model MODEL_DIR -o out/pred"
+EXAMPLE = ("calibseg predict out/sample/mni-t1_image.nii.gz --model Resources/Models/dicece "
+           "-o out/pred")
 
 _FORMATS = (".nii.gz", ".nrrd", ".mha")
+#: Every map ``predict`` may write (prototype maps only for prototype models).
+MAP_KEYS = ("seg", "probs", "confidence", "entropy", "top_similarity", "nearest_prototype",
+            "prototype_contribution")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="image file (NIfTI, NRRD, MetaImage) or DICOM series folder")
     parser.add_argument("--model", required=True, help="model folder (model.json + weights)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="auto: CUDA when available (default)")
+                        help="auto: CUDA when available")
     parser.add_argument("-o", "--output", default="out/predict", help="output folder")
     parser.add_argument("--format", default=".nii.gz", choices=_FORMATS, help="output format")
     parser.add_argument("--temperature", type=float, default=None,
-                        help="softmax temperature (default: the model card's)")
+                        help="softmax temperature, > 0 (default: the model card's)")
     parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap")
     parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per network call")
     parser.add_argument("--no-maps", action="store_true", help="skip prototype maps")
     parser.add_argument("--dicom-out", default=None, metavar="DIR",
                         help="DICOM series input only: also write a DICOM SEG of the labels and a "
                              "DICOM Parametric Map of the confidence, referencing the series")
+    add_overwrite_argument(parser)
+
+
+def planned_files(image: str, output: str, fmt: str, dicom_out: str | None) -> list[str]:
+    """Every path ``predict`` could write for ``image`` (checked before any work)."""
+    stem = _stem(image)
+    paths = [os.path.join(output, f"{stem}_{key}{fmt}") for key in MAP_KEYS]
+    paths.append(os.path.join(output, f"{stem}_prediction.json"))
+    if dicom_out:
+        paths += [os.path.join(dicom_out, f"{stem}_seg.dcm"),
+                  os.path.join(dicom_out, f"{stem}_confidence.dcm")]
+    return paths
 
 
 def _stem(path: str) -> str:
@@ -120,19 +139,39 @@ def write_dicom(prediction, series_folder: str, folder: str, stem: str) -> list[
     ]
 
 
-def run(args: argparse.Namespace) -> int:
+def check(args: argparse.Namespace) -> None:
+    """Everything that can be checked before the model is loaded (no torch import)."""
     from CalibSegLib.errors import CalibSegError
-    from CalibSegLib.inference import predict, resolve_device
-    from CalibSegLib.io import read_image
-    from CalibSegLib.models import load_model
+    from CalibSegLib.io import refuse_overwrite
 
-    quiet = getattr(args, "quiet", False)
+    _checks.input_image(args.image)
     if args.dicom_out and not os.path.isdir(args.image):
         raise CalibSegError(f"--dicom-out needs a DICOM series folder as input; {args.image} is a "
                             "file. Drop --dicom-out or pass the series folder.")
+    if args.temperature is not None and not args.temperature > 0:
+        raise CalibSegError(f"--temperature {args.temperature:g}: give a temperature > 0.")
+    if not 0 <= args.overlap < 1:
+        raise CalibSegError(f"--overlap {args.overlap:g}: give a fraction in [0, 1).")
+    if args.sw_batch_size < 1:
+        raise CalibSegError("--sw-batch-size must be at least 1.")
+    _checks.model_card(args.model)
+    refuse_overwrite(planned_files(args.image, args.output, args.format, args.dicom_out),
+                     args.overwrite)
+
+
+def run(args: argparse.Namespace) -> int:
+    from CalibSegLib.io import read_image
+
+    check(args)
+    quiet = getattr(args, "quiet", False)
+    image, affine = read_image(args.image)
+    _checks.warn_if_label_image(NAME, image, args.image)
+
+    from CalibSegLib.inference import predict, resolve_device
+    from CalibSegLib.models import load_model
+
     device = resolve_device(args.device)
     model = load_model(args.model, device=device)
-    image, affine = read_image(args.image)
     bar = None
     if not quiet:
         from tqdm import tqdm

@@ -6,11 +6,17 @@ import argparse
 import os
 import sys
 
+from CalibSegLib.commands import _checks
+from CalibSegLib.commands._checks import add_overwrite_argument
+
 NAME = "report"
 HELP = ("write a self-contained HTML report (model cards, metrics, reliability diagrams, "
         "overlays, explanation with faithfulness, prototype gallery) for an image")
-EXAMPLE = ("calibseg report image.nii.gz --reference labels.nii.gz --model "
-           "Resources/Models/dicece --model Resources/Models/dicece-hardace -o out/report")
+EXAMPLE = ("calibseg report out/sample/mni-t1_image.nii.gz --reference "
+           "out/sample/mni-t1_labels.nii.gz --model Resources/Models/dicece --model "
+           "Resources/Models/dicece-hardace -o out/report")
+#: The report's own files; the maps beside them are named after image and models.
+REPORT_FILES = ("report.html", "metrics.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,10 +27,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default="out/report",
                         help="output folder (report.html, metrics.json, maps)")
     parser.add_argument("--no-faithfulness", action="store_true",
-                        help="skip the faithfulness measurement of the explanation")
+                        help="skip the faithfulness measurement of the explanation (its "
+                             "longest step)")
+    add_overwrite_argument(parser)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Options, files, models and outputs before any model is loaded (no torch import)."""
+    from CalibSegLib.errors import CalibSegError
+    from CalibSegLib.io import refuse_overwrite
+
+    if not 1 <= len(args.model) <= 2:
+        raise CalibSegError("report takes one or two --model folders.")
+    _checks.input_image(args.image)
+    _checks.input_image(args.reference)
+    classes = [_checks.model_class_names(m) for m in args.model]
+    if len(set(classes)) > 1:
+        raise CalibSegError("The models have different classes; compare models of the same "
+                            "task.")
+    refuse_overwrite([os.path.join(args.output, f) for f in REPORT_FILES], args.overwrite)
 
 
 def run(args: argparse.Namespace) -> int:
+    check(args)
     import numpy as np
     from tqdm import tqdm
 
@@ -33,9 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from CalibSegLib.io import read_image
     from CalibSegLib.report.demo import run_report
 
-    if not 1 <= len(args.model) <= 2:
-        raise CalibSegError("report takes one or two --model folders.")
     image, affine = read_image(args.image)
+    _checks.warn_if_label_image(NAME, image, args.image)
     labels, ref_affine = read_image(args.reference)
     if labels.shape != image.shape or not np.allclose(ref_affine, affine, atol=1e-3):
         raise CalibSegError(f"{args.reference}: geometry differs from {args.image}; resample "
@@ -46,7 +70,11 @@ def run(args: argparse.Namespace) -> int:
     case = SampleCase(name=name, image=image.astype(np.float32), affine=affine,
                       labels=labels.astype(np.uint8), class_names=(), class_colors=(),
                       reference_probs=None)
-    bar = tqdm(total=100, disable=getattr(args, "quiet", False), file=sys.stderr,
+    quiet = getattr(args, "quiet", False)
+    if not args.no_faithfulness and not quiet:
+        print("calibseg report: the faithfulness scores of the explanation take about a minute "
+              "on a CPU (--no-faithfulness skips them)", file=sys.stderr)
+    bar = tqdm(total=100, disable=quiet, file=sys.stderr,
                bar_format="{percentage:3.0f}%|{bar:30}| {desc}")
 
     def progress(fraction: float, message: str) -> None:

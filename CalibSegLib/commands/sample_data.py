@@ -6,26 +6,61 @@ import argparse
 import json
 import os
 
+from CalibSegLib.commands._checks import add_overwrite_argument
+
 NAME = "sample-data"
 HELP = "write an embedded sample case (image, labels, soft reference) to files"
 EXAMPLE = "calibseg sample-data mni-t1 --resolution 2 --shift-seed 7 -o out/sample"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("case", nargs="?", default="mni-t1", help="mni-t1 (default) or ct-chest")
-    parser.add_argument("--resolution", type=float, default=2.0, help="mm, mni-t1 only (1, 2, …)")
-    parser.add_argument("--shift-seed", type=int, default=None, help="write a shifted variant")
-    parser.add_argument("--format", default=".nii.gz", choices=[".nii.gz", ".nrrd", ".mha"])
+    parser.add_argument("case", nargs="?", default="mni-t1", choices=["mni-t1", "ct-chest"],
+                        help="sample case (default: mni-t1)")
+    parser.add_argument("--resolution", type=float, default=None,
+                        help="voxel size in mm, mni-t1 only: 1, 2, 3 … (default: 2; ct-chest "
+                             "comes on its native 3.05 x 3.05 x 10 mm grid)")
+    parser.add_argument("--shift-seed", type=int, default=None,
+                        help="write the shifted variant with this seed (default: the case "
+                             "itself)")
+    parser.add_argument("--format", default=".nii.gz", choices=[".nii.gz", ".nrrd", ".mha"],
+                        help="image format")
     parser.add_argument("--dicom", action="store_true",
                         help="also write the image as a DICOM series folder <name>_dicom/")
     parser.add_argument("-o", "--output", default="out/sample", help="output folder")
+    add_overwrite_argument(parser)
+
+
+def check(args: argparse.Namespace) -> float:
+    """Options and outputs before any data is generated; the resolution to use."""
+    from CalibSegLib.errors import CalibSegError
+    from CalibSegLib.io import refuse_overwrite
+
+    resolution = args.resolution
+    if args.case == "ct-chest":
+        if resolution is not None:
+            raise CalibSegError("--resolution applies to mni-t1 only; ct-chest comes on its "
+                                "native 3.05 x 3.05 x 10 mm grid. Drop --resolution.")
+        resolution = 2.0  # unused for ct-chest
+    elif resolution is None:
+        resolution = 2.0
+    elif resolution < 1 or resolution != int(resolution):
+        raise CalibSegError(f"--resolution {resolution:g}: give a whole number of mm (1, 2, "
+                            "3 …); the 1 mm template is averaged in blocks.")
+    name = args.case if args.shift_seed is None else f"{args.case}-shift{args.shift_seed}"
+    stem = os.path.join(args.output, name)
+    planned = [stem + s + args.format for s in ("_image", "_labels", "_probs")] + [stem + ".json"]
+    if args.dicom:
+        planned.append(stem + "_dicom")
+    refuse_overwrite(planned, args.overwrite)
+    return float(resolution)
 
 
 def run(args: argparse.Namespace) -> int:
+    resolution = check(args)
     from CalibSegLib.data import sample_case
-    from CalibSegLib.io import write_image
+    from CalibSegLib.io import atomic_path, write_image
 
-    case = sample_case(args.case, resolution_mm=args.resolution, shift_seed=args.shift_seed)
+    case = sample_case(args.case, resolution_mm=resolution, shift_seed=args.shift_seed)
     os.makedirs(args.output, exist_ok=True)
     stem = os.path.join(args.output, case.name)
     written = [
@@ -42,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
 
         modality = "CT" if args.case == "ct-chest" else "MR"
         folder = stem + "_dicom"
+        if os.path.isdir(folder):  # only with --overwrite: a stale slice must not stay
+            import shutil
+
+            shutil.rmtree(folder)
         write_series(case.image, case.affine, folder, modality=modality,
                      series_description=f"CalibSeg sample {case.name}")
         written.append(folder)
@@ -50,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         "class_colors": [list(c) for c in case.class_colors], "attribution": case.attribution,
         "files": [os.path.basename(p) for p in written],
     }
-    with open(stem + ".json", "w", encoding="utf-8") as fh:
+    with atomic_path(stem + ".json") as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(meta, fh, indent=2)
     if not getattr(args, "quiet", False):
         print(case.summary())

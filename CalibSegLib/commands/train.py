@@ -5,11 +5,19 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from CalibSegLib.commands._checks import add_overwrite_argument
+
 NAME = "train"
 HELP = ("train a segmentation model folder from image/label pairs or the sample case, with "
         "Dice+CE and an optional mL1-ACE calibration loss")
 EXAMPLE = ("calibseg train --sample mni-t1 --train-seeds 1-40 --val-seeds 41-44 "
            "--calibration-loss hard -o out/model-hardace")
+
+
+#: Default of ``--steps`` (the whole run) and the default share of the prototype head's
+#: warm-up and last-layer stages in it.
+DEFAULT_TOTAL_STEPS = 380
+STAGE_SHARE = 0.1
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -32,9 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="validation folder or CSV (default: the last --val-count cases of DATA)")
     data.add_argument("--val-count", type=int, default=1,
                       help="cases of DATA held out for validation when --val is not given")
-    data.add_argument("--sample", default=None, metavar="NAME",
-                      help="train on shifted variants of an embedded sample case (mni-t1)")
-    data.add_argument("--resolution", type=float, default=2.0, help="sample case resolution (mm)")
+    data.add_argument("--sample", default=None, metavar="NAME", choices=["mni-t1", "ct-chest"],
+                      help="train on shifted variants of an embedded sample case (mni-t1 or "
+                           "ct-chest)")
+    data.add_argument("--resolution", type=float, default=2.0,
+                      help="mni-t1 sample resolution in mm (ct-chest keeps its native grid)")
     data.add_argument("--train-seeds", default="1-40", help="shift seeds of the training cases")
     data.add_argument("--val-seeds", default="41-44", help="shift seeds of the validation cases")
     data.add_argument("--crop", default=None, metavar="Z0:Z1,Y0:Y1,X0:X1",
@@ -44,27 +54,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "(default: the sample case's, or class0..classN from the labels)")
 
     net = parser.add_argument_group("network")
-    net.add_argument("--head", choices=["prototype", "linear"], default=d.head)
+    net.add_argument("--head", choices=["prototype", "linear"], default=d.head,
+                     help="segmentation head")
     net.add_argument("--channels", type=_ints, default=d.channels,
                      help="UNet channels, e.g. 8,16,32")
     net.add_argument("--strides", type=_ints, default=d.strides, help="UNet strides, e.g. 2,2")
-    net.add_argument("--res-units", type=int, default=d.num_res_units)
+    net.add_argument("--res-units", type=int, default=d.num_res_units,
+                     help="UNet residual units per stage")
     net.add_argument("--feature-dim", type=int, default=d.feature_dim,
                      help="prototype head: feature / prototype length")
-    net.add_argument("--prototypes-per-class", type=int, default=d.prototypes_per_class)
+    net.add_argument("--prototypes-per-class", type=int, default=d.prototypes_per_class,
+                     help="prototype head: prototypes of each class")
 
     budget = parser.add_argument_group("budget and optimisation")
     budget.add_argument("--patch", type=_ints, default=d.patch_size,
                         help="patch size Z,Y,X (one number for a cube)")
     budget.add_argument("--batch", type=int, default=d.batch_size, help="patches per step")
-    budget.add_argument("--steps", type=int, default=d.steps, help="joint-training steps")
-    budget.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
-                        help="prototype head: warm-up steps (backbone frozen)")
-    budget.add_argument("--last-layer-steps", type=int, default=d.last_layer_steps,
-                        help="prototype head: last-layer steps after the push")
-    budget.add_argument("--lr", type=float, default=d.learning_rate)
-    budget.add_argument("--last-layer-lr", type=float, default=d.last_layer_learning_rate)
-    budget.add_argument("--seed", type=int, default=d.seed)
+    budget.add_argument("--steps", type=int, default=DEFAULT_TOTAL_STEPS,
+                        help="total optimisation steps of the run, every stage included")
+    budget.add_argument("--warmup-steps", type=int, default=None,
+                        help="prototype head: warm-up steps (backbone frozen), part of --steps "
+                             f"(default: {round(100 * STAGE_SHARE)}%% of --steps)")
+    budget.add_argument("--last-layer-steps", type=int, default=None,
+                        help="prototype head: last-layer steps after the push, part of --steps "
+                             f"(default: {round(100 * STAGE_SHARE)}%% of --steps)")
+    budget.add_argument("--lr", type=float, default=d.learning_rate, help="learning rate")
+    budget.add_argument("--last-layer-lr", type=float, default=d.last_layer_learning_rate,
+                        help="prototype head: learning rate of the last-layer stage")
+    budget.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice")
     budget.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
 
     loss = parser.add_argument_group("losses")
@@ -80,11 +97,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_.add_argument("-o", "--output", required=True, help="model folder to write")
     run_.add_argument("--name", default=None, help="model name in the card (default: folder)")
     run_.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    run_.add_argument("--overwrite", action="store_true", help="start again in a used folder")
-    run_.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    add_overwrite_argument(run_)
+    run_.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                      help="steps between checkpoints")
     run_.add_argument("--push-cases", type=int, default=d.push_cases,
                       help="training cases searched by the prototype push (0 = all)")
-    run_.add_argument("--keep-checkpoint", action="store_true")
+    run_.add_argument("--keep-checkpoint", action="store_true",
+                      help="keep the last checkpoint in the model folder")
 
 
 #: (option, attribute) pairs written into the recorded command line.
@@ -156,12 +175,18 @@ def load_data(args: argparse.Namespace, progress=None):
         cases = td.sample_cases(args.sample, train_seeds + val_seeds, args.resolution, crop,
                                 progress=progress)
         train, val = cases[: len(train_seeds)], cases[len(train_seeds):]
+        import numpy as np
+
         from CalibSegLib.data import sample_case
 
         reference = sample_case(args.sample, resolution_mm=args.resolution)
         names, colors = list(reference.class_names), [list(c) for c in reference.class_colors]
+        spacing = [round(float(v), 4) for v in
+                   np.linalg.norm(np.asarray(reference.affine)[:3, :3], axis=0)]
         description = {
-            "kind": "sample", "sample": args.sample, "resolution_mm": args.resolution,
+            "kind": "sample", "sample": args.sample,
+            "resolution_mm": args.resolution if args.sample == "mni-t1" else None,
+            "spacing_mm": spacing,
             "train_seeds": td.format_seeds(train_seeds), "val_seeds": td.format_seeds(val_seeds),
             "crop_zyx": args.crop, "train_cases": len(train), "val_cases": len(val),
             "note": "shifted variants (MONAI affine, bias field, gamma, low resolution, noise) "
@@ -203,17 +228,50 @@ def load_data(args: argparse.Namespace, progress=None):
     return train, val, names, colors, description
 
 
+def stage_steps(args: argparse.Namespace) -> tuple[int, int, int]:
+    """``(warm-up, joint, last-layer)`` steps: ``--steps`` is the total of all three.
+
+    Fills ``args.warmup_steps`` / ``args.last_layer_steps`` when not given (so the
+    recorded command line spells them out).
+    """
+    from CalibSegLib.errors import CalibSegError
+
+    total = int(args.steps)
+    if total < 1:
+        raise CalibSegError(f"--steps {total}: give at least 1 step.")
+    if args.head == "linear":
+        for option, value in (("--warmup-steps", args.warmup_steps),
+                              ("--last-layer-steps", args.last_layer_steps)):
+            if value:
+                raise CalibSegError(f"{option} applies to the prototype head only.")
+        args.warmup_steps, args.last_layer_steps = 0, 0
+        return 0, total, 0
+    if args.warmup_steps is None:
+        args.warmup_steps = int(STAGE_SHARE * total)
+    if args.last_layer_steps is None:
+        args.last_layer_steps = int(STAGE_SHARE * total)
+    warmup, last = int(args.warmup_steps), int(args.last_layer_steps)
+    if warmup < 0 or last < 0:
+        raise CalibSegError("--warmup-steps and --last-layer-steps must not be negative.")
+    joint = total - warmup - last
+    if joint < 1:
+        raise CalibSegError(f"--steps {total} leaves no joint-training step after {warmup} "
+                            f"warm-up and {last} last-layer steps; raise --steps or lower those.")
+    return warmup, joint, last
+
+
 def config_from_args(args: argparse.Namespace, class_names: list[str]):
     """The :class:`~CalibSegLib.training.TrainConfig` described by ``args``."""
     from CalibSegLib.training.config import TrainConfig
 
+    warmup, joint, last = stage_steps(args)
     patch = tuple(args.patch) * 3 if len(args.patch) == 1 else tuple(args.patch)
     return TrainConfig(
         class_names=list(class_names), head=args.head, channels=tuple(args.channels),
         strides=tuple(args.strides), num_res_units=args.res_units, feature_dim=args.feature_dim,
         prototypes_per_class=args.prototypes_per_class, patch_size=patch,
-        batch_size=args.batch, steps=args.steps, warmup_steps=args.warmup_steps,
-        last_layer_steps=args.last_layer_steps, learning_rate=args.lr,
+        batch_size=args.batch, steps=joint, warmup_steps=warmup,
+        last_layer_steps=last, learning_rate=args.lr,
         last_layer_learning_rate=args.last_layer_lr, calibration_loss=args.calibration_loss,
         calibration_weight=args.calibration_weight, bins=args.bins,
         cluster_weight=args.cluster_weight, seed=args.seed,
@@ -221,10 +279,44 @@ def config_from_args(args: argparse.Namespace, class_names: list[str]):
     ).validate()
 
 
+def check(args: argparse.Namespace) -> None:
+    """Options, data paths and output before any case is generated or torch imported."""
+    import os
+
+    from CalibSegLib.commands import _checks
+    from CalibSegLib.errors import CalibSegError
+    from CalibSegLib.training import data as td
+
+    if args.sample and args.data:
+        raise CalibSegError("Give either DATA (folder/CSV) or --sample, not both.")
+    if not args.sample and not args.data:
+        raise CalibSegError(
+            "No training data: give a folder/CSV of image/label pairs or --sample mni-t1.")
+    if args.data:
+        _checks.input_file(args.data, "DATA")
+    if args.val:
+        _checks.input_file(args.val, "--val")
+    if args.sample:
+        td.parse_seeds(args.train_seeds)
+        td.parse_seeds(args.val_seeds)
+        _parse_crop(args.crop)
+    stage_steps(args)
+    names = ([n.strip() for n in args.classes.split(",")] if args.classes else ["a", "b"])
+    config_from_args(args, names)  # validates sizes, losses, patch divisibility
+    used = [f for f in ("model.json", "checkpoint") if os.path.exists(os.path.join(args.output, f))]
+    if used and not args.resume and not args.overwrite:
+        raise CalibSegError(f"{args.output} already holds a trained model or checkpoint; pass "
+                            "--resume to continue it, --overwrite to start again, or choose "
+                            "another output folder.")
+
+
 def run(args: argparse.Namespace) -> int:
     import os
     import sys
+    import time
 
+    started = time.perf_counter()
+    check(args)
     import torch
 
     from CalibSegLib.training import train
@@ -240,8 +332,10 @@ def run(args: argparse.Namespace) -> int:
     train_cases, val_cases, names, colors, description = load_data(args)
     config = config_from_args(args, names)
     command = command_line(args)
+    stages = ", ".join(f"{n} {name}" for name, n in config.stages() if n)
     say(f"{len(train_cases)} training and {len(val_cases)} validation cases; "
-        f"{config.total_steps} steps of {config.batch_size} x {config.patch_size} patches")
+        f"{config.total_steps} steps ({stages}) of {config.batch_size} x "
+        f"{config.patch_size} patches")
     try:
         result = train(
             config, train_cases, val_cases, args.output, resume=args.resume,
@@ -254,7 +348,10 @@ def run(args: argparse.Namespace) -> int:
               "intact, continue with the same command plus --resume", file=sys.stderr)
         raise
     s = result.summary
-    say(f"done: {s['steps']} steps in {s['seconds']:.0f} s ({s['iterations_per_second']:.2f} it/s, "
-        f"{s['voxels_per_second']:.3g} voxels/s); temperature {result.temperature:.3f}")
+    wall = time.perf_counter() - started
+    say(f"done in {wall:.0f} s: {s['steps']} steps ({s['seconds']:.0f} s of optimisation at "
+        f"{s['iterations_per_second']:.2f} it/s, {s['voxels_per_second']:.3g} voxels/s; the "
+        f"rest is data, validation and the prototype push); temperature "
+        f"{result.temperature:.3f}")
     print(args.output)
     return 0

@@ -1,4 +1,4 @@
-"""Faithfulness of every explanation method over models and cases, as one table."""
+"""Tables of explanations: faithfulness over models and cases; signed prototype evidence."""
 
 from __future__ import annotations
 
@@ -149,3 +149,46 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {method} | {r['n_cases']} | " + " | ".join(cells)
                      + f" | {beats} |")
     return "\n".join(lines)
+
+
+def prototype_evidence(prototypes: Sequence[dict], top: int | None = 5) -> list[dict]:
+    """Signed evidence of prototypes for a class over a region, for and against, ranked.
+
+    Parameters
+    ----------
+    prototypes : sequence of dict
+        :func:`~CalibSegLib.explain.prototype.rank_prototypes` entries of *every*
+        prototype (``contribution`` = summed ``w_cj * sim_j`` over the region),
+        e.g. ``Explanation.prototypes`` computed with ``top_prototypes=None``.
+    top : int, optional
+        Rows kept on each side (None: all).
+
+    Returns
+    -------
+    list of dict
+        First the prototypes with positive contributions (evidence *for* the class),
+        largest first, then those with negative ones (evidence *against*), most
+        negative first. Each row: ``side`` (``"for"`` / ``"against"``), ``rank``
+        (1, 2, … within its side, in the order shown), ``evidence`` (the signed share
+        ``contribution / sum |contribution|`` over all prototypes, so the shares'
+        magnitudes sum to 1 over all of them), and the entry's ``index``,
+        ``class_name``, ``contribution``, ``mean_similarity``, ``source``.
+    """
+    total = float(sum(abs(float(p["contribution"])) for p in prototypes))
+    positive = sorted((p for p in prototypes if p["contribution"] > 0),
+                      key=lambda p: -float(p["contribution"]))
+    negative = sorted((p for p in prototypes if p["contribution"] < 0),
+                      key=lambda p: float(p["contribution"]))
+    rows = []
+    for side, entries in (("for", positive), ("against", negative)):
+        for rank, p in enumerate(entries[:top] if top is not None else entries, start=1):
+            rows.append({
+                "side": side, "rank": rank, "index": int(p["index"]),
+                "class_name": p.get("class_name"),
+                "contribution": float(p["contribution"]),
+                "evidence": float(p["contribution"]) / total if total > 0 else 0.0,
+                "mean_similarity": float(p.get("mean_similarity", float("nan"))),
+                "source": dict(p.get("source") or {}),
+            })
+    return rows
+

@@ -15,9 +15,12 @@ from CalibSegLib.report.html import HtmlReport, esc, figure_data_uri, fmt
 DEMO_MODELS = ("dicece", "dicece-softace")
 METRIC_COLUMNS = (("Dice GM", "dice", "grey matter"), ("Dice WM", "dice", "white matter"),
                   ("marginal ACE", "marginal_ace", None), ("marginal ECE", "marginal_ece", None),
-                  ("marginal MCE", "marginal_mce", None), ("top-label ECE", "ece", None),
+                  ("marginal MCE (raw)", "marginal_mce", None), ("top-label ECE", "ece", None),
+                  ("top-label MCE (raw)", "mce", None),
                   ("soft marginal ACE", "soft_marginal_ace", None), ("NLL", "nll", None),
                   ("Brier", "brier", None))
+#: Columns shown only when the cases carry a soft reference.
+SOFT_COLUMNS = ("soft_marginal_ace",)
 
 
 def models_folder() -> str:
@@ -33,7 +36,17 @@ def models_folder() -> str:
 
 def _value(metrics: dict, key: str, cls: str | None):
     value = metrics.get(key)
-    return value.get(cls, float("nan")) if isinstance(value, dict) else value
+    if isinstance(value, dict):
+        return value.get(cls, float("nan"))
+    if key.endswith("mce"):  # MCE under the minimum-bin-mass rule, the raw value alongside
+        raw = metrics.get(f"{key}_raw")
+        shown = fmt(value)
+        return shown if raw is None or fmt(raw) == shown else f"{shown} ({fmt(raw)})"
+    return value
+
+
+def _columns(soft: bool):
+    return [c for c in METRIC_COLUMNS if soft or c[1] not in SOFT_COLUMNS]
 
 
 def run_demo(output: str = "out/demo", shift_seeds=(1001, 1002, 1003), models=None,
@@ -108,11 +121,12 @@ def run_report(folders, cases, output: str, focus_index: int = 0, faithfulness: 
     target = explainer.class_names.index("grey matter") if "grey matter" in \
         explainer.class_names else min(1, explainer.num_classes - 1)
     method = "prototype" if explainer.is_prototype else "gradcam"
-    report(progress, 0.62, f"explaining ({method} map and its faithfulness)")
+    report(progress, 0.62, f"explaining ({method} map"
+           + (" and its faithfulness, the longest step)" if faithfulness else ")"))
     explanation = explain(focus.image, focus.affine, explainer, method=method,
                           target_class=target, faithfulness=faithfulness,
                           faithfulness_options={"steps": 10, "n_blocks": 16},
-                          reference=focus.labels, top_prototypes=6)
+                          reference=focus.labels, top_prototypes=None)
     report(progress, 0.9, "writing the report")
 
     # maps of the focus case
@@ -137,7 +151,7 @@ def run_report(folders, cases, output: str, focus_index: int = 0, faithfulness: 
         "models": {
             name: {label: {k: v for k, v in r[label].metrics("macro").items()
                            if k in ("mean_dice", "marginal_ace", "marginal_ece", "ece",
-                                    "soft_marginal_ace", "nll")}
+                                    "mce", "mce_raw", "soft_marginal_ace", "nll")}
                    | {"temperature": 1.0 if label == "T=1" else results[name]["focus"].temperature}
                    for label in ("T=1", "fitted")}
             for name, r in results.items()},
@@ -153,6 +167,14 @@ def run_report(folders, cases, output: str, focus_index: int = 0, faithfulness: 
 
 def _build_report(models, cases, focus, results, explanation, explainer, plots,
                   subtitle: str) -> HtmlReport:
+    from CalibSegLib.calibration.diagram import MIN_BIN_COUNT, MIN_BIN_FRACTION
+    from CalibSegLib.explain.table import prototype_evidence
+
+    soft = all(c.reference_probs is not None for c in cases)
+    rule = (f"MCE leaves out confidence bins holding less than {100 * MIN_BIN_FRACTION:g} % of "
+            f"a diagram's voxels or fewer than {MIN_BIN_COUNT} voxels (their observed frequency "
+            "is noise); the raw MCE over every non-empty bin is shown in brackets where it "
+            "differs, and diagrams draw such bins in grey with their count")
     page = HtmlReport(
         "CalibSeg report",
         f"{subtitle} · ACE = Average Calibration Error · metrics are per image, then "
@@ -161,13 +183,16 @@ def _build_report(models, cases, focus, results, explanation, explainer, plots,
     kpis = []
     for name, r in results.items():
         m1, mf = r["T=1"].metrics(), r["fitted"].metrics()
-        kpis.append(f"<span class='kpi'><b>{esc(name)}</b>: Dice {fmt(m1['mean_dice'])} · "
-                    f"marginal ACE {fmt(m1['marginal_ace'])} → {fmt(mf['marginal_ace'])} "
-                    f"after T · soft-reference ACE {fmt(m1.get('soft_marginal_ace'))}</span>")
+        text = (f"<b>{esc(name)}</b>: Dice {fmt(m1['mean_dice'])} · marginal ACE "
+                f"{fmt(m1['marginal_ace'])} → {fmt(mf['marginal_ace'])} · top-label ECE "
+                f"{fmt(m1['ece'])} → {fmt(mf['ece'])} after T")
+        if soft:
+            text += f" · soft-reference ACE {fmt(m1.get('soft_marginal_ace'))}"
+        kpis.append(f"<span class='kpi'>{text}</span>")
     page.section("Summary", "".join(kpis) + "<p class='note'>Arrows show the change after "
                  "temperature scaling with each card's fitted temperature (the segmentation "
-                 "does not change). The soft reference is the template's tissue probability "
-                 "maps.</p>")
+                 "does not change)." + (" The soft reference is the template's tissue "
+                                        "probability maps." if soft else "") + "</p>")
     # model cards
     cards = []
     for model in models:
@@ -189,20 +214,23 @@ def _build_report(models, cases, focus, results, explanation, explainer, plots,
                          ("limitations", card.limitations)]) + "</div>")
     page.section("Model cards", "<div class='grid'>" + "".join(cards) + "</div>")
     # metrics table
+    columns = _columns(soft)
     rows = []
     for name, r in results.items():
         for case_name, _label, temperature, metrics in r["rows"]:
             rows.append([name, case_name, f"{temperature:.2f}"] +
-                        [_value(metrics, key, cls) for _, key, cls in METRIC_COLUMNS])
+                        [_value(metrics, key, cls) for _, key, cls in columns])
     for name, r in results.items():
         for label in ("T=1", "fitted"):
             m = r[label].metrics("macro")
             rows.append([name, f"mean over {len(cases)} cases", label] +
-                        [_value(m, key, cls) for _, key, cls in METRIC_COLUMNS])
+                        [_value(m, key, cls) for _, key, cls in columns])
+    foreground = list(models[0].class_names[1:])
     page.section("Metrics", HtmlReport.table(
-        ["model", "case", "T"] + [c[0] for c in METRIC_COLUMNS], rows) +
-        "<p class='note'>Marginal = one-vs-rest per class, mean over grey and white matter. "
-        "20 equal-width bins; empty bins are skipped.</p>")
+        ["model", "case", "T"] + [c[0] for c in columns], rows) +
+        f"<p class='note'>Marginal = one-vs-rest per class, mean over "
+        f"{esc(', '.join(foreground))}. 20 equal-width bins; empty bins are skipped. "
+        f"{esc(rule)}.</p>")
     # reliability diagrams
     figs = []
     for label in ("T=1", "fitted"):
@@ -217,7 +245,8 @@ def _build_report(models, cases, focus, results, explanation, explainer, plots,
                              f"{'T = 1' if label == 'T=1' else 'fitted T'}")), label))
     page.section("Reliability diagrams (models overlaid)",
                  "<div class='grid'>" + "".join(f"<div class='card'>{f}</div>" for f in figs)
-                 + "</div>")
+                 + f"</div><p class='note'>The lower panels give the voxels per bin. {esc(rule)}."
+                 "</p>")
     hists = [HtmlReport.image(figure_data_uri(plots.plot_dataset_reliability_histogram(
         r["T=1"], title=f"{name}: dataset reliability histogram ({len(cases)} cases, T = 1)")),
         name) for name, r in results.items()]
@@ -241,15 +270,16 @@ def _build_report(models, cases, focus, results, explanation, explainer, plots,
                                                                  model.name))
     # explanation
     body = ""
-    fig = montage_figure(focus.image, [(f"prototype evidence ({explanation.class_name})",
+    what = "prototype evidence" if explanation.method == "prototype" else explanation.method
+    fig = montage_figure(focus.image, [(f"{what} ({explanation.class_name})",
                                         explanation.map, {"cmap": "magma", "alpha": 0.65})],
-                         title=f"{explainer.name}: prototype explanation, upsampling "
-                               f"{explanation.upsampling}")
+                         title=f"{explainer.name}: {explanation.method} explanation, "
+                               f"upsampling {explanation.upsampling}")
     body += HtmlReport.image(figure_data_uri(fig, 90), "explanation")
     faith = explanation.faithfulness
     if faith:
         main = faith["explanation"]
-        rows = [["prototype map", main["deletion_auc"], main["insertion_auc"],
+        rows = [[f"{explanation.method} map", main["deletion_auc"], main["insertion_auc"],
                  main["correlation"]]]
         for variant, r in faith["random"].items():
             rows.append([f"random ({variant})", r["deletion_auc"], r["insertion_auc"],
@@ -266,14 +296,24 @@ def _build_report(models, cases, focus, results, explanation, explainer, plots,
             f"{faith['steps']} steps, {faith['n_blocks']} random blocks. Activation precision "
             f"against the reference (plausibility, not faithfulness): "
             f"{fmt(plaus.get('activation_precision'))}.</p>")
-    protos = explanation.prototypes or []
+    elif explanation.faithfulness is None:
+        body += ("<p class='note'>Faithfulness was not measured in this run "
+                 "(--no-faithfulness).</p>")
+    protos = prototype_evidence(explanation.prototypes or [], top=4)
     if protos:
-        body += "<h3>This looks like that: prototypes behind the region</h3>" + HtmlReport.table(
-            ["rank", "prototype", "class", "share of evidence", "mean similarity",
-             "source case", "voxel (i, j, k)"],
-            [[p["rank"], str(p["index"]), p["class_name"], p["share"], p["mean_similarity"],
-              p["source"].get("case", ""), str(tuple(p["source"].get("voxel", ())))]
-             for p in protos])
+        body += (f"<h3>This looks like that: prototypes behind the "
+                 f"{esc(explanation.class_name)} region</h3>" + HtmlReport.table(
+                     ["evidence", "rank", "prototype", "prototype's class",
+                      "signed share of evidence", "mean similarity", "source case",
+                      "voxel (i, j, k)"],
+                     [[p["side"], p["rank"], str(p["index"]), p["class_name"] or "",
+                       f"{p['evidence']:+.3f}", p["mean_similarity"],
+                       p["source"].get("case", ""), str(tuple(p["source"].get("voxel", ())))]
+                      for p in protos])
+                 + "<p class='note'>Each prototype adds (for) or subtracts (against) its "
+                 "similarity times its class weight from the class's logit over the region; "
+                 "the signed share is its sum divided by the summed magnitudes of all "
+                 "prototypes. Ranked by magnitude within each side.</p>")
         crops, entries = [], []
         catalogue = {e["index"]: e for e in (explainer.card.prototypes or [])}
         for p in protos:

@@ -14,20 +14,23 @@ Entry points
     Training speed (iterations/s, voxels/s) per calibration loss.
 """
 
-from CalibSegLib.training.config import TrainConfig
-from CalibSegLib.training.data import (
-    TrainingCase,
-    csv_cases,
-    folder_cases,
-    format_seeds,
-    parse_seeds,
-    sample_cases,
-)
-from CalibSegLib.training.loop import TrainResult, train
-from CalibSegLib.training.push import case_features, push_prototypes
-from CalibSegLib.training.throughput import measure_throughput
+from __future__ import annotations
 
-__all__ = [
-    "TrainConfig", "TrainResult", "TrainingCase", "case_features", "csv_cases", "folder_cases",
-    "format_seeds", "measure_throughput", "parse_seeds", "push_prototypes", "sample_cases", "train",
-]
+import importlib
+
+#: Public name -> defining module; loaded on first use, so that reading the
+#: configuration (``calibseg train --help``, option checks) does not import torch.
+_EXPORTS = {
+    "TrainConfig": "config", "TrainResult": "loop", "train": "loop",
+    "TrainingCase": "data", "csv_cases": "data", "folder_cases": "data",
+    "format_seeds": "data", "parse_seeds": "data", "sample_cases": "data",
+    "case_features": "push", "push_prototypes": "push", "measure_throughput": "throughput",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
