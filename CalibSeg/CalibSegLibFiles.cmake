@@ -61,6 +61,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/federated/transport.py
   CalibSegLib/inference/__init__.py
   CalibSegLib/inference/compact.py
+  CalibSegLib/inference/nnunet.py
   CalibSegLib/inference/predict.py
   CalibSegLib/inference/prediction.py
   CalibSegLib/inference/resample.py
@@ -72,6 +73,8 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/models/card.py
   CalibSegLib/models/importers.py
   CalibSegLib/models/networks.py
+  CalibSegLib/models/nnunet.py
+  CalibSegLib/models/nnunet_import.py
   CalibSegLib/models/normalization.py
   CalibSegLib/models/store.py
   CalibSegLib/models/testing.py

@@ -268,6 +268,10 @@ def build_network(card: Any) -> nn.Module:
         from CalibSegLib.models.bundle import build_bundle_network
 
         return build_bundle_network(network["config"], network["network_key"])
+    if arch == "nnunet":
+        from CalibSegLib.models.nnunet import build_nnunet_network
+
+        return build_nnunet_network(card)
     feature_size = int(head.get("feature_size", 16))
     backbone = build_backbone(network, feature_size)
     if head["type"] == "prototype":

@@ -1,0 +1,214 @@
+"""nnU-Net v2 inference with nnU-Net's own code: logits on the input grid.
+
+Steps, each done by nnunetv2 itself: the image as the plans' reader gives it
+(:func:`reader_input`); the plans' preprocessor (``transpose_forward``, crop to
+the non-zero box, normalisation such as CT or z-score, resampling to the
+configuration's spacing); ``nnUNetPredictor``'s Gaussian-weighted sliding window
+(mirroring test-time augmentation when the card asks for it) per fold, the
+folds' logits summed and divided by their count exactly as nnU-Net does; the
+plans' ``resampling_fn_probabilities`` back to the cropped input shape (nnU-Net
+resamples logits, then applies the softmax); the crop undone and
+``transpose_backward``. CalibSeg then applies the softmax at its temperature, so
+at temperature 1 the probabilities are nnU-Net's.
+
+Outside the non-zero box nnU-Net reports background with probability 1; here
+that is the logit vector ``(0, -OUTSIDE_LOGIT, ...)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from CalibSegLib.errors import CalibSegError, Cancelled
+from CalibSegLib.models.nnunet import SUPPORTED_READERS, require_nnunetv2
+from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
+
+#: Logit gap that makes background certain outside nnU-Net's crop (exp(-1e4 / T) is 0).
+OUTSIDE_LOGIT = 1.0e4
+
+
+def reader_input(array: np.ndarray, affine: np.ndarray, reader: str
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """``(data (1, Z, Y, X) float32, properties)`` as the plans' reader gives them for this image.
+
+    ``SimpleITKIO`` and ``NibabelIO`` both give the file's voxel array in
+    SimpleITK's ``(Z, Y, X)`` order, which is CalibSeg's array, with the spacing
+    ``(sz, sy, sx)``; no reorientation.
+    """
+    if reader not in SUPPORTED_READERS:
+        raise CalibSegError(
+            f"nnU-Net image reader {reader!r} is not supported (supported: "
+            f"{', '.join(SUPPORTED_READERS)}); it reorients or reads 2D images.")
+    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    data = np.asarray(array).astype(np.float32)[None]
+    return data, {"spacing": [float(s) for s in spacing[::-1]]}
+
+
+class _WatchedNetwork(nn.Module):
+    """One fold's network, reporting progress per call; after a cancel, returns zeros fast."""
+
+    def __init__(self, network: nn.Module, channels: int, calls: int, done: int,
+                 progress: ProgressCallback | None, cancel: CancelCallback | None) -> None:
+        super().__init__()
+        self.network = network
+        self.channels = channels
+        self.calls = max(calls, 1)
+        self.done = done
+        self.progress = progress
+        self.cancel = cancel
+        self.cancelled = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.cancelled and self.cancel is not None and self.cancel():
+            self.cancelled = True
+        if self.cancelled:  # let nnU-Net's window loop drain; the caller raises Cancelled
+            return x.new_zeros((x.shape[0], self.channels, *x.shape[2:]))
+        out = self.network(x)
+        self.done += 1
+        report(self.progress, 0.05 + 0.8 * self.done / self.calls, "sliding window")
+        return out
+
+
+def _load_json(folder: str | None, name: str) -> dict[str, Any]:
+    if folder is None:
+        raise CalibSegError("An nnU-Net model must be loaded from its folder (load_model).")
+    root = os.path.normpath(folder)
+    path = os.path.normpath(os.path.join(root, name))
+    if not path.startswith(root + os.sep):
+        raise CalibSegError(f"nnU-Net file {name!r} points outside the model folder.")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise CalibSegError(
+            f"{path}: cannot read it ({exc}); re-import the nnU-Net model.") from exc
+
+
+def _calls_per_fold(shape: tuple[int, ...], patch: tuple[int, ...], step: float,
+                    mirror_axes: tuple[int, ...] | None) -> int:
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+    padded = [max(s, p) for s, p in zip(shape, patch)]
+    steps = compute_steps_for_sliding_window(padded, patch, step)
+    windows = int(np.prod([len(s) for s in steps]))
+    mirrors = 2 ** len(mirror_axes) if mirror_axes else 1
+    return windows * mirrors
+
+
+def nnunet_logits(array: np.ndarray, affine: np.ndarray, model: Any, device: torch.device,
+                  progress: ProgressCallback | None = None,
+                  cancel: CancelCallback | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """nnU-Net's fold-averaged logits for one image, on the input grid.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        ``(Z, Y, X)`` image as :func:`CalibSegLib.io.read_image` gives it; not modified.
+    affine : numpy.ndarray
+        Its 4×4 IJK-to-RAS matrix (only the voxel sizes matter to nnU-Net).
+    model : Model
+        A loaded model whose card has architecture ``nnunet``.
+    device : torch.device
+    progress, cancel : callable, optional
+
+    Returns
+    -------
+    (torch.Tensor, dict)
+        ``(1, C, Z, Y, X)`` float32 logits on the CPU and run information.
+    """
+    require_nnunetv2()
+    from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    card = model.card
+    settings: Mapping[str, Any] = card.nnunet
+    plans = _load_json(model.folder, settings["plans_file"])
+    dataset = _load_json(model.folder, settings["dataset_file"])
+    manager = PlansManager(plans)
+    config = manager.get_configuration(settings["configuration"])
+    labels = manager.get_label_manager(dataset)
+    channels = int(labels.num_segmentation_heads)
+    check_cancel(cancel, "prediction")
+    report(progress, 0.0, "nnU-Net preprocessing")
+    data, properties = reader_input(array, affine, str(plans.get("image_reader_writer")))
+    preprocessor = config.preprocessor_class(verbose=False)
+    data, _, properties = preprocessor.run_case_npy(data, None, properties, manager, config,
+                                                    dataset)
+    data = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    check_cancel(cancel, "prediction")
+
+    mirror_axes = settings.get("mirroring_axes")
+    use_mirroring = bool(settings.get("mirroring", False)) and bool(mirror_axes)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a note about CPU devices
+        predictor = nnUNetPredictor(
+            tile_step_size=float(settings.get("tile_step_size", 0.5)), use_gaussian=True,
+            use_mirroring=use_mirroring, perform_everything_on_device=device.type == "cuda",
+            device=device, verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    folds = list(model.network.folds)
+    predictor.manual_initialization(
+        folds[0], manager, config, None, dataset, str(settings.get("trainer", "nnUNetTrainer")),
+        tuple(mirror_axes) if mirror_axes else None)
+    calls = _calls_per_fold(tuple(data.shape[1:]), tuple(config.patch_size),
+                            predictor.tile_step_size,
+                            tuple(mirror_axes) if use_mirroring else None) * len(folds)
+    report(progress, 0.05, "sliding window")
+    summed = None
+    done = 0
+    with torch.inference_mode():
+        for network in folds:
+            watched = _WatchedNetwork(network, channels, calls, done, progress, cancel)
+            predictor.network = watched
+            logits = predictor.predict_sliding_window_return_logits(data).to("cpu")
+            done = watched.done
+            if watched.cancelled:
+                raise Cancelled("The prediction was cancelled; nothing was written.")
+            # nnU-Net's ensemble: the folds' logits summed in their own dtype, then divided
+            summed = logits if summed is None else summed.add_(logits)
+        if len(folds) > 1:
+            summed /= len(folds)
+    summed = summed.clone()  # an ordinary tensor again
+    check_cancel(cancel, "prediction")
+    report(progress, 0.85, "nnU-Net resampling")
+
+    # convert_predicted_logits_to_segmentation_with_correct_shape, stopping before the softmax
+    spacing_t = [properties["spacing"][i] for i in manager.transpose_forward]
+    current = (config.spacing if len(config.spacing) ==
+               len(properties["shape_after_cropping_and_before_resampling"])
+               else [spacing_t[0], *config.spacing])
+    logits = config.resampling_fn_probabilities(
+        summed, properties["shape_after_cropping_and_before_resampling"], current, spacing_t)
+    logits = torch.as_tensor(np.asarray(logits) if not torch.is_tensor(logits) else logits)
+    logits = logits.float()
+    full = torch.full((channels, *properties["shape_before_cropping"]), -OUTSIDE_LOGIT,
+                      dtype=torch.float32)
+    full[0] = 0.0
+    full = insert_crop_into_image(full, logits, properties["bbox_used_for_cropping"])
+    full = full.permute(0, *[i + 1 for i in manager.transpose_backward]).contiguous()
+    if tuple(full.shape[1:]) != tuple(np.asarray(array).shape):
+        raise CalibSegError(
+            f"nnU-Net returned logits of shape {tuple(full.shape[1:])} for an image of shape "
+            f"{tuple(np.asarray(array).shape)}; the plans' transpose does not fit this image.")
+    info = {
+        "nnunet_configuration": settings["configuration"],
+        "folds": len(folds),
+        "mirroring": use_mirroring,
+        "model_grid_shape": [int(s) for s in data.shape[1:]],
+        "resampled": tuple(data.shape[1:]) != tuple(
+            properties["shape_after_cropping_and_before_resampling"]),
+        "axis_order": card.axis_order,
+        "output_kind": card.output_kind,
+    }
+    return full[None], info
+
+
+__all__ = ["OUTSIDE_LOGIT", "nnunet_logits", "reader_input"]
