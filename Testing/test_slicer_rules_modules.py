@@ -290,3 +290,100 @@ def test_missing_model_folder_gives_an_empty_list(tmp_path):
     assert locations.shippedModelFolders(str(tmp_path / "mod")) == []
     with pytest.raises(FileNotFoundError, match="reinstall"):
         locations.sampleDataPath(str(tmp_path / "mod"))
+
+
+# ------------------------------------------------- loading CalibSeg.py the way Slicer does
+LOAD_SCRIPT = textwrap.dedent('''
+    import importlib.util, json, os, sys, types
+    module_dir = sys.argv[1]
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+    sys.path[:] = [p for p in sys.path if p and "__editable__" not in p
+                   and not os.path.isfile(os.path.join(p, "CalibSegLib", "__init__.py"))]
+    sys.path.insert(0, module_dir)   # Slicer appends the module folder to sys.path
+    sys.path_importer_cache.clear()
+
+    # Stand-ins for what only the Slicer application provides (slicer-core gives MRML).
+    import slicer
+    class Anything:
+        def __init__(self, *a, **k): pass
+        def __call__(self, *a, **k): return Anything()
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return Anything()
+    class QtModule(types.ModuleType):
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return Anything
+    for name in ("qt", "ctk", "slicer.qSlicerWidgetsPythonQt"):
+        sys.modules[name] = QtModule(name)
+    connections = []
+    slicer.app = types.SimpleNamespace(connect=lambda s, f: connections.append((s, f)))
+    base = types.ModuleType("slicer.ScriptedLoadableModule")
+    class ScriptedLoadableModule:
+        def __init__(self, parent):
+            self.parent = parent
+            self.moduleName = type(self).__name__
+    class ScriptedLoadableModuleWidget: pass
+    class ScriptedLoadableModuleLogic: pass
+    class ScriptedLoadableModuleTest: pass
+    for c in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
+              ScriptedLoadableModuleTest):
+        setattr(base, c.__name__, c)
+    sys.modules[base.__name__] = slicer.ScriptedLoadableModule = base
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = lambda cls: cls
+    wrapper.Choice = wrapper.WithinRange = lambda *a, **k: None
+    sys.modules[wrapper.__name__] = slicer.parameterNodeWrapper = wrapper
+    registered = []
+    sample = types.ModuleType("SampleData")
+    sample.SampleDataLogic = types.SimpleNamespace(
+        registerCustomSampleDataSource=lambda **kw: registered.append(kw))
+    sys.modules["SampleData"] = sample
+
+    def load():   # qSlicerScriptedLoadableModule::setPythonSource / reloadScriptedModule
+        path = os.path.join(module_dir, "CalibSeg.py")
+        spec = importlib.util.spec_from_file_location("CalibSeg", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["CalibSeg"] = module
+        spec.loader.exec_module(module)
+        return module
+
+    first = load()
+    parent = types.SimpleNamespace(path=os.path.join(module_dir, "CalibSeg.py"))
+    instance = first.CalibSeg(parent)
+    names = {n: isinstance(getattr(first, n, None), type)
+             for n in ("CalibSeg", "CalibSegWidget", "CalibSegLogic", "CalibSegTest")}
+    (signal, slot), = connections
+    slot()  # startupCompleted()
+    widget_before = first.CalibSegWidget
+    second = load()   # "Reload"
+    print(json.dumps({"classes": names, "title": parent.title, "signal": signal,
+                      "registered": [r["sampleName"] for r in registered],
+                      "uris": [u for r in registered for u in r["uris"]],
+                      "freshWidget": second.CalibSegWidget is not widget_before,
+                      "lib": os.path.dirname(os.path.dirname(
+                          sys.modules["CalibSegLib"].__file__))}))
+''')
+
+
+@pytest.mark.parametrize("layout", ["source", "installed"])
+def test_module_file_loads_like_slicer_loads_it(layout, installed_tree, tmp_path):
+    """Import ``CalibSeg.py`` as Slicer does (stand-ins for Qt and the application), create
+    the module, fire ``startupCompleted()``, then Reload."""
+    module_dir = MODULE_DIR if layout == "source" else installed_tree
+    out = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, module_dir], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["classes"] == {"CalibSeg": True, "CalibSegWidget": True,
+                                 "CalibSegLogic": True, "CalibSegTest": True}
+    assert result["title"] == "CalibSeg"
+    assert result["signal"] == "startupCompleted()"
+    assert result["registered"] == ["CalibSeg-MNI-T1-2mm"]
+    root = ROOT if layout == "source" else installed_tree
+    for uri in result["uris"]:
+        assert os.path.abspath(root) in uri or os.path.realpath(root) in uri
+    assert result["freshWidget"] is True
+    assert os.path.samefile(result["lib"], root)
