@@ -178,6 +178,45 @@ def test_shipped_segmentation_equals_the_sample_labels(mni_case):
     np.testing.assert_allclose(np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, mni_case.affine, atol=1e-9)
 
 
+@pytest.mark.mrml
+def test_slicers_own_readers_load_the_shipped_files(mni_case):
+    """MRML's storage nodes (what SampleData's VolumeFile / SegmentationFile loading uses)."""
+    slicer = pytest.importorskip("slicer")
+    import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    scene = slicer.vtkMRMLScene()
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(locations.sampleDataPath())
+    assert storage.ReadData(volume)
+    image = volume.GetImageData()
+    array = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(image.GetDimensions()[::-1])
+    np.testing.assert_array_equal(array, mni_case.image)
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    ijk_to_ras = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    np.testing.assert_allclose(ijk_to_ras, mni_case.affine, atol=1e-6)
+
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segStorage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    segStorage.SetFileName(locations.sampleLabelsPath())
+    assert segStorage.ReadData(segmentation)
+    content = segmentation.GetSegmentation()
+    names = [content.GetNthSegment(i).GetName() for i in range(content.GetNumberOfSegments())]
+    assert names == list(mni_case.class_names[1:])
+
+
+def test_segment_names_are_the_demo_models_class_names(mni_case):
+    """The sample's segmentation is a valid reference for every shipped model."""
+    import json
+
+    for folder in locations.shippedModelFolders():
+        with open(os.path.join(folder, "model.json"), encoding="utf-8") as fh:
+            card = json.load(fh)
+        assert [c["name"] for c in card["classes"]] == list(mni_case.class_names)
+
+
 def test_licence_notice_ships_beside_the_sample():
     notice = " ".join(read(os.path.join(SAMPLE_DIR, locations.SAMPLE_LICENSE_FILE)).split())
     assert "Louis Collins" in notice and "McGill University" in notice
