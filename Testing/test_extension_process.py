@@ -195,3 +195,32 @@ def test_runner_reports_user_errors_as_one_line(tmp_path, capsys):
     kind, message = proc.parseLine(lines[-1])
     assert kind == "error" and "no-such-model" in message
     assert not (tmp_path / "out.npz").exists()
+
+
+def test_import_runs_the_library_importer_in_a_child_process(tmp_path):
+    import torch
+
+    from CalibSegLib.models import ModelCard
+
+    cmd = proc.buildImportCommand("/data/my model.ts", "/models/new", python="/bin/PythonSlicer")
+    assert cmd[0] == "/bin/PythonSlicer" and cmd[1].endswith("runner.py")
+    assert cmd[2:] == ["--import-source", "/data/my model.ts", "--output", "/models/new"]
+    source = tmp_path / "tiny.ts"
+    torch.jit.trace(torch.nn.Conv3d(1, 2, 1), torch.zeros(1, 1, 4, 4, 4)).save(str(source))
+    destination = str(tmp_path / "imported")
+    job = proc.ProcessRunner().importModel(str(source), destination)
+    job.start()
+    assert job.wait(120) == "finished", job.error + "\n" + "\n".join(job.log)
+    assert job.result() == destination
+    card = ModelCard.from_file(os.path.join(destination, "model.json"))
+    assert card.num_classes == 2 and card.architecture == "torchscript"
+    job.cleanup()
+    # A file that is no model: the job fails with the importer's one-line message.
+    bad = tmp_path / "bad.ts"
+    bad.write_text("not a model")
+    failed = proc.ProcessRunner().importModel(str(bad), str(tmp_path / "never"))
+    failed.start()
+    assert failed.wait(120) == "failed"
+    assert failed.error and "\n" not in failed.error
+    assert not os.path.exists(tmp_path / "never")
+    failed.cleanup()

@@ -15,7 +15,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "CalibSeg"))
 
 from CalibSegSlicer import display, layouts  # noqa: E402
-from CalibSegSlicer.catalog import FOLDERS_KEY, MemorySettings, ModelCatalog  # noqa: E402
+from CalibSegSlicer.catalog import (  # noqa: E402
+    FOLDERS_KEY,
+    IMPORT_FOLDER_KEY,
+    MemorySettings,
+    ModelCatalog,
+)
 from CalibSegSlicer.logic import CalibSegLogic  # noqa: E402
 from CalibSegSlicer.panel import NO_MODEL, SIGNALS, CalibSegPanel  # noqa: E402
 from CalibSegSlicer.process import InProcessRunner  # noqa: E402
@@ -272,3 +277,39 @@ def test_contribution_overlay_shows_a_map(scene, folders):
     with pytest.raises(CalibSegError, match="prototype model"):
         panel.onDisplay()
     assert red.GetForegroundVolumeID() == panel.logic.node("A", "confidence").GetID()
+
+
+# ---------------------------------------------------------------------------- import
+def tiny_torchscript(path) -> str:
+    """A TorchScript file of a 3-class 1x1x1 convolution (what a user may have)."""
+    import torch
+
+    torch.manual_seed(0)
+    traced = torch.jit.trace(torch.nn.Conv3d(1, 3, 1), torch.zeros(1, 1, 8, 8, 8))
+    traced.save(str(path))
+    return str(path)
+
+
+def test_import_model_joins_the_list_and_is_chosen(scene, folders, tmp_path):
+    source = tiny_torchscript(tmp_path / "tiny.ts")
+    settings = MemorySettings({IMPORT_FOLDER_KEY: str(tmp_path / "imported")})
+    panel, ui = make_panel(scene, folders, settings)
+    panel.importModel(source, "B")
+    run_until_idle(panel)
+    destination = str(tmp_path / "imported" / "tiny")
+    assert os.path.isfile(os.path.join(destination, "model.json"))
+    assert panel.selectedFolder("B") == destination
+    assert ui.modelBComboBox.currentText.startswith("tiny")
+    assert "Model B: tiny" in ui.cardLabel.text and "background" in ui.cardLabel.text
+    assert destination in settings.value(FOLDERS_KEY)
+    assert ui.statusLabel.text == f"Imported model into {destination}."
+    # A second import of the same file gets a new folder; a bad file gives one clear error.
+    assert panel.catalog.importDestination(source) == destination + "-2"
+    reports = []
+    panel.report = reports.append
+    bad = tmp_path / "not-a-model.ts"
+    bad.write_text("hello")
+    panel.importModel(str(bad), "A")
+    run_until_idle(panel)
+    assert len(reports) == 1 and reports[0].startswith("Import: ")
+    assert not os.path.exists(str(tmp_path / "imported" / "not-a-model"))

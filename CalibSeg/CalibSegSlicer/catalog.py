@@ -172,7 +172,8 @@ class ModelCatalog:
         return str(self.settings.value(IMPORT_FOLDER_KEY, default) or default)
 
     def importDestination(self, source: str) -> str:
-        """A new, not yet existing folder for importing ``source``."""
+        """A new, not yet existing folder for importing ``source`` (its parent is created)."""
+        os.makedirs(self.importFolder(), exist_ok=True)
         stem = os.path.basename(os.path.normpath(source))
         for suffix in (".ts", ".pt", ".pth", ".zip"):
             if stem.lower().endswith(suffix):

@@ -399,6 +399,7 @@ class InProcessRunner:
             from CalibSegLib.models.importers import import_model
 
             progress(0.0, "importing")
-            return import_model(source, outputFolder)
+            import_model(source, outputFolder)
+            return outputFolder
 
         return InProcessJob(work)
