@@ -70,12 +70,15 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/io.py
   CalibSegLib/models/__init__.py
   CalibSegLib/models/bundle.py
+  CalibSegLib/models/bundle_transforms.py
   CalibSegLib/models/card.py
   CalibSegLib/models/importers.py
   CalibSegLib/models/networks.py
   CalibSegLib/models/nnunet.py
   CalibSegLib/models/nnunet_import.py
   CalibSegLib/models/normalization.py
+  CalibSegLib/models/output_kind.py
+  CalibSegLib/models/preprocessing.py
   CalibSegLib/models/store.py
   CalibSegLib/models/testing.py
   CalibSegLib/progress.py

@@ -59,7 +59,7 @@ def _set(data: dict, path: list, value) -> dict:
 _DELETE = object()
 
 BAD_FIELDS = [
-    (["format_version"], 2, "format_version"),
+    (["format_version"], 3, "format_version"),
     (["name"], "", "name"),
     (["name"], _DELETE, "name"),
     (["classes"], [{"name": "only", "color": [0, 0, 0]}], "classes"),
@@ -67,7 +67,13 @@ BAD_FIELDS = [
     (["classes", 2, "color"], [1.0, 0.5, 2.0], "classes[2].color[2]"),
     (["spacing_mm"], [1.0, -1.0, 1.0], "spacing_mm[1]"),
     (["orientation"], "RRS", "orientation"),
-    (["normalization", "type"], "magic", "normalization.type"),
+    (["preprocessing", 0, "transform"], "Lambda", "preprocessing[0].transform"),
+    (["preprocessing", 0, "args"], {"nonzero": "yes"}, "preprocessing[0].args.nonzero"),
+    (["preprocessing", 0, "args"], {"dtype": "float16"}, "preprocessing[0].args.dtype"),
+    (["preprocessing", 0, "args"], {"func": "$print"}, "preprocessing[0].args.func"),
+    (["axis_order"], "YXZ", "axis_order"),
+    (["output_kind"], "softmax", "output_kind"),
+    (["sliding_window"], {"mode": "median"}, "sliding_window.mode"),
     (["patch_size"], [32, 32], "patch_size"),
     (["patch_size"], [30, 32, 32], "patch_size"),
     (["network", "architecture"], "resnet", "network.architecture"),

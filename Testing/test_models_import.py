@@ -65,10 +65,14 @@ def _bundle(root, network_def: dict | None = None, weights=None) -> str:
 
 def test_bundle_import_round_trip(tmp_path):
     source = _bundle(tmp_path)
-    folder = import_model(source, str(tmp_path / "imported"))
+    folder = str(tmp_path / "imported")
+    returned = import_model(source, folder)
     assert sorted(os.listdir(folder)) == ["model.json", "model.safetensors"]
     model = load_model(folder)
     card = model.card
+    assert returned == card and card.axis_order == "XYZ" and card.output_kind == "logits"
+    assert card.preprocessing == [{"transform": "ScaleIntensityRange", "args": {
+        "a_min": -50, "a_max": 150, "b_min": 0.0, "b_max": 1.0, "clip": True}}]
     assert card.architecture == "monai.bundle" and card.head_type == "linear"
     assert card.class_names == ("background", "lesion")
     assert card.spacing_mm == (2.0, 2.0, 3.0) and card.patch_size == (16, 16, 16)
@@ -125,9 +129,9 @@ def test_torchscript_import_round_trip(tmp_path):
     scripted = torch.jit.trace(net, x)
     path = str(tmp_path / "seg.ts")
     torch.jit.save(scripted, path)
-    folder = import_model(path, str(tmp_path / "imported"), kind="torchscript",
-                          class_names=["background", "tumour"], patch_size=[16, 16, 16],
-                          spacing_mm=[1.0, 1.0, 2.0])
+    folder = str(tmp_path / "imported")
+    import_model(path, folder, kind="torchscript", class_names=["background", "tumour"],
+                 patch_size=[16, 16, 16], spacing_mm=[1.0, 1.0, 2.0])
     assert sorted(os.listdir(folder)) == ["model.json", "model.ts"]
     model = load_model(folder)
     assert model.card.network == {"architecture": "torchscript", "file": "model.ts"}
@@ -148,7 +152,7 @@ def test_import_errors(tmp_path):
     with pytest.raises(CalibSegError, match="no such file"):
         import_model(str(tmp_path / "missing"), str(tmp_path / "out"))
     (tmp_path / "plain").mkdir()
-    with pytest.raises(CalibSegError, match="not a MONAI bundle"):
+    with pytest.raises(CalibSegError, match="MONAI bundle"):
         import_model(str(tmp_path / "plain"), str(tmp_path / "out"))
     junk = tmp_path / "junk.ts"
     junk.write_bytes(b"hello")

@@ -1,10 +1,17 @@
 """``predict``: one volume, one model -> a :class:`Prediction` on the input grid.
 
-Steps: validate the input; normalise intensities per the card (on the input
-grid); resample to the model grid (card spacing and orientation; skipped when
-the input is already on it); Gaussian-blended sliding-window inference; back to
-the input grid (logits, or prototype similarities, trilinearly); softmax at the
-card's temperature, confidence, normalised entropy and the prototype maps.
+Steps: validate the input; resample to the model grid (card spacing,
+orientation and ``model_grid``; skipped when the input is already on it) with
+the card's preprocessing transforms before or after (``preprocessing_grid``);
+the array in the network's axis order (card ``axis_order``); sliding-window
+inference with the card's window size and blending; the output checked against
+the card's ``output_kind``; back to CalibSeg's axis order and the input grid
+(logits or probabilities per ``output_resampling``, or prototype similarities,
+trilinearly); logits from the output kind; softmax at the card's temperature,
+confidence, normalised entropy and the prototype maps.
+
+Every convention of a model from another framework is applied in
+:func:`network_output` and :func:`output_logits`, nowhere else.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from CalibSegLib.errors import CalibSegError
 from CalibSegLib.inference.prediction import Prediction, label_dtype, probability_maps
 from CalibSegLib.inference.resample import model_grid, resample, same_grid
 from CalibSegLib.inference.sliding import _is_cuda_oom, sliding_window
-from CalibSegLib.models.normalization import normalize_intensity
+from CalibSegLib.models.output_kind import check_output, to_logits, to_probabilities
+from CalibSegLib.models.preprocessing import preprocessor
 from CalibSegLib.progress import (
     CancelCallback,
     ProgressCallback,
@@ -80,11 +88,139 @@ def validate_input(volume: Any, affine: Any) -> tuple[np.ndarray, np.ndarray]:
     return array, matrix
 
 
+def to_network_axes(x: torch.Tensor, axis_order: str) -> torch.Tensor:
+    """``(B, C, Z, Y, X)`` -> the network's order: unchanged for ``ZYX``, ``(B, C, X, Y, Z)``
+    for ``XYZ`` (a view; the same permutation maps back, see :func:`from_network_axes`)."""
+    if axis_order == "ZYX":
+        return x
+    if axis_order == "XYZ":
+        return x.permute(0, 1, 4, 3, 2)
+    raise CalibSegError(f"Unknown axis order {axis_order!r} in the model card; use ZYX or XYZ.")
+
+
+def from_network_axes(x: torch.Tensor, axis_order: str) -> torch.Tensor:
+    """The network's ``(B, C, ...)`` output back in CalibSeg's ``(B, C, Z, Y, X)`` order."""
+    return to_network_axes(x, axis_order)
+
+
+def window_in_network_axes(card: Any) -> tuple[int, int, int]:
+    """The card's ``patch_size`` (given as X, Y, Z) in the order of the network's axes."""
+    x, y, z = card.patch_size
+    return (x, y, z) if card.axis_order == "XYZ" else (z, y, x)
+
+
+class _CheckedNetwork:
+    """Calls the network on a window batch and checks the shape of what it returns."""
+
+    def __init__(self, network: Any, channels: int, what: str) -> None:
+        self.network = network
+        self.channels = int(channels)
+        self.what = what
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        out = self.network(batch)
+        if isinstance(out, dict):
+            out = next(iter(out.values()))
+        elif isinstance(out, (tuple, list)):
+            out = out[0]
+        if not torch.is_tensor(out) or out.dim() != batch.dim():
+            raise CalibSegError(
+                f"The network returned {type(out).__name__} "
+                f"{tuple(out.shape) if torch.is_tensor(out) else ''} for a window of shape "
+                f"{tuple(batch.shape)}; it must return (B, C, *window).")
+        if tuple(out.shape[2:]) != tuple(batch.shape[2:]):
+            raise CalibSegError(
+                f"The network gives output of spatial size {tuple(out.shape[2:])} for a window "
+                f"of {tuple(batch.shape[2:])}; CalibSeg needs one value per input voxel. Check "
+                "the card's patch_size and axis_order.")
+        if out.shape[1] != self.channels:
+            raise CalibSegError(
+                f"The network gives {out.shape[1]} output channels but the card lists "
+                f"{self.channels} {self.what}; fix the card's classes.")
+        return out
+
+
+def network_output(array: np.ndarray, matrix: np.ndarray, model: Any, dev: torch.device,
+                   window: dict[str, Any], sw_batch_size: int, use_maps: bool,
+                   progress: ProgressCallback | None, cancel: CancelCallback | None
+                   ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The network's output ``(1, K, Z, Y, X)`` on the input grid, in CalibSeg's axis order.
+
+    Applies the card's conventions: preprocessing (``preprocessing``, on the grid
+    ``preprocessing_grid`` names), resampling to the model grid (``spacing_mm``,
+    ``orientation``, ``model_grid``), the network's axis order (``axis_order``), the
+    window (``patch_size``) and blending (``sliding_window``), the check of the
+    output against ``output_kind``, and the way back (``output_resampling``). ``K`` is
+    the class count, or the prototype count with ``use_maps``. Called under
+    ``torch.no_grad()`` with the network on ``dev``.
+
+    Returns
+    -------
+    (output, info)
+        ``info["returned_as"]`` says what the returned channels are: the card's
+        ``output_kind``, or ``"probabilities"`` when they were resampled as
+        probabilities (absent: the card's ``output_kind``).
+    """
+    card = model.card
+    if card.architecture == "nnunet":  # nnU-Net's own preprocessing, window, folds, resampling
+        from CalibSegLib.inference.nnunet import nnunet_logits
+
+        return nnunet_logits(array, matrix, model, dev, progress, cancel)
+    network = model.network
+    grid_shape, grid_affine = model_grid(array.shape, matrix, card.spacing_mm, card.orientation,
+                                         kind=card.model_grid)
+    resampled = not same_grid(array.shape, matrix, grid_shape, grid_affine)
+    prepare = preprocessor(card.preprocessing)
+    x = torch.from_numpy(np.asarray(array))[None]
+    if card.preprocessing_grid == "input" or not resampled:
+        x = prepare(x)
+    x = x[None].to(device=dev, dtype=torch.float32)
+    if resampled:
+        x = resample(x, matrix, grid_shape, grid_affine)
+        if card.preprocessing_grid == "model":
+            x = prepare(x[0])[None]
+    check_cancel(cancel, "prediction")
+    report(progress, 0.05, "sliding window")
+    predictor = network.similarity if use_maps else network
+    channels = card.num_prototypes if use_maps else card.num_classes
+    checked = _CheckedNetwork(predictor, channels, "prototypes" if use_maps else "classes")
+    out, info = sliding_window(
+        to_network_axes(x, card.axis_order), checked, window_in_network_axes(card),
+        sw_batch_size=sw_batch_size, overlap=float(window["overlap"]),
+        mode=str(window["mode"]), sigma_scale=float(window["sigma_scale"]),
+        padding_mode=str(window["padding_mode"]), cval=float(window["cval"]),
+        progress=scaled(progress, 0.05, 0.9), cancel=cancel)
+    del x
+    out = from_network_axes(out, card.axis_order)
+    check_cancel(cancel, "prediction")
+    kind = card.output_kind
+    if not use_maps:
+        check_output(out, kind)
+    if resampled:
+        if card.output_resampling == "probabilities" and not use_maps:
+            out, kind = to_probabilities(out, kind), "probabilities"
+        out = resample(out.contiguous(), grid_affine, array.shape, matrix)
+    info.update(model_grid_shape=list(grid_shape), resampled=resampled,
+                axis_order=card.axis_order, output_kind=card.output_kind, returned_as=kind)
+    return out.contiguous(), info
+
+
+def output_logits(out: torch.Tensor, kind: str) -> torch.Tensor:
+    """Logits from ``(1, C, Z, Y, X)`` output of ``kind`` on the input grid (checked by
+    :func:`network_output`): probabilities and log-probabilities become ``log p``."""
+    return to_logits(out, kind)
+
+
 def _postprocess(out: torch.Tensor, network: torch.nn.Module, use_maps: bool,
-                 temperature: float, num_classes: int) -> dict[str, np.ndarray]:
+                 temperature: float, num_classes: int, output_kind: str = "logits"
+                 ) -> dict[str, np.ndarray]:
     """Logits, probabilities and maps (numpy) from network output on the input grid."""
     result: dict[str, np.ndarray] = {}
     if use_maps:
+        if not torch.isfinite(out).all():
+            raise CalibSegError(
+                "The network gave NaN or infinite prototype similarities; check the model's "
+                "weights and the input intensities.")
         maps = network.maps_from_similarity(out)
         logits = maps["logits"][0]
         result["similarity"] = out[0]
@@ -92,7 +228,7 @@ def _postprocess(out: torch.Tensor, network: torch.nn.Module, use_maps: bool,
         result["nearest_prototype"] = maps["nearest_prototype"][0].to(torch.int16)
         result["prototype_contribution"] = maps["winning_contribution"][0]
     else:
-        logits = out[0]
+        logits = output_logits(out, output_kind)[0]
     if logits.shape[0] != num_classes:
         raise CalibSegError(
             f"The network gives {logits.shape[0]} output channels but the card lists "
@@ -113,7 +249,7 @@ def _postprocess(out: torch.Tensor, network: torch.nn.Module, use_maps: bool,
 
 def predict(volume: np.ndarray, affine: np.ndarray, model: Any, device: str = "auto",
             progress: ProgressCallback | None = None, cancel: CancelCallback | None = None, *,
-            overlap: float = 0.25, sw_batch_size: int = 4, maps: bool = True,
+            overlap: float | None = None, sw_batch_size: int = 4, maps: bool = True,
             temperature: float | None = None) -> Prediction:
     """Segment ``volume`` with ``model``; return a :class:`Prediction` on the input grid.
 
@@ -132,8 +268,9 @@ def predict(volume: np.ndarray, affine: np.ndarray, model: Any, device: str = "a
     progress, cancel : callable, optional
         ``progress(fraction, message)`` per window batch; ``cancel() -> bool`` checked
         per window batch (raises :class:`~CalibSegLib.errors.Cancelled`, nothing kept).
-    overlap : float
-        Sliding-window overlap in [0, 1).
+    overlap : float, optional
+        Sliding-window overlap in [0, 1); default the card's ``sliding_window``
+        overlap (0.25 unless the card says otherwise).
     sw_batch_size : int
         Windows per network call (halved automatically on CUDA out-of-memory).
     maps : bool
@@ -149,7 +286,9 @@ def predict(volume: np.ndarray, affine: np.ndarray, model: Any, device: str = "a
     Raises
     ------
     CalibSegError
-        Bad input (non-3D, empty, NaN, singular affine), unknown device, out of memory.
+        Bad input (non-3D, empty, NaN, singular affine), unknown device, out of memory,
+        a network whose output does not fit the card (spatial size, channel count, NaN,
+        probabilities that do not sum to one).
     Cancelled
         When ``cancel()`` returned true.
     """
@@ -160,37 +299,26 @@ def predict(volume: np.ndarray, affine: np.ndarray, model: Any, device: str = "a
     t = float(card.temperature if temperature is None else temperature)
     if not np.isfinite(t) or t <= 0:
         raise CalibSegError(f"Temperature must be a positive number, got {temperature!r}.")
+    window = card.sliding_window
+    if overlap is not None:
+        window["overlap"] = float(overlap)
     check_cancel(cancel, "prediction")
-    report(progress, 0.0, "normalising")
+    report(progress, 0.0, "preprocessing")
     network = model.network
     original_device = model.device
     use_maps = bool(maps) and card.is_prototype and hasattr(network, "maps_from_similarity")
-    grid_shape, grid_affine = model_grid(array.shape, matrix, card.spacing_mm, card.orientation)
-    resampled = not same_grid(array.shape, matrix, grid_shape, grid_affine)
-    roi = tuple(reversed(card.patch_size))
-    info: dict[str, Any] = {"device": str(dev), "model_grid_shape": list(grid_shape),
-                            "resampled": resampled, "overlap": float(overlap)}
+    info: dict[str, Any] = {"device": str(dev), "overlap": float(window["overlap"])}
     try:
         network.to(dev)
         network.eval()
         with torch.no_grad():
-            x = torch.from_numpy(normalize_intensity(array, card.normalization))[None, None]
-            x = x.to(dev)
-            if resampled:
-                x = resample(x, matrix, grid_shape, grid_affine)
-            check_cancel(cancel, "prediction")
-            report(progress, 0.05, "sliding window")
-            predictor = network.similarity if use_maps else network
-            out, run_info = sliding_window(
-                x, predictor, roi, sw_batch_size=sw_batch_size, overlap=overlap,
-                progress=scaled(progress, 0.05, 0.9), cancel=cancel)
+            out, run_info = network_output(array, matrix, model, dev, window, sw_batch_size,
+                                           use_maps, progress, cancel)
             info.update(run_info)
-            del x
+            kind = str(info.pop("returned_as", card.output_kind))
             check_cancel(cancel, "prediction")
             report(progress, 0.9, "probabilities and maps")
-            if resampled:
-                out = resample(out, grid_affine, array.shape, matrix)
-            arrays = _finish(out, network, use_maps, t, card.num_classes)
+            arrays = _finish(out, network, use_maps, t, card.num_classes, kind)
     finally:
         network.to(original_device)
     check_cancel(cancel, "prediction")
@@ -211,16 +339,17 @@ def predict(volume: np.ndarray, affine: np.ndarray, model: Any, device: str = "a
 
 
 def _finish(out: torch.Tensor, network: torch.nn.Module, use_maps: bool, temperature: float,
-            num_classes: int) -> dict[str, np.ndarray]:
+            num_classes: int, output_kind: str = "logits") -> dict[str, np.ndarray]:
     """Post-process, falling back to the CPU when CUDA runs out of memory."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         try:
-            return _postprocess(out, network, use_maps, temperature, num_classes)
+            return _postprocess(out, network, use_maps, temperature, num_classes, output_kind)
         except Exception as exc:
             if not (out.is_cuda and _is_cuda_oom(exc)):
                 raise
             log.warning("CUDA out of memory computing probabilities; finishing on the CPU.")
             torch.cuda.empty_cache()
             network.to("cpu")
-            return _postprocess(out.cpu(), network, use_maps, temperature, num_classes)
+            return _postprocess(out.cpu(), network, use_maps, temperature, num_classes,
+                                output_kind)

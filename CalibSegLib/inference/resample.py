@@ -1,10 +1,20 @@
 """Resampling between an image's own grid and a model's grid, with explicit affines.
 
 A grid is a ``(Z, Y, X)`` shape and a 4×4 IJK-to-RAS affine (voxel index order
-``i, j, k`` = ``X, Y, Z``). The model grid is axis-aligned in the card's
-orientation with the card's spacing and covers every voxel centre of the input,
-so anisotropic and oblique inputs work; resampling is trilinear
-(``torch.nn.functional.grid_sample``) with border replication.
+``i, j, k`` = ``X, Y, Z``). The model grid has the card's spacing and
+orientation and comes in two kinds (card ``model_grid``):
+
+``axis_aligned`` (CalibSeg's models)
+    axes along the orientation's world axes, covering every voxel centre of the
+    input, so anisotropic and oblique inputs work;
+``input_direction`` (MONAI ``Orientation`` + ``Spacing`` with ``diagonal=False``)
+    the input's own axes, permuted and flipped to the nearest of the orientation
+    (nibabel's ``io_orientation``, as MONAI's ``Orientation``), oblique directions
+    kept, with the card's spacing and MONAI's own output extent
+    (``monai.data.utils.zoom_affine`` and ``compute_shape_offset``).
+
+Resampling is trilinear (``torch.nn.functional.grid_sample``) with border
+replication.
 """
 
 from __future__ import annotations
@@ -28,8 +38,47 @@ def orientation_matrix(code: str) -> np.ndarray:
     return matrix
 
 
+def reoriented_grid(shape: Sequence[int], affine: np.ndarray, orientation: str = "RAS"
+                    ) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The input grid with its voxel axes permuted and flipped to the nearest of ``orientation``.
+
+    The same voxels, relabelled (no interpolation): what MONAI's ``Orientation``
+    does. Shapes are ``(Z, Y, X)``, affines IJK-to-RAS.
+    """
+    import nibabel.orientations as nio
+
+    affine = np.asarray(affine, dtype=np.float64)
+    ornt = nio.ornt_transform(nio.io_orientation(affine),
+                              nio.axcodes2ornt(tuple(orientation.upper())))
+    size_ijk = [int(s) for s in tuple(shape)[::-1]]
+    new_affine = affine @ nio.inv_ornt_aff(ornt, size_ijk)
+    new_size = [0, 0, 0]
+    for source_axis, (target_axis, _) in enumerate(ornt):
+        new_size[int(target_axis)] = size_ijk[source_axis]
+    return (new_size[2], new_size[1], new_size[0]), new_affine
+
+
+def monai_spacing_grid(shape: Sequence[int], affine: np.ndarray, spacing_mm: Sequence[float],
+                       orientation: str = "RAS"
+                       ) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The grid MONAI's ``Orientation(orientation)`` then ``Spacing(spacing_mm)`` put an image on.
+
+    Directions are the reoriented input's (oblique stays oblique), voxel sizes the
+    card's, extent MONAI's own (``compute_shape_offset``).
+    """
+    from monai.data.utils import compute_shape_offset, zoom_affine
+
+    r_shape, r_affine = reoriented_grid(shape, affine, orientation)
+    new_affine = zoom_affine(r_affine, np.asarray(spacing_mm, dtype=np.float64), diagonal=False)
+    out_shape, offset = compute_shape_offset(list(r_shape[::-1]), r_affine, new_affine)
+    new_affine = np.asarray(new_affine, dtype=np.float64)
+    new_affine[:3, 3] = np.asarray(offset, dtype=np.float64)[:3]
+    size = [int(v) for v in out_shape]
+    return (size[2], size[1], size[0]), new_affine
+
+
 def model_grid(shape: Sequence[int], affine: np.ndarray, spacing_mm: Sequence[float],
-               orientation: str = "RAS", tol: float = 1e-4
+               orientation: str = "RAS", tol: float = 1e-4, kind: str = "axis_aligned"
                ) -> tuple[tuple[int, int, int], np.ndarray]:
     """The grid a model with ``spacing_mm`` (X, Y, Z) and ``orientation`` works on.
 
@@ -46,6 +95,8 @@ def model_grid(shape: Sequence[int], affine: np.ndarray, spacing_mm: Sequence[fl
         From the model card.
     tol : float
         Relative tolerance for "already on the model grid".
+    kind : str
+        ``"axis_aligned"`` or ``"input_direction"`` (the card's ``model_grid``).
 
     Returns
     -------
@@ -54,6 +105,14 @@ def model_grid(shape: Sequence[int], affine: np.ndarray, spacing_mm: Sequence[fl
     """
     affine = np.asarray(affine, dtype=np.float64)
     spacing = np.asarray(spacing_mm, dtype=np.float64)
+    if kind == "input_direction":
+        grid_shape, grid_affine = monai_spacing_grid(shape, affine, spacing_mm, orientation)
+        if same_grid(shape, affine, grid_shape, grid_affine,
+                     atol=tol * float(spacing.min())):
+            return tuple(int(s) for s in shape), affine.copy()
+        return grid_shape, grid_affine
+    if kind != "axis_aligned":
+        raise ValueError(f"Unknown model grid kind {kind!r}; use axis_aligned or input_direction.")
     linear = orientation_matrix(orientation) * spacing[None, :]
     if np.allclose(affine[:3, :3], linear, rtol=0.0, atol=tol * float(spacing.min())):
         return tuple(int(s) for s in shape), affine.copy()

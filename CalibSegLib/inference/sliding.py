@@ -83,7 +83,9 @@ def sliding_window(x: torch.Tensor, network: Callable[[torch.Tensor], Any],
                    roi_size: Sequence[int], *, sw_batch_size: int = 4, overlap: float = 0.25,
                    progress: ProgressCallback | None = None,
                    cancel: CancelCallback | None = None,
-                   cuda: bool | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+                   cuda: bool | None = None, mode: str = "gaussian",
+                   sigma_scale: float = 0.125, padding_mode: str = "replicate",
+                   cval: float = 0.0) -> tuple[torch.Tensor, dict[str, Any]]:
     """Gaussian-blended sliding-window inference of ``network`` over ``x`` (1, 1, Z, Y, X).
 
     Parameters
@@ -103,6 +105,9 @@ def sliding_window(x: torch.Tensor, network: Callable[[torch.Tensor], Any],
     cuda : bool, optional
         Whether this is a CUDA run (default: ``x.is_cuda``); enables float16 autocast
         and the out-of-memory fallback.
+    mode, sigma_scale, padding_mode, cval
+        Window blending (``"gaussian"`` or ``"constant"``) and padding of inputs
+        smaller than a window, as MONAI's ``sliding_window_inference`` takes them.
 
     Returns
     -------
@@ -132,8 +137,9 @@ def sliding_window(x: torch.Tensor, network: Callable[[torch.Tensor], Any],
         try:
             out = _sliding_window_inference(
                 x, roi_size=tuple(int(r) for r in roi_size), sw_batch_size=batch,
-                predictor=predictor, overlap=float(overlap), mode="gaussian",
-                padding_mode="replicate", sw_device=x.device,
+                predictor=predictor, overlap=float(overlap), mode=mode,
+                sigma_scale=float(sigma_scale), padding_mode=padding_mode, cval=float(cval),
+                sw_device=x.device,
                 device=torch.device(stitch) if stitch else None,
             )
         except Exception as exc:

@@ -4,8 +4,17 @@ The card is checked against the JSON Schema shipped in
 ``CalibSegLib/resources/model_card.schema.json`` (draft 2020-12) and then by a
 few rules a schema cannot express (one stride fewer than channels, patch size
 a multiple of the network's size divisor, prototype catalogue consistent with
-the head). Geometry lists (``spacing_mm``, ``patch_size``, prototype ``voxel``
-and ``bbox``) are in ``(X, Y, Z)`` = ``(i, j, k)`` order.
+the head, preprocessing from the allow-list). Geometry lists (``spacing_mm``,
+``patch_size``, prototype ``voxel`` and ``bbox``) are in ``(X, Y, Z)`` =
+``(i, j, k)`` order.
+
+Format 2 states the conventions the network was built with: ``axis_order``
+(``"ZYX"``, CalibSeg's array order, or ``"XYZ"``, MONAI's ``LoadImage`` and
+nibabel order), ``output_kind`` (``logits``, ``probabilities`` or
+``log_probabilities``), ``preprocessing`` (an ordered list of MONAI intensity
+transforms) and optionally ``sliding_window`` settings. Format-1 cards (one
+``normalization`` object) are migrated when read (:func:`migrate_card`): they
+were CalibSeg-convention models, so ``ZYX`` and ``logits``.
 """
 
 from __future__ import annotations
@@ -19,7 +28,12 @@ from typing import Any
 
 from CalibSegLib.errors import CalibSegError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+#: Sliding-window settings of CalibSeg's own models (a card's ``sliding_window`` overrides).
+DEFAULT_SLIDING_WINDOW: dict[str, Any] = {"overlap": 0.25, "mode": "gaussian",
+                                          "sigma_scale": 0.125, "padding_mode": "replicate",
+                                          "cval": 0.0}
 CARD_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 TORCHSCRIPT_FILE = "model.ts"
@@ -57,8 +71,30 @@ def _expected(error) -> str:
     return ""
 
 
+def migrate_card(data: Mapping[str, Any], source: str = "model card") -> dict[str, Any]:
+    """A format-2 copy of a card: format 1 gains ``axis_order`` ``"ZYX"``, ``output_kind``
+    ``"logits"`` and ``preprocessing`` equal to its ``normalization`` (which is dropped).
+
+    Format-2 data is returned as a deep copy. Predictions are unchanged by the migration:
+    the transform list computes the same values as the version-1 normalisation.
+    """
+    from CalibSegLib.models.preprocessing import legacy_to_transforms
+
+    out = copy.deepcopy(dict(data))
+    if out.get("format_version") != 1:
+        return out
+    try:
+        out["preprocessing"] = legacy_to_transforms(out.pop("normalization"))
+    except CalibSegError as exc:
+        raise CalibSegError(f"{source}: {exc}") from exc
+    out["format_version"] = FORMAT_VERSION
+    out.setdefault("axis_order", "ZYX")
+    out.setdefault("output_kind", "logits")
+    return out
+
+
 def validate_card(data: Mapping[str, Any], source: str = "model card") -> None:
-    """Check ``data`` against the schema and the cross-field rules.
+    """Check ``data`` against the schema and the cross-field rules (format 1 or 2).
 
     Parameters
     ----------
@@ -92,6 +128,17 @@ def validate_card(data: Mapping[str, Any], source: str = "model card") -> None:
 
 
 def _check_rules(data: Mapping[str, Any], source: str) -> None:
+    if data["format_version"] != 1:
+        from CalibSegLib.models.preprocessing import check_preprocessing
+
+        if "normalization" in data:
+            raise CalibSegError(
+                f"{source}: field 'normalization' belongs to format 1; a format-2 card lists its "
+                "intensity transforms in 'preprocessing'. Remove it.")
+        try:
+            check_preprocessing(data["preprocessing"])
+        except CalibSegError as exc:
+            raise CalibSegError(f"{source}: {exc}") from exc
     network, head = data["network"], data["head"]
     arch = network["architecture"]
     num_classes = len(data["classes"])
@@ -108,7 +155,7 @@ def _check_rules(data: Mapping[str, Any], source: str) -> None:
             f"{source}: field 'patch_size' {list(data['patch_size'])} must be a multiple of "
             f"{divisor} (the product of the network's strides) along each axis."
         )
-    if arch in ("monai.bundle", "torchscript") and head["type"] != "linear":
+    if arch in ("monai.bundle", "torchscript", "nnunet") and head["type"] != "linear":
         raise CalibSegError(
             f"{source}: field 'head.type' must be 'linear' for a {arch} network (its own output "
             "layer gives the class logits)."
@@ -149,7 +196,8 @@ class ModelCard:
     ----------
     data : mapping
         The card as parsed from ``model.json``. It is deep-copied and validated;
-        a missing ``temperature`` becomes 1.0.
+        a missing ``temperature`` becomes 1.0. A format-1 card is migrated to format 2
+        (:func:`migrate_card`).
     source : str
         Names the card in error messages.
 
@@ -161,6 +209,9 @@ class ModelCard:
 
     def __init__(self, data: Mapping[str, Any], source: str = "model card") -> None:
         validate_card(data, source)
+        if isinstance(data, Mapping) and data.get("format_version") == 1:
+            data = migrate_card(data, source)
+            validate_card(data, source)
         self._data: dict[str, Any] = copy.deepcopy(dict(data))
         self._data.setdefault("temperature", 1.0)
 
@@ -248,7 +299,66 @@ class ModelCard:
 
     @property
     def normalization(self) -> dict[str, Any]:
-        return copy.deepcopy(self._data["normalization"])
+        """The preprocessing as a format-1 ``normalization`` object, for display.
+
+        ``{"type": "transforms", "transforms": [names]}`` when one format-1
+        normalisation cannot express it; use :attr:`preprocessing` for computing.
+        """
+        from CalibSegLib.models.preprocessing import legacy_view
+
+        return legacy_view(self._data["preprocessing"])
+
+    @property
+    def preprocessing(self) -> list[dict[str, Any]]:
+        """The ordered intensity transforms, ``[{"transform": NAME, "args": {...}}, ...]``."""
+        return copy.deepcopy(self._data["preprocessing"])
+
+    @property
+    def axis_order(self) -> str:
+        """``"ZYX"`` (CalibSeg arrays) or ``"XYZ"`` (MONAI/nibabel): the network's axis order."""
+        return str(self._data["axis_order"])
+
+    @property
+    def output_kind(self) -> str:
+        """``"logits"``, ``"probabilities"`` or ``"log_probabilities"``: the network's output."""
+        return str(self._data["output_kind"])
+
+    @property
+    def model_grid(self) -> str:
+        """``"axis_aligned"`` (default) or ``"input_direction"`` (MONAI ``Spacing``): the layout
+        of the grid the network works on (see :mod:`CalibSegLib.inference.resample`)."""
+        return str(self._data.get("model_grid", "axis_aligned"))
+
+    @property
+    def preprocessing_grid(self) -> str:
+        """``"input"`` (default: preprocessing before resampling) or ``"model"`` (after, as in
+        a MONAI pipeline whose intensity transforms follow ``Spacing``)."""
+        return str(self._data.get("preprocessing_grid", "input"))
+
+    @property
+    def output_resampling(self) -> str:
+        """``"logits"`` (default) or ``"probabilities"`` (as MONAI's ``Invertd`` after a
+        softmax): what is resampled from the model grid back to the input grid."""
+        return str(self._data.get("output_resampling", "logits"))
+
+    @property
+    def sliding_window(self) -> dict[str, Any]:
+        """Sliding-window settings (``overlap``, ``mode``, ``sigma_scale``, ``padding_mode``,
+        ``cval``): the card's, completed with CalibSeg's defaults."""
+        settings = dict(DEFAULT_SLIDING_WINDOW)
+        settings.update(copy.deepcopy(self._data.get("sliding_window", {})))
+        return settings
+
+    @property
+    def review_notes(self) -> tuple[str, ...]:
+        """What an import read, guessed or left out (empty for CalibSeg's own models)."""
+        return tuple(str(n) for n in self._data.get("review_notes", []))
+
+    @property
+    def nnunet(self) -> dict[str, Any]:
+        """An imported nnU-Net v2 model's settings (configuration, plans and dataset files,
+        mirroring ...); empty for other models."""
+        return copy.deepcopy(self._data.get("nnunet", {}))
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
@@ -319,6 +429,7 @@ def new_card(
     spacing_mm: Sequence[float] = (2.0, 2.0, 2.0),
     orientation: str = "RAS",
     normalization: Mapping[str, Any] | None = None,
+    preprocessing: Sequence[Mapping[str, Any]] | None = None,
     patch_size: Sequence[int] = (64, 64, 64),
     channels: Sequence[int] = (8, 16, 32),
     strides: Sequence[int] = (2, 2),
@@ -335,8 +446,16 @@ def new_card(
     Defaults are demo-size (channels ``(8, 16, 32)``, 16 features, 3 prototypes
     per class) so CPU inference on the 2 mm sample case takes seconds. Extra
     top-level ``fields`` (``description``, ``training``, ``intended_use``,
-    ``limitations``, ``prototypes`` ...) are copied in.
+    ``limitations``, ``prototypes`` ...) are copied in. Intensity preprocessing is
+    ``preprocessing`` (a transform list) or, in the format-1 form, ``normalization``
+    (default z-score); the network takes ``(Z, Y, X)`` arrays and gives logits.
     """
+    from CalibSegLib.models.preprocessing import legacy_to_transforms
+
+    if preprocessing is not None and normalization is not None:
+        raise CalibSegError("Give preprocessing or normalization, not both.")
+    if preprocessing is None:
+        preprocessing = legacy_to_transforms(normalization or {"type": "zscore"})
     if class_colors is None:
         class_colors = [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(len(class_names))]
     if len(class_colors) != len(class_names):
@@ -355,7 +474,9 @@ def new_card(
                     for n, c in zip(class_names, class_colors)],
         "spacing_mm": [float(v) for v in spacing_mm],
         "orientation": orientation,
-        "normalization": dict(normalization or {"type": "zscore"}),
+        "axis_order": "ZYX",
+        "output_kind": "logits",
+        "preprocessing": copy.deepcopy([dict(item) for item in preprocessing]),
         "patch_size": [int(v) for v in patch_size],
         "network": {
             "architecture": "monai.UNet", "channels": [int(c) for c in channels],
