@@ -95,61 +95,41 @@ def runnerEnvironment(base=None) -> dict:
 
 
 def savePrediction(path: str, prediction) -> str:
-    """Write a prediction (dataclass or object with array attributes) to ``.npz`` atomically."""
-    if dataclasses.is_dataclass(prediction):  # no asdict: it would deep-copy every array
-        fields = {f.name: getattr(prediction, f.name) for f in dataclasses.fields(prediction)}
-    else:
-        fields = dict(vars(prediction))
+    """Write a ``Prediction`` to ``.npz`` atomically: its arrays, and its other fields as JSON.
+
+    ``probs``, ``confidence`` and ``entropy`` are not written (recomputed from the logits).
+    """
+    from CalibSegLib.io import atomic_path
+
     arrays, meta = {}, {}
-    for key, value in fields.items():
-        if value is None or key in RECOMPUTED:
+    for f in dataclasses.fields(prediction):  # not asdict: it would deep-copy every array
+        value = getattr(prediction, f.name)
+        if value is None or f.name in RECOMPUTED:
             continue
-        if hasattr(value, "detach"):
-            value = value.detach().cpu().numpy()
         if isinstance(value, np.ndarray):
-            arrays[key] = value
+            arrays[f.name] = value
         else:
-            meta[key] = value.tolist() if hasattr(value, "tolist") else value
+            meta[f.name] = value
     arrays["__meta__"] = np.frombuffer(json.dumps(meta, default=str).encode(), dtype=np.uint8)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".calibseg-", suffix=".npz", dir=folder)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
     return path
 
 
-def loadPredictionFields(path: str) -> dict:
-    """The fields saved by :func:`savePrediction` (arrays and plain values)."""
-    with np.load(path, allow_pickle=False) as data:
-        fields = {k: np.array(data[k]) for k in data.files if k != "__meta__"}
-        meta = json.loads(bytes(data["__meta__"]).decode()) if "__meta__" in data.files else {}
-    fields.update(meta)
-    if "class_names" in fields:
-        fields["class_names"] = tuple(fields["class_names"])
-    return fields
-
-
 def loadPrediction(path: str):
-    """A CalibSegLib ``Prediction`` rebuilt from :func:`savePrediction`'s file."""
+    """The ``Prediction`` written by :func:`savePrediction` (maps recomputed at its temperature)."""
     import torch
 
     from CalibSegLib.inference import Prediction, probability_maps
 
-    fields = loadPredictionFields(path)
+    with np.load(path, allow_pickle=False) as data:
+        fields = {k: np.array(data[k]) for k in data.files if k != "__meta__"}
+        fields.update(json.loads(bytes(data["__meta__"]).decode()))
+    fields["class_names"] = tuple(fields["class_names"])
+    fields["class_colors"] = tuple(tuple(c) for c in fields.get("class_colors", ()))
     logits = torch.from_numpy(np.ascontiguousarray(fields["logits"]))
-    probs, confidence, entropy = probability_maps(logits, float(fields.get("temperature", 1.0)))
+    probs, confidence, entropy = probability_maps(logits, float(fields["temperature"]))
     fields.update(probs=probs.numpy(), confidence=confidence.numpy(), entropy=entropy.numpy())
-    for key in ("class_colors",):
-        if key in fields:
-            fields[key] = tuple(tuple(c) for c in fields[key])
-    if dataclasses.is_dataclass(Prediction):
-        names = {f.name for f in dataclasses.fields(Prediction)}
-        fields = {k: v for k, v in fields.items() if k in names}
     return Prediction(**fields)
 
 
