@@ -23,6 +23,9 @@ from CalibSegSlicer.process import ProcessRunner
 POLL_MS = 200
 #: Pause of the temperature slider after which the whole volume is recomputed.
 TEMPERATURE_PAUSE_MS = 250
+#: Panel methods that may take a while on the main thread (shown with a wait cursor).
+WAIT_CURSOR = {"apply", "clear", "fitTemperature", "onReference", "export", "showPrototype",
+               "onCompare"}
 
 
 class QtDebounce:
@@ -90,8 +93,10 @@ class CalibSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                    report=slicer.util.errorDisplay)
 
     def _handler(self, method):
+        waitCursor = method in WAIT_CURSOR
+
         def call(*args):
-            with slicer.util.tryWithErrorDisplay("CalibSeg: " + method, waitCursor=True):
+            with slicer.util.tryWithErrorDisplay("CalibSeg: " + method, waitCursor=waitCursor):
                 getattr(self.panel, method)(*args)
                 if self.panel.running:
                     self._timer.start()
@@ -102,11 +107,21 @@ class CalibSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.stop()
 
     def onImportModel(self, *_):
-        source = qt.QFileDialog.getExistingDirectory(
-            None, "MONAI bundle folder (Cancel to choose a TorchScript file)")
-        if not source:
+        """Ask for a model folder (MONAI bundle, nnU-Net results) or a TorchScript file."""
+        box = qt.QMessageBox()
+        box.setWindowTitle("Import model")
+        box.setText("Import a model folder (MONAI bundle, nnU-Net results) or a TorchScript "
+                    "file? It is converted in the background and added to the model list.")
+        folderButton = box.addButton("Folder...", qt.QMessageBox.AcceptRole)
+        fileButton = box.addButton("File...", qt.QMessageBox.AcceptRole)
+        box.addButton(qt.QMessageBox.Cancel)
+        box.exec_()
+        source = ""
+        if box.clickedButton() == folderButton:
+            source = qt.QFileDialog.getExistingDirectory(None, "Model folder to import")
+        elif box.clickedButton() == fileButton:
             source = qt.QFileDialog.getOpenFileName(
-                None, "TorchScript model", "", "TorchScript (*.ts *.pt);;All files (*)")
+                None, "TorchScript model to import", "", "TorchScript (*.ts *.pt);;All files (*)")
         if source:
             self._handler("importModel")(source, "A")
 
