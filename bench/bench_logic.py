@@ -6,6 +6,10 @@
   volumes updated in place and, with a reference, the reliability diagram and
   metrics table recomputed; reported as a ratio to one softmax pass over the
   same logits (target <= 3);
+- temperature preview: ``CalibSegLogic.previewTemperature`` with the three
+  orthogonal slice views: confidence and entropy of the planes they show only
+  (what the slider does at each tick; target <= 50 ms, a 20 Hz slider), and its
+  share of a full refresh;
 - MRML round trip: a (Z, Y, X) float32 array into a new volume node with its
   geometry and back (``CalibSegArrays``), as a ratio to a plain numpy copy;
 - compact storage (the logic's default): memory of a prediction held compactly
@@ -155,6 +159,15 @@ def run(quick: bool = False) -> list[dict]:
     library = typical_time(lambda: apply_temperature(prediction, 1.7), repeats)
     temperatures = iter(np.linspace(0.6, 2.4, 4 * repeats + 4))
     refresh = typical_time(lambda: logic.setTemperature(float(next(temperatures)), "A"), repeats)
+    from CalibSegSlicer import layouts
+
+    for name, orientation in (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal")):
+        layouts.sliceNode(scene, name, orientation)
+    planes = logic.previewTemperature(1.1, "A")
+    assert planes is not None and len(planes) == 3, planes
+    preview = typical_time(lambda: logic.previewTemperature(float(next(temperatures)), "A"),
+                           repeats)
+    logic.applyPendingTemperature()
 
     image = case.image.astype(np.float32)
 
@@ -167,6 +180,10 @@ def run(quick: bool = False) -> list[dict]:
          "value": refresh / softmax, "target": 3, "unit": "ratio"},
         {"name": f"temperature refresh ({shape})", "value": refresh * 1000, "target": None,
          "unit": "ms"},
+        {"name": f"temperature preview, 3 orthogonal views ({shape})",
+         "value": preview * 1000, "target": 50, "unit": "ms"},
+        {"name": f"temperature preview / refresh ({shape})", "value": preview / refresh,
+         "target": None, "unit": "ratio"},
         {"name": f"of which apply_temperature / softmax ({shape})", "value": library / softmax,
          "target": None, "unit": "ratio"},
         {"name": f"softmax pass, 3 classes ({shape})", "value": softmax * 1000, "target": None,
