@@ -58,12 +58,15 @@ def _ds(value: float) -> str:
 
 def write_series(array: np.ndarray, affine: np.ndarray, folder: str, *, modality: str = "MR",
                  patient_name: str = "Sample^Case", patient_id: str = "CALIBSEG-SAMPLE",
-                 series_description: str = "CalibSeg sample case") -> list[str]:
+                 series_description: str = "CalibSeg sample case",
+                 body_part: str = "") -> list[str]:
     """Write ``array`` (Z, Y, X) as a single-frame DICOM series in ``folder``.
 
     Intensities are stored as unsigned 16-bit integers with a rescale slope and
     intercept (quantisation error at most half the slope). ``modality`` is
-    ``"MR"`` or ``"CT"``. Returns the written paths (``slice_0001.dcm`` …).
+    ``"MR"`` or ``"CT"``; ``body_part`` (e.g. ``HEAD``, ``CHEST``: unpaired parts, so
+    no laterality) is the Body Part Examined. Returns the written paths
+    (``slice_0001.dcm`` …).
     """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -107,7 +110,13 @@ def write_series(array: np.ndarray, affine: np.ndarray, folder: str, *, modality
         ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, 1, z + 1
         ds.SeriesDescription, ds.Manufacturer = series_description, MANUFACTURER
         ds.PositionReferenceIndicator = ""
-        ds.ImageType = ["DERIVED", "SECONDARY"]
+        ds.PatientPosition = "HFS"  # head first, supine
+        if body_part:
+            ds.BodyPartExamined = body_part
+        else:  # body part unknown, so its laterality is too (Type 2C: present, empty)
+            ds.Laterality = ""
+        ds.ImageType = ["DERIVED", "SECONDARY", "OTHER" if modality == "MR" else "AXIAL"]
+        _acquisition_attributes(ds, modality)
         ds.ImageOrientationPatient = [_ds(v) for v in orientation]
         ds.ImagePositionPatient = [_ds(v) for v in origin + z * step]
         ds.PixelSpacing = [_ds(v) for v in pixel_spacing]
@@ -126,6 +135,22 @@ def write_series(array: np.ndarray, affine: np.ndarray, folder: str, *, modality
     return written
 
 
+def _acquisition_attributes(ds, modality: str) -> None:
+    """The MR / CT Image module's acquisition attributes of a derived (synthetic) series.
+
+    The sample volumes are derived images without a real acquisition, so the
+    attributes the standard requires but that have no true value are present and
+    empty (Type 2); the Type 1 ones say what is known: a 3D volume of research
+    contrast (``RM``) without sequence variants or options.
+    """
+    if modality == "MR":
+        ds.ScanningSequence, ds.SequenceVariant = "RM", "NONE"
+        ds.ScanOptions, ds.MRAcquisitionType = "", "3D"
+        ds.RepetitionTime = ds.EchoTime = ds.EchoTrainLength = ""
+    else:
+        ds.KVP, ds.AcquisitionNumber = "", ""
+
+
 def _check_grid(array: np.ndarray, sources: list, what: str) -> None:
     rows, columns = int(sources[0].Rows), int(sources[0].Columns)
     if array.shape != (len(sources), rows, columns):
@@ -135,16 +160,41 @@ def _check_grid(array: np.ndarray, sources: list, what: str) -> None:
         )
 
 
-def _property_type(name: str):
-    """An SNOMED CT code for a class name when pydicom knows one (``grey matter`` → Gray matter)."""
+#: Coded concepts of class names the keyword rule below does not find (lower case):
+#: name -> (category, type, type modifier or None), as names in pydicom's SNOMED CT codes.
+_CONCEPTS = {
+    "rib": ("AnatomicalStructure", "Rib", None),
+    "ribs": ("AnatomicalStructure", "Rib", None),
+    "cervical vertebral column": ("AnatomicalStructure", "CervicalSpine", None),
+    "thoracic vertebral column": ("AnatomicalStructure", "ThoracicSpine", None),
+    "lumbar vertebral column": ("AnatomicalStructure", "LumbarSpine", None),
+    "right lung": ("AnatomicalStructure", "Lung", "Right"),
+    "left lung": ("AnatomicalStructure", "Lung", "Left"),
+    "tissue": ("Tissue", "Tissue", None),
+}
+
+
+def segment_concepts(name: str):
+    """``(category, type, modifier or None)`` SNOMED CT codes of a class name.
+
+    Known names (the chest CT's ribs, spine sections, right/left lung, tissue)
+    come from a table; others by keyword from pydicom's SNOMED CT codes
+    (``grey matter`` → Gray matter, ``spleen`` → Spleen) as anatomical
+    structures; anything else is the generic Tissue.
+    """
     from pydicom.sr.codedict import codes
 
-    words = re.sub(r"[^a-z0-9 ]", " ", name.lower().replace("grey", "gray")).split()
+    key = " ".join(name.lower().split())
+    if key in _CONCEPTS:
+        category, kind, modifier = _CONCEPTS[key]
+        return (getattr(codes.SCT, category), getattr(codes.SCT, kind),
+                None if modifier is None else getattr(codes.SCT, modifier))
+    words = re.sub(r"[^a-z0-9 ]", " ", key.replace("grey", "gray")).split()
     keyword = "".join(w.capitalize() for w in words)
     try:
-        return getattr(codes.SCT, keyword), True
+        return codes.SCT.AnatomicalStructure, getattr(codes.SCT, keyword), None
     except AttributeError:
-        return codes.SCT.Tissue, False
+        return codes.SCT.Tissue, codes.SCT.Tissue, None
 
 
 def _algorithm(model_name: str, model_version: str, temperature: float):
@@ -163,7 +213,6 @@ def write_segmentation(labels: np.ndarray, sources: list, path: str, *, class_na
                        temperature: float = 1.0) -> str:
     """Write ``labels`` (Z, Y, X; 0 = background) as a binary DICOM SEG referencing ``sources``."""
     import highdicom as hd
-    from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
     labels = np.asarray(labels)
@@ -173,17 +222,21 @@ def write_segmentation(labels: np.ndarray, sources: list, path: str, *, class_na
     algorithm = _algorithm(model_name, model_version, temperature)
     descriptions = []
     for index in range(1, len(class_names)):
-        prop, known = _property_type(class_names[index])
-        category = codes.SCT.AnatomicalStructure if known else codes.SCT.Tissue
+        category, prop, modifier = segment_concepts(class_names[index])
         red, green, blue = (int(round(255 * float(v))) for v in class_colors[index][:3])
-        descriptions.append(hd.seg.SegmentDescription(
+        description = hd.seg.SegmentDescription(
             segment_number=index, segment_label=class_names[index][:64],
             segmented_property_category=category,
             segmented_property_type=prop,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
             display_color=hd.color.CIELabColor.from_rgb(red, green, blue),
-        ))
+        )
+        if modifier is not None:  # e.g. Lung + Right: (0062,0011) in the type's item
+            description.SegmentedPropertyTypeCodeSequence[0]\
+                .SegmentedPropertyTypeModifierCodeSequence = [
+                    hd.sr.CodedConcept.from_code(modifier)]
+        descriptions.append(description)
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=labels.astype(np.uint16, copy=False),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -227,6 +280,11 @@ def write_confidence_map(values: np.ndarray, sources: list, path: str, *,
         content_label=label[:16], content_description=(explanation or label)[:64],
         series_description=f"CalibSeg {model_name} {label.lower()}"[:64],
     )
+    for keyword in ("BodyPartExamined", "Laterality"):  # General Series, as in the source
+        if keyword in sources[0] and keyword not in pmap:
+            setattr(pmap, keyword, getattr(sources[0], keyword))
+    if "BodyPartExamined" not in pmap and "Laterality" not in pmap:
+        pmap.Laterality = ""  # unknown body part: laterality unknown (Type 2C, empty)
     with atomic_path(path) as tmp:
         pmap.save_as(tmp)
     return path

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 
 import numpy as np
 import pydicom
@@ -20,6 +22,21 @@ from CalibSegLib.dicom import (
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.io import read_image
 from CalibSegLib.models.testing import tiny_model
+
+DCIODVFY = shutil.which("dciodvfy")
+needs_dciodvfy = pytest.mark.skipif(
+    DCIODVFY is None, reason="dciodvfy (Debian package dicom3tools) is not installed")
+
+
+def dciodvfy_errors(*paths) -> list[str]:
+    """The "Error" lines dicom3tools' validator reports for each file (none when valid)."""
+    errors = []
+    for path in paths:
+        done = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
+        errors += [f"{os.path.basename(str(path))}: {line}"
+                   for line in (done.stdout + done.stderr).splitlines()
+                   if line.startswith("Error")]
+    return errors
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +99,9 @@ def test_predict_dicom_out_writes_seg_and_parametric_map(tmp_path, series, capsy
     assert positions == {tuple(round(float(v), 4) for v in d.ImagePositionPatient) for d in sources}
     spacing = pmap.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
     assert [float(v) for v in spacing] == [float(v) for v in sources[0].PixelSpacing]
+    if DCIODVFY is not None:
+        assert dciodvfy_errors(dicom_out / "mni_series_seg.dcm",
+                               dicom_out / "mni_series_confidence.dcm") == []
 
 
 def test_dicom_out_needs_a_series(tmp_path, mni_case_4mm, capsys):
@@ -117,12 +137,75 @@ def test_writers_refuse_bad_input(tmp_path, series, mni_case_4mm):
 
 
 def test_segment_codes_follow_class_names():
-    from CalibSegLib.dicom import _property_type
+    from pydicom.sr.codedict import codes
 
-    code, known = _property_type("grey matter")
-    assert known and code.meaning.lower() == "gray matter"
-    code, known = _property_type("tumour core 3")
-    assert not known and code.meaning == "Tissue"
+    from CalibSegLib.dicom import segment_concepts
+
+    assert segment_concepts("grey matter") == (codes.SCT.AnatomicalStructure,
+                                               codes.SCT.GrayMatter, None)
+    assert segment_concepts("Right Lung") == (codes.SCT.AnatomicalStructure, codes.SCT.Lung,
+                                              codes.SCT.Right)
+    assert segment_concepts("ribs")[1] == codes.SCT.Rib
+    assert segment_concepts("thoracic vertebral column")[1] == codes.SCT.ThoracicSpine
+    assert segment_concepts("tumour core 3") == (codes.SCT.Tissue, codes.SCT.Tissue, None)
+
+
+def test_chest_ct_segments_carry_their_coded_concepts(tmp_path):
+    """Every chest CT segment gets the concept its Slicer segmentation names (not "Tissue")."""
+    import highdicom as hd
+
+    from CalibSegLib.data import sample_case
+    from CalibSegLib.data.sample import _ct_native
+
+    assert main(["-q", "sample-data", "ct-chest", "--dicom", "-o", str(tmp_path)]) == 0
+    case = sample_case("ct-chest")
+    sources = read_series_datasets(str(tmp_path / "ct-chest_dicom"), pixels=False)
+    path = write_segmentation(case.labels, sources, str(tmp_path / "seg.dcm"),
+                              class_names=case.class_names, class_colors=case.class_colors,
+                              model_name="reference", model_version="1")
+    seg = hd.seg.segread(path)
+    # the segmentation file's own terminology is the independent reference
+    terms = {s["name"]: s["terminology"] for s in _ct_native()[2]["segments"]}
+    for item in seg.SegmentSequence:
+        term = terms[item.SegmentLabel]
+        kind = item.SegmentedPropertyTypeCodeSequence[0]
+        assert (kind.CodeValue, kind.CodingSchemeDesignator) == (term["type"][1], "SCT")
+        category = item.SegmentedPropertyCategoryCodeSequence[0]
+        assert category.CodeValue in (term["category"][1], "91723000")  # anatomical structure
+        modifier = getattr(kind, "SegmentedPropertyTypeModifierCodeSequence", None)
+        if "typeModifier" in term:
+            assert modifier[0].CodeValue == term["typeModifier"][1]
+        else:
+            assert modifier is None
+    if DCIODVFY is not None:
+        series = sorted((tmp_path / "ct-chest_dicom").iterdir())
+        assert dciodvfy_errors(path, series[0], series[-1]) == []
+
+
+@needs_dciodvfy
+def test_sample_mr_series_validates(tmp_path):
+    assert main(["-q", "sample-data", "mni-t1", "--resolution", "8", "--dicom",
+                 "-o", str(tmp_path)]) == 0
+    assert dciodvfy_errors(*sorted((tmp_path / "mni-t1_dicom").iterdir())) == []
+
+
+@needs_dciodvfy
+def test_dciodvfy_reports_errors():
+    """The validator check itself can fail: a file missing required attributes is caught."""
+    import tempfile
+
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = pydicom.uid.MRImageStorage
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.Modality = "MR"
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "bad.dcm")
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        assert dciodvfy_errors(path)
 
 
 def test_sample_data_writes_a_dicom_series(tmp_path):

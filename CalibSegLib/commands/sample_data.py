@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
             shutil.rmtree(folder)
         write_series(case.image, case.affine, folder, modality=modality,
-                     series_description=f"CalibSeg sample {case.name}")
+                     series_description=f"CalibSeg sample {case.name}",
+                     body_part="CHEST" if args.case == "ct-chest" else "HEAD")
         written.append(folder)
     meta = {
         "name": case.name, "class_names": list(case.class_names),
