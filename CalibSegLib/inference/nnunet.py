@@ -74,7 +74,7 @@ class _WatchedNetwork(nn.Module):
             return x.new_zeros((x.shape[0], self.channels, *x.shape[2:]))
         out = self.network(x)
         self.done += 1
-        report(self.progress, 0.05 + 0.8 * self.done / self.calls, "sliding window")
+        report(self.progress, min(0.85, 0.05 + 0.8 * self.done / self.calls), "sliding window")
         return out
 
 
@@ -201,6 +201,7 @@ def nnunet_logits(array: np.ndarray, affine: np.ndarray, model: Any, device: tor
     info = {
         "nnunet_configuration": settings["configuration"],
         "folds": len(folds),
+        "overlap": 1.0 - float(predictor.tile_step_size),
         "mirroring": use_mirroring,
         "model_grid_shape": [int(s) for s in data.shape[1:]],
         "resampled": tuple(data.shape[1:]) != tuple(

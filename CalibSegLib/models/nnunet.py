@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
 
 INSTALL_HINT = ('nnU-Net v2 models need the nnunetv2 package: pip install "CalibSegLib[nnunet]" '
                 '(or ./run setup, which installs it).')
@@ -199,8 +200,12 @@ class ResultsFolder:
 
 def read_results_folder(source: str, configuration: str = DEFAULT_CONFIGURATION,
                         folds: Sequence[int | str] | None = None,
-                        checkpoint: str = DEFAULT_CHECKPOINT) -> ResultsFolder:
+                        checkpoint: str = DEFAULT_CHECKPOINT,
+                        progress: ProgressCallback | None = None,
+                        cancel: CancelCallback | None = None) -> ResultsFolder:
     """Read and check an nnU-Net v2 results folder (no pickled code runs).
+
+    ``progress`` is told each fold read; ``cancel`` is checked before each.
 
     Raises
     ------
@@ -234,6 +239,8 @@ def read_results_folder(source: str, configuration: str = DEFAULT_CONFIGURATION,
         )
     weights, trainer_name, mirroring = [], "", None
     for i, fold in enumerate(fold_ids):
+        check_cancel(cancel, "import")
+        report(progress, i / len(fold_ids), f"reading fold {fold}")
         ckpt = load_checkpoint(os.path.join(source, f"fold_{fold}", checkpoint))
         init = ckpt.get("init_args") if isinstance(ckpt.get("init_args"), Mapping) else {}
         trained = init.get("configuration")

@@ -31,6 +31,7 @@ from CalibSegLib.models.nnunet import (
     require_nnunetv2,
 )
 from CalibSegLib.models.store import check_state_dict, save_model
+from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report, scaled
 
 _REVIEW = ("Imported from the nnU-Net v2 results folder {source} (configuration {configuration}, "
            "folds {folds}); preprocessing, sliding window, fold ensemble and resampling are "
@@ -158,7 +159,9 @@ def nnunet_card(results: ResultsFolder, network: dict[str, Any], *, name: str | 
 def import_nnunet(source: str, folder: str, *, configuration: str = DEFAULT_CONFIGURATION,
                   folds: Sequence[int | str] | None = None,
                   checkpoint: str = DEFAULT_CHECKPOINT, name: str | None = None,
-                  mirroring: bool = False, overwrite: bool = False) -> str:
+                  mirroring: bool = False, overwrite: bool = False,
+                  progress: ProgressCallback | None = None,
+                  cancel: CancelCallback | None = None) -> str:
     """Wrap an nnU-Net v2 results folder into a CalibSeg model folder.
 
     Parameters
@@ -179,6 +182,9 @@ def import_nnunet(source: str, folder: str, *, configuration: str = DEFAULT_CONF
         Mirroring test-time augmentation at prediction (off by default).
     overwrite : bool
         Replace an existing ``folder``.
+    progress, cancel : callable, optional
+        ``progress(fraction, message)`` per step; ``cancel() -> bool`` checked between
+        steps (raises :class:`~CalibSegLib.errors.Cancelled`; nothing is written).
 
     Returns
     -------
@@ -193,8 +199,11 @@ def import_nnunet(source: str, folder: str, *, configuration: str = DEFAULT_CONF
         the plans' network.
     """
     require_nnunetv2()
-    results = read_results_folder(source, configuration, folds, checkpoint)
+    results = read_results_folder(source, configuration, folds, checkpoint,
+                                  progress=scaled(progress, 0.0, 0.7), cancel=cancel)
     _check_supported(results)
+    check_cancel(cancel, "import")
+    report(progress, 0.7, "building the network")
     spec = network_spec(results.plans, configuration, results.dataset, results.folds)
     ensemble = NNUNetEnsemble(spec)
     for fold, network, weights in zip(results.folds, ensemble.folds, results.weights):
@@ -202,6 +211,8 @@ def import_nnunet(source: str, folder: str, *, configuration: str = DEFAULT_CONF
         check_state_dict(network, weights, where)
         network.load_state_dict(weights, strict=True)
     card = nnunet_card(results, spec, name=name, mirroring=mirroring)
+    check_cancel(cancel, "import")
+    report(progress, 0.9, "writing the model folder")
     extra = {
         PLANS_FILE: json.dumps(results.plans, indent=2).encode("utf-8"),
         DATASET_FILE: json.dumps(results.dataset, indent=2).encode("utf-8"),
