@@ -50,8 +50,13 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/federated/app.py
   CalibSegLib/federated/client.py
   CalibSegLib/federated/cohort.py
+  CalibSegLib/federated/credentials.py
+  CalibSegLib/federated/deployment.py
   CalibSegLib/federated/drift.py
+  CalibSegLib/federated/local.py
   CalibSegLib/federated/loopback.py
+  CalibSegLib/federated/model_output.py
+  CalibSegLib/federated/outputs.py
   CalibSegLib/federated/protocol.py
   CalibSegLib/federated/reliability.py
   CalibSegLib/federated/report.py
@@ -101,5 +106,6 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   )
 
 set(CALIBSEGLIB_PYTHON_RESOURCES
+  CalibSegLib/federated/calibseg-app/pyproject.toml
   CalibSegLib/resources/model_card.schema.json
   )

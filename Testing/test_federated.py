@@ -40,7 +40,7 @@ def model(model_folder):
 
 @pytest.fixture(scope="module")
 def sites():
-    return simulated_sites(3, 1, resolution_mm=4.0)
+    return simulated_sites(3, 1)  # sample cohorts on the model's own grid
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,14 @@ def evaluation(model, sites):
     return federated_evaluate(model, sites, n_bins=N_BINS, min_sites=3, plots=False)
 
 
+def _cases(model, spec):
+    return load_cohort(spec, model_spacing_mm=model.card.spacing_mm)
+
+
 def _central(model, sites):
     merged = None
     for spec in sites:
-        s = site.site_statistics(model, load_cohort(spec), spec.name, N_BINS)
+        s = site.site_statistics(model, _cases(model, spec), spec.name, N_BINS)
         merged = s if merged is None else merged.merge(s)
     return merged
 
@@ -77,7 +81,7 @@ def test_pooled_federated_statistics_equal_central(evaluation, model, sites):
 
 def test_payloads_are_bounded_statistics_only(evaluation, model):
     _, grid = evaluation
-    voxels = load_cohort(simulated_sites(1)[0])[0].labels.size
+    voxels = _cases(model, simulated_sites(1)[0])[0].labels.size
     stats_replies = [r for r in grid.received if r.message_type.endswith("calibseg_stats")]
     assert len(stats_replies) == 3
     for r in stats_replies:
@@ -101,7 +105,7 @@ def test_federated_temperature_equals_central(model, sites, tmp_path):
                                     output_model=str(tmp_path / "calibrated"))
     logits, labels = [], []
     for spec in sites:
-        for case in load_cohort(spec):
+        for case in _cases(model, spec):
             logits.append(site.case_prediction(model, case).logits.reshape(
                 model.num_classes, -1))
             labels.append(case.labels.reshape(-1))
@@ -167,7 +171,7 @@ def test_negative_counts_and_sums_above_counts_are_rejected(model):
 
     from CalibSegLib.federated.protocol import PayloadRejected
 
-    stats = site.site_statistics(model, load_cohort(simulated_sites(1)[0]), "site-1", N_BINS)
+    stats = site.site_statistics(model, _cases(model, simulated_sites(1)[0]), "site-1", N_BINS)
     arrays = reliability.encode_stats(stats)
     reliability.decode_stats(dict(arrays), site="site-1", n_cases=1,
                              n_classes=model.num_classes, n_bins=N_BINS)
@@ -230,7 +234,11 @@ def test_one_finetuning_round_end_to_end(model_folder, sites, tmp_path):
                                       local_steps=1, lr=1e-3, n_bins=N_BINS, min_sites=2)
     new = load_model(out)
     fed = new.card.training["federated"]
-    assert new.card.version.endswith("+fed1") and fed["rounds"] == 1
+    old_card = load_model(model_folder).card
+    assert new.card.name == f"{old_card.name}-fed" and fed["rounds"] == 1
+    assert new.card.version == "0.2" and old_card.version == "0.1"
+    assert new.card.training["derived_from"] == {**new.card.training["derived_from"],
+                                                 "name": old_card.name, "version": "0.1"}
     assert [o["site"] for o in fed["sites"]["1"]] == ["site-1", "site-2"]
     assert set(fed["train_metrics"]["1"]) == {"site-1", "site-2"}
     assert fed["pooled_before"] is not None and fed["pooled_after"] is not None

@@ -1,4 +1,4 @@
-"""One call per federated task: evaluate, calibrate (temperature), fine-tune."""
+"""One call per federated task on simulated sites: evaluate, calibrate (temperature), fine-tune."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import os
 from collections.abc import Mapping, Sequence
 
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.federated import server
+from CalibSegLib.federated import outputs, server
 from CalibSegLib.federated.cohort import SiteSpec
 from CalibSegLib.federated.loopback import Fault
-from CalibSegLib.federated.report import write_evaluation_report, write_json
 from CalibSegLib.federated.simulation import run_federation
 from CalibSegLib.progress import CancelCallback, ProgressCallback
 
@@ -22,6 +21,15 @@ def _model(model):
     return model
 
 
+def check_request(sites: Sequence[SiteSpec], min_sites: int) -> None:
+    """Refuse at once a request the given sites cannot meet."""
+    if min_sites < 1:
+        raise CalibSegError(f"--min-sites must be at least 1, not {min_sites}.")
+    if len(sites) < min_sites:
+        raise CalibSegError(f"--min-sites {min_sites} cannot be met by {len(sites)} site(s); "
+                            "add sites or lower --min-sites.")
+
+
 def federated_evaluate(model, sites: Sequence[SiteSpec], *, output: str | None = None,
                        n_bins: int = 20, min_sites: int = 1, engine: str = "inprocess",
                        faults: Mapping[str, Fault] | None = None, drift_threshold: float = 0.05,
@@ -31,6 +39,7 @@ def federated_evaluate(model, sites: Sequence[SiteSpec], *, output: str | None =
 
     Returns ``(EvaluationResult, grid)``; ``grid`` is the in-process grid (or None).
     """
+    check_request(sites, min_sites)
     model = _model(model)
     result, grid = run_federation(
         lambda g: server.evaluation_round(g, model, n_bins=n_bins, min_sites=min_sites,
@@ -38,7 +47,7 @@ def federated_evaluate(model, sites: Sequence[SiteSpec], *, output: str | None =
                                           cancel=cancel),
         sites, engine=engine, faults=faults)
     if output:
-        write_evaluation_report(result, output, plots=plots)
+        outputs.write_evaluation(result, output, plots=plots)
     return result, grid
 
 
@@ -47,23 +56,20 @@ def federated_calibrate(model, sites: Sequence[SiteSpec], *, output_model: str |
                         min_sites: int = 1, engine: str = "inprocess",
                         faults: Mapping[str, Fault] | None = None,
                         cancel: CancelCallback | None = None):
-    """Fit the temperature across sites; optionally save a model copy with it in the card.
+    """Fit the temperature across sites; optionally save ``<name>-calibrated`` with it.
 
     Returns ``(TemperatureResult, grid)``.
     """
+    check_request(sites, min_sites)
+    if output_model and os.path.exists(output_model):
+        raise CalibSegError(f"{output_model} already exists; choose a new model folder.")
     model = _model(model)
     result, grid = run_federation(
         lambda g: server.temperature_round(g, model, temperatures=temperatures,
                                            min_sites=min_sites, cancel=cancel),
         sites, engine=engine, faults=faults)
     if output_model:
-        from CalibSegLib.models import save_model
-
-        training = dict(model.card.training or {})
-        training["federated_temperature"] = result.to_dict()
-        card = model.card.replace(temperature=result.temperature, training=training)
-        save_model(output_model, card, model.network)
-        write_json(os.path.join(output_model, "federated_temperature.json"), result.to_dict())
+        outputs.write_calibrated_model(model, result, output_model)
     return result, grid
 
 
@@ -73,10 +79,11 @@ def federated_finetune(model, sites: Sequence[SiteSpec], *, output_model: str, r
                        faults: Mapping[str, Fault] | None = None, seed: int = 0,
                        evaluate: bool = True, progress: ProgressCallback | None = None,
                        cancel: CancelCallback | None = None):
-    """FedAvg fine-tuning; saves the new model folder (card records rounds, sites, metrics).
+    """FedAvg fine-tuning; saves ``<name>-fed`` (card records rounds, sites, metrics).
 
     Returns ``(FinetuneResult, grid)``.
     """
+    check_request(sites, min_sites)
     if os.path.exists(output_model):
         raise CalibSegError(f"{output_model} already exists; choose a new model folder.")
     model = _model(model)
@@ -86,7 +93,5 @@ def federated_finetune(model, sites: Sequence[SiteSpec], *, output_model: str, r
                                          min_sites=min_sites, seed=seed, evaluate=evaluate,
                                          progress=progress, cancel=cancel),
         sites, engine=engine, faults=faults)
-    from CalibSegLib.models import save_model
-
-    save_model(output_model, result.model.card, result.model.network)
+    outputs.write_finetuned_model(model, result, output_model)
     return result, grid

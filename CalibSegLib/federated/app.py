@@ -1,59 +1,73 @@
 """The Flower app for real sites: ``server_app`` (SuperLink side) and ``client_app`` (SuperNodes).
 
-A Flower app project points at these objects (``docs/federated.md``)::
+The app project ``CalibSegLib/federated/calibseg-app/pyproject.toml`` names these objects;
+``flwr run`` bundles that folder, the SuperLink starts ``server_app`` and every SuperNode
+runs ``client_app`` from the CalibSegLib installed at the site.
 
-    [tool.flwr.app.components]
-    serverapp = "CalibSegLib.federated.app:server_app"
-    clientapp = "CalibSegLib.federated.app:client_app"
-
-Run config keys (``[tool.flwr.app.config]`` or ``flwr run --run-config``):
-``task`` (evaluate | calibrate | finetune), ``model`` (model folder on the server),
-``output`` (report folder / new model folder), ``min-sites``, ``n-bins``,
-``rounds``, ``local-steps``, ``lr``, ``timeout``. Each site's SuperNode sets
+Run config keys (``[tool.flwr.app.config]`` there, or ``flwr run --run-config``):
+``task`` (evaluate | calibrate | finetune), ``model`` (model folder on the coordinator),
+``output`` (report folder / new model folder), ``min-sites``, ``sites`` (names expected,
+comma-separated), ``timeout``, ``n-bins``, ``rounds``, ``local-steps``, ``lr``,
+``drift-threshold``. Each site's SuperNode sets
 ``--node-config "site='<name>' cohort='<folder>'"``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.federated import server
 from CalibSegLib.federated.client import build_client_app
-from CalibSegLib.federated.report import write_evaluation_report, write_json
 
 client_app = build_client_app()
 server_app = ServerApp()
 
+TASKS = ("evaluate", "calibrate", "finetune")
+
+
+def expected_sites(config: Mapping[str, object]) -> list[str]:
+    """The ``sites`` run config value as a list of names."""
+    return [s.strip() for s in str(config.get("sites", "")).split(",") if s.strip()]
+
+
+def run_task(grid: Grid, config: Mapping[str, object]) -> dict:
+    """Run the task named in ``config`` over ``grid``; write its outputs; return a summary."""
+    from CalibSegLib.federated import outputs, server
+    from CalibSegLib.models import load_model
+
+    task = str(config.get("task", "evaluate"))
+    if task not in TASKS:
+        raise CalibSegError(f"Unknown task {task!r}; use {', '.join(TASKS)}.")
+    if not config.get("model") or not config.get("output"):
+        raise CalibSegError("The run config needs 'model' (folder) and 'output' (folder).")
+    model = load_model(str(config["model"]))
+    output = os.path.abspath(str(config["output"]))
+    common = {"min_sites": int(config.get("min-sites", 1)),  # type: ignore[arg-type]
+              "timeout": float(config.get("timeout", 600.0)),  # type: ignore[arg-type]
+              "expected": expected_sites(config)}
+    n_bins = int(config.get("n-bins", 20))  # type: ignore[arg-type]
+    if task == "evaluate":
+        result = server.evaluation_round(
+            grid, model, n_bins=n_bins,
+            drift_threshold=float(config.get("drift-threshold", 0.05)),  # type: ignore[arg-type]
+            **common)
+        return outputs.write_evaluation(result, output)
+    if task == "calibrate":
+        result = server.temperature_round(grid, model, **common)
+        return outputs.write_calibrated_model(model, result, output)
+    result = server.finetune_rounds(
+        grid, model, rounds=int(config.get("rounds", 1)),  # type: ignore[arg-type]
+        local_steps=int(config.get("local-steps", 2)),  # type: ignore[arg-type]
+        lr=float(config.get("lr", 1e-3)), n_bins=n_bins, **common)  # type: ignore[arg-type]
+    return outputs.write_finetuned_model(model, result, output)
+
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run the task named in the run config and write its results."""
-    from CalibSegLib.models import load_model, save_model
-
-    cfg = context.run_config
-    task = str(cfg.get("task", "evaluate"))
-    if "model" not in cfg or "output" not in cfg:
-        raise CalibSegError("The run config needs 'model' (folder) and 'output' (folder).")
-    model = load_model(str(cfg["model"]))
-    output = str(cfg["output"])
-    common = {"min_sites": int(cfg.get("min-sites", 1)),
-              "timeout": float(cfg.get("timeout", 3600.0))}
-    if task == "evaluate":
-        result = server.evaluation_round(grid, model, n_bins=int(cfg.get("n-bins", 20)), **common)
-        write_evaluation_report(result, output)
-    elif task == "calibrate":
-        result = server.temperature_round(grid, model, **common)
-        os.makedirs(output, exist_ok=True)
-        write_json(os.path.join(output, "federated_temperature.json"), result.to_dict())
-    elif task == "finetune":
-        result = server.finetune_rounds(
-            grid, model, rounds=int(cfg.get("rounds", 1)),
-            local_steps=int(cfg.get("local-steps", 2)), lr=float(cfg.get("lr", 1e-3)),
-            n_bins=int(cfg.get("n-bins", 20)), **common)
-        save_model(output, result.model.card, result.model.network)
-    else:
-        raise CalibSegError(f"Unknown task {task!r}; use evaluate, calibrate or finetune.")
+    """Run the task named in the run config, write its results, print the summary line."""
+    summary = run_task(grid, context.run_config)
+    print(f"calibseg: {summary['line']}", flush=True)

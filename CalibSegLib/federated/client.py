@@ -8,6 +8,8 @@ simulation runtime and on a real SuperNode.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -16,6 +18,8 @@ from CalibSegLib.errors import CalibSegError
 from CalibSegLib.federated import protocol
 from CalibSegLib.federated.cohort import SiteSpec, load_cohort
 from CalibSegLib.federated.transport import model_from_records
+
+LOG = logging.getLogger("CalibSegLib.federated")
 
 
 def _array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -35,9 +39,14 @@ def _site_spec(context: Context) -> SiteSpec:
     return SiteSpec.from_node_config(config)
 
 
-def _site_and_cases(message: Message, context: Context):
+def _site_and_cases(message: Message, context: Context, model):
     spec = _site_spec(context)
-    cases = load_cohort(spec)
+    spacing = model.card.spacing_mm
+    if spec.folder is None and spec.resolution_mm is not None and \
+            float(spec.resolution_mm) != float(max(spacing)):
+        LOG.warning("site %s: sample cohort on a %g mm grid while model %s works at %s mm",
+                    spec.name, spec.resolution_mm, model.name, "x".join(f"{v:g}" for v in spacing))
+    cases = load_cohort(spec, model_spacing_mm=spacing)
     max_cases = int(message.content["config"].get("max-cases", protocol.DEFAULT_MAX_CASES))
     if len(cases) > max_cases:
         raise CalibSegError(
@@ -52,10 +61,10 @@ def handle_stats(message: Message, context: Context) -> Message:
     from CalibSegLib.federated.reliability import encode_stats
     from CalibSegLib.federated.site import site_statistics
 
-    spec, cases = _site_and_cases(message, context)
     config = message.content["config"]
     model = model_from_records(str(message.content["model"]["card"]),
                                message.content["weights"])
+    spec, cases = _site_and_cases(message, context, model)
     n_bins = int(config["n-bins"])
     stats = site_statistics(model, cases, spec.name, n_bins)
     meta = protocol.SiteMeta(spec.name, model.version, len(cases), n_bins, model.num_classes)
@@ -67,9 +76,9 @@ def handle_nll(message: Message, context: Context) -> Message:
     """NLL sums of the sent model over the server's temperature grid."""
     from CalibSegLib.federated.site import site_nll
 
-    spec, cases = _site_and_cases(message, context)
     model = model_from_records(str(message.content["model"]["card"]),
                                message.content["weights"])
+    spec, cases = _site_and_cases(message, context, model)
     grid = [float(t) for t in message.content["config"]["temperatures"]]
     sums, count = site_nll(model, cases, grid)
     meta = protocol.SiteMeta(spec.name, model.version, len(cases), 0, model.num_classes)
@@ -82,9 +91,9 @@ def handle_train(message: Message, context: Context) -> Message:
     """A few local steps from the global weights; reply with the new weights (FedAvg)."""
     from CalibSegLib.federated.site import local_finetune
 
-    spec, cases = _site_and_cases(message, context)
     config = message.content["config"]
-    model = model_from_records(str(config["card"]), message.content["arrays"])
+    model = model_from_records(str(message.content["model"]["card"]), message.content["arrays"])
+    spec, cases = _site_and_cases(message, context, model)
     state, info = local_finetune(
         model, cases, steps=int(config.get("local-steps", 2)), lr=float(config.get("lr", 1e-3)),
         calibration_weight=float(config.get("calibration-weight", 1.0)),

@@ -16,6 +16,13 @@ from CalibSegLib.errors import CalibSegError
 from CalibSegLib.progress import CancelCallback, ProgressCallback
 
 
+def check_site_name(name: str) -> str:
+    """``name`` when it is usable as a site name (reports, node names, key files)."""
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise CalibSegError(f"Site name {name!r} is not usable; use letters, digits, '-' or '_'.")
+    return name
+
+
 @dataclass(frozen=True)
 class SiteSpec:
     """Where one site's cohort comes from.
@@ -28,20 +35,18 @@ class SiteSpec:
         A folder of image/label pairs, or None for a sample cohort.
     sample, seeds, resolution_mm
         For a sample cohort: the embedded case, one ``shift_seed`` per case (0 means
-        the unshifted case) and the grid resolution.
+        the unshifted case) and the grid resolution (None: the spacing of the model
+        being evaluated, see :func:`sample_resolution`).
     """
 
     name: str
     folder: str | None = None
     sample: str = "mni-t1"
     seeds: tuple[int, ...] = ()
-    resolution_mm: float = 4.0
+    resolution_mm: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.name or any(c in self.name for c in "/\\,\n"):
-            raise CalibSegError(
-                f"Site name {self.name!r} is not usable; use letters, digits, '-' or '_'."
-            )
+        check_site_name(self.name)
         if self.folder is None and not self.seeds:
             raise CalibSegError(f"Site {self.name}: give a cohort folder or sample seeds.")
 
@@ -53,7 +58,8 @@ class SiteSpec:
         else:
             config["sample"] = self.sample
             config["seeds"] = ",".join(str(int(s)) for s in self.seeds)
-            config["resolution-mm"] = float(self.resolution_mm)
+            if self.resolution_mm is not None:
+                config["resolution-mm"] = float(self.resolution_mm)
         return config
 
     @classmethod
@@ -72,7 +78,8 @@ class SiteSpec:
             return cls(
                 name=str(config["site"]), sample=str(config.get("sample", "mni-t1")),
                 seeds=tuple(parse_seeds(str(config["seeds"]))),
-                resolution_mm=float(config.get("resolution-mm", 4.0)),  # type: ignore[arg-type]
+                resolution_mm=(float(config["resolution-mm"])  # type: ignore[arg-type]
+                               if "resolution-mm" in config else None),
             )
         raise CalibSegError(
             f"Site {config['site']}: the node config names no cohort; add cohort='<folder>' "
@@ -80,13 +87,13 @@ class SiteSpec:
         )
 
 
-def simulated_sites(n_sites: int, cases_per_site: int = 1, *, resolution_mm: float = 4.0,
+def simulated_sites(n_sites: int, cases_per_site: int = 1, *, resolution_mm: float | None = None,
                     sample: str = "mni-t1", base_seed: int = 100) -> list[SiteSpec]:
     """``n_sites`` sample cohorts with distinct site-specific shift seeds.
 
     Site ``k`` (named ``site-1`` ...) holds the variants with seeds
     ``base_seed + 10 * k + j`` for ``j < cases_per_site``, so every site sees a
-    different acquisition shift.
+    different acquisition shift. ``resolution_mm`` None: the evaluated model's spacing.
     """
     if n_sites < 1 or cases_per_site < 1:
         raise CalibSegError("Use at least one site and one case per site.")
@@ -109,11 +116,22 @@ def _sample_variant(sample: str, seed: int, resolution_mm: float):
     return case
 
 
+def sample_resolution(spec: SiteSpec, model_spacing_mm: Sequence[float] | None) -> float:
+    """The grid of a sample cohort: its own resolution, else the model's (coarsest axis)."""
+    if spec.resolution_mm is not None:
+        return float(spec.resolution_mm)
+    if model_spacing_mm:
+        return float(max(model_spacing_mm))
+    raise CalibSegError(f"Site {spec.name}: give resolution-mm for its sample cohort.")
+
+
 def load_cohort(spec: SiteSpec, progress: ProgressCallback | None = None,
-                cancel: CancelCallback | None = None) -> list:
+                cancel: CancelCallback | None = None,
+                model_spacing_mm: Sequence[float] | None = None) -> list:
     """The site's cases as :class:`~CalibSegLib.training.data.TrainingCase` objects.
 
-    Sample variants are generated once per process and shared read-only.
+    Sample variants are generated once per process and shared read-only, on the
+    grid of :func:`sample_resolution`.
     """
     from CalibSegLib.progress import check_cancel, report
 
@@ -124,7 +142,8 @@ def load_cohort(spec: SiteSpec, progress: ProgressCallback | None = None,
     cases = []
     for n, seed in enumerate(spec.seeds):
         check_cancel(cancel, f"loading of the {spec.name} cohort")
-        cases.append(_sample_variant(spec.sample, int(seed), float(spec.resolution_mm)))
+        cases.append(_sample_variant(spec.sample, int(seed),
+                                     sample_resolution(spec, model_spacing_mm)))
         report(progress, (n + 1) / len(spec.seeds), f"{spec.name}: case {n + 1}")
     return cases
 

@@ -14,7 +14,8 @@ Message types (Flower ``<category>.<action>``)
     temperature) and ``count`` (voxels), and ``meta``.
 ``train`` (Flower's FedAvg)
     Server -> site: ``ArrayRecord "arrays"`` (global weights), ``ConfigRecord
-    "config"`` (card, local steps, learning rate, seed). Site -> server:
+    "model"`` (card), ``ConfigRecord "config"`` (local steps, learning rate, seed).
+    Site -> server:
     ``ArrayRecord "arrays"`` (updated weights), ``MetricRecord "metrics"``
     (``num-examples``, ``loss``) and ``meta``.
 

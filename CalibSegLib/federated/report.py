@@ -30,6 +30,20 @@ def write_json(path: str, data: dict) -> str:
     return path
 
 
+def write_statistics(path: str, stats) -> str:
+    """The pooled statistics' arrays (``ReliabilityStats.to_arrays``) as ``.npz`` (atomic).
+
+    They merge exactly with statistics of later evaluations
+    (``ReliabilityStats.from_arrays(dict(np.load(path)))``).
+    """
+    import numpy as np
+
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **{k: np.asarray(v) for k, v in stats.to_arrays().items()})
+    os.replace(tmp, path)
+    return path
+
+
 def evaluation_summary(result) -> dict:
     """The JSON-ready summary of an :class:`~CalibSegLib.federated.server.EvaluationResult`."""
     return {
@@ -44,10 +58,12 @@ def evaluation_summary(result) -> dict:
 
 
 def write_evaluation_report(result, output: str, plots: bool = True) -> dict[str, str]:
-    """Write ``summary.json``, ``sites.csv`` and (``plots``) the PNG figures into ``output``."""
+    """Write ``summary.json``, ``pooled_statistics.npz``, ``sites.csv`` and (``plots``) PNGs."""
     output = _prepare(output)
     files = {"summary": write_json(os.path.join(output, "summary.json"),
-                                   evaluation_summary(result))}
+                                   evaluation_summary(result)),
+             "statistics": write_statistics(os.path.join(output, "pooled_statistics.npz"),
+                                            result.pooled)}
     rows = [("pooled", "ok", result.pooled_metrics(), None)]
     flags = {f.site: f for f in result.flags}
     metrics = result.site_metrics()

@@ -39,9 +39,10 @@ class SiteOutcome:
 
     site: str
     node_id: int
-    status: str  #: "ok", "dropped" (no reply), "error" (site-side failure), "rejected"
+    status: str  #: "ok", "dropped" (no reply), "error", "rejected", "absent" (never connected)
     reason: str = ""
     n_cases: int = 0
+    nbytes: int = 0  #: size of the site's reply as Flower encodes it on the wire
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,21 +63,51 @@ def site_names(grid: Grid) -> dict[int, str]:
 
 
 def wait_for_sites(grid: Grid, min_sites: int, timeout: float,
-                   cancel: CancelCallback | None = None) -> list[int]:
-    """The connected node ids once at least ``min_sites`` are connected."""
-    end = time.monotonic() + timeout
+                   cancel: CancelCallback | None = None, expected: Sequence[str] = (),
+                   ) -> tuple[list[int], list[str]]:
+    """Wait for the sites; return ``(connected node ids, expected sites that are missing)``.
+
+    Waits until at least ``min_sites`` sites and every ``expected`` site (by name) are
+    connected, at most ``timeout`` seconds. After the time-out the round goes on with
+    the connected sites when they are at least ``min_sites``; otherwise it stops with
+    an error naming the sites that did not connect. An in-process grid cannot gain
+    sites, so too few fail at once.
+    """
+    from CalibSegLib.federated.loopback import LoopbackGrid
+
+    if min_sites < 1:
+        raise CalibSegError(f"The minimum number of sites must be at least 1, not {min_sites}.")
+    end = time.monotonic() + float(timeout)
     while True:
         nodes = sorted(int(n) for n in grid.get_node_ids())
-        if len(nodes) >= min_sites:
-            return nodes
+        names = site_names(grid)
+        connected = {names.get(n, f"node-{n}") for n in nodes}
+        missing = [s for s in expected if s not in connected]
+        if len(nodes) >= min_sites and not missing:
+            return nodes, []
         check_cancel(cancel, "federated round")
-        if time.monotonic() > end:
+        fixed = isinstance(grid, LoopbackGrid)
+        if fixed or time.monotonic() > end:
+            if len(nodes) >= min_sites:
+                LOG.warning("site(s) %s did not connect within %g s; going on with %d site(s)",
+                            ", ".join(missing), timeout, len(nodes))
+                return nodes, missing
+            absent = f" (not connected: {', '.join(missing)})" if missing else ""
+            waited = "" if fixed else f" within {timeout:g} s"
             raise CalibSegError(
-                f"Only {len(nodes)} site(s) connected within {timeout:g} s; at least {min_sites} "
-                "are needed. Start more SuperNodes or lower --min-sites."
+                f"Only {len(nodes)} site(s) connected{waited}; at least {min_sites} are "
+                f"needed{absent}. Start the missing sites' SuperNodes or lower --min-sites."
             )
-        LOG.info("waiting for sites: %d of %d connected", len(nodes), min_sites)
+        LOG.info("waiting for sites: %d connected, %d needed%s", len(nodes), min_sites,
+                 f", missing {', '.join(missing)}" if missing else "")
         time.sleep(1.0)
+
+
+def wire_size(content: RecordDict) -> int:
+    """Bytes of ``content`` in Flower's protobuf encoding (what a reply carries)."""
+    from flwr.common.serde import recorddict_to_proto
+
+    return int(recorddict_to_proto(content).ByteSize())
 
 
 def _check_min(outcomes: Sequence[SiteOutcome], min_sites: int, what: str) -> None:
@@ -92,19 +123,21 @@ def _check_min(outcomes: Sequence[SiteOutcome], min_sites: int, what: str) -> No
 def query_round(grid: Grid, message_type: str, content: Callable[[], RecordDict],
                 parse: Callable[[RecordDict, SiteMeta], object], *, min_sites: int,
                 timeout: float, group: str, cancel: CancelCallback | None = None,
+                expected: Sequence[str] = (),
                 ) -> tuple[dict[str, object], list[SiteOutcome]]:
     """Send one request to every connected site; return parsed valid replies by site.
 
     ``parse(content, meta)`` turns a reply into the value kept for the pool and
     raises :class:`PayloadRejected` on any problem.
     """
-    nodes = wait_for_sites(grid, min_sites, timeout, cancel)
+    nodes, absent = wait_for_sites(grid, min_sites, timeout, cancel, expected)
     names = site_names(grid)
     messages = [Message(content(), node, message_type, group_id=group) for node in nodes]
     replies = {int(r.metadata.src_node_id): r
                for r in grid.send_and_receive(messages, timeout=timeout)}
     parsed: dict[str, object] = {}
-    outcomes = []
+    outcomes = [SiteOutcome(name, 0, "absent", f"did not connect within {timeout:g} s")
+                for name in absent]
     for node in nodes:
         name = names.get(node, f"node-{node}")
         reply = replies.get(node)
@@ -127,7 +160,8 @@ def query_round(grid: Grid, message_type: str, content: Callable[[], RecordDict]
             if meta.site in parsed:
                 raise PayloadRejected(f"a second reply for site {meta.site!r}")
             parsed[meta.site] = parse(reply.content, meta)
-            outcomes.append(SiteOutcome(meta.site, node, "ok", "", meta.n_cases))
+            outcomes.append(SiteOutcome(meta.site, node, "ok", "", meta.n_cases,
+                                        wire_size(reply.content)))
         except PayloadRejected as exc:
             outcomes.append(SiteOutcome(name, node, "rejected", str(exc)))
             LOG.warning("rejected the reply of site %s in round %s: %s", name, group, exc)
@@ -173,7 +207,8 @@ def evaluation_round(grid: Grid, model, *, n_bins: int = 20, min_sites: int = 1,
                      max_cases: int = protocol.DEFAULT_MAX_CASES, timeout: float = 3600.0,
                      drift_threshold: float = 0.05, drift_alpha: float = 0.05,
                      group: str = "evaluate", progress: ProgressCallback | None = None,
-                     cancel: CancelCallback | None = None) -> EvaluationResult:
+                     cancel: CancelCallback | None = None, expected: Sequence[str] = (),
+                     ) -> EvaluationResult:
     """Collect, check and merge every site's reliability statistics of ``model``."""
     from CalibSegLib.federated import reliability as statistics
     from CalibSegLib.federated.drift import calibration_drift
@@ -192,7 +227,7 @@ def evaluation_round(grid: Grid, model, *, n_bins: int = 20, min_sites: int = 1,
 
     parsed, outcomes = query_round(grid, protocol.STATS_TYPE, _model_content(model, config),
                                    parse, min_sites=min_sites, timeout=timeout, group=group,
-                                   cancel=cancel)
+                                   cancel=cancel, expected=expected)
     _check_min(outcomes, min_sites, "evaluation")
     report(progress, 0.8, f"merging statistics of {len(parsed)} site(s)")
     site_stats = dict(sorted(parsed.items()))
@@ -228,8 +263,8 @@ class TemperatureResult:
 def temperature_round(grid: Grid, model, *, temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
                       min_sites: int = 1, max_cases: int = protocol.DEFAULT_MAX_CASES,
                       max_voxels_per_case: int = 512**3, timeout: float = 3600.0,
-                      group: str = "calibrate", cancel: CancelCallback | None = None
-                      ) -> TemperatureResult:
+                      group: str = "calibrate", cancel: CancelCallback | None = None,
+                      expected: Sequence[str] = ()) -> TemperatureResult:
     """Fit the temperature on the union of the sites' cohorts, on ``temperatures``.
 
     Sites return NLL sums per grid temperature; the server adds them and picks
@@ -253,7 +288,7 @@ def temperature_round(grid: Grid, model, *, temperatures: Sequence[float] = DEFA
 
     parsed, outcomes = query_round(grid, protocol.NLL_TYPE, _model_content(model, config), parse,
                                    min_sites=min_sites, timeout=timeout, group=group,
-                                   cancel=cancel)
+                                   cancel=cancel, expected=expected)
     _check_min(outcomes, min_sites, "temperature")
     sums = np.zeros(len(grid_t), dtype=np.float64)
     count = 0
@@ -279,7 +314,7 @@ class CheckedFedAvg(FedAvg):
     """
 
     def __init__(self, *, min_sites: int, max_cases: int, model_version: str,
-                 names: Mapping[int, str]) -> None:
+                 names: Mapping[int, str], card: ConfigRecord) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=min_sites,
                          min_evaluate_nodes=0, min_available_nodes=min_sites)
         self.min_sites = min_sites
@@ -290,10 +325,13 @@ class CheckedFedAvg(FedAvg):
         self.train_metrics: dict[int, dict[str, dict]] = {}
         self._sent: list[int] = []
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self._card = card
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         messages = list(super().configure_train(server_round, arrays, config, grid))
+        for message in messages:  # the card travels beside the config (not in the logged one)
+            message.content["model"] = self._card
         self._sent = sorted(int(m.metadata.dst_node_id) for m in messages)
         self._shapes = {k: tuple(arrays[k].shape) for k in arrays}
         self.names.update(site_names(grid))
@@ -365,7 +403,8 @@ def finetune_rounds(grid: Grid, model, *, rounds: int = 1, local_steps: int = 2,
                     min_sites: int = 1, max_cases: int = protocol.DEFAULT_MAX_CASES,
                     timeout: float = 3600.0, seed: int = 0, evaluate: bool = True,
                     progress: ProgressCallback | None = None,
-                    cancel: CancelCallback | None = None) -> FinetuneResult:
+                    cancel: CancelCallback | None = None,
+                    expected: Sequence[str] = ()) -> FinetuneResult:
     """FedAvg rounds of local Dice+CE+mL1-ACE steps; evaluate before and after.
 
     The returned model keeps the card of ``model`` with version ``<version>+fed<rounds>``
@@ -381,16 +420,17 @@ def finetune_rounds(grid: Grid, model, *, rounds: int = 1, local_steps: int = 2,
     if evaluate:
         before = evaluation_round(grid, model, n_bins=n_bins, min_sites=min_sites,
                                   max_cases=max_cases, timeout=timeout, group="before",
-                                  cancel=cancel)
+                                  cancel=cancel, expected=expected)
     report(progress, 0.2, f"fine-tuning: {rounds} FedAvg round(s)")
     card_json, weights = model_to_records(model)
     strategy = CheckedFedAvg(min_sites=min_sites, max_cases=max_cases,
-                             model_version=model.version, names=site_names(grid))
+                             model_version=model.version, names=site_names(grid),
+                             card=card_json)
     train_config = ConfigRecord({
-        "card": card_json["card"], "local-steps": int(local_steps), "lr": float(lr),
+        "local-steps": int(local_steps), "lr": float(lr),
         "calibration-weight": float(calibration_weight), "n-bins": int(n_bins),
         "max-cases": int(max_cases), "seed": int(seed)})
-    wait_for_sites(grid, min_sites, timeout, cancel)
+    wait_for_sites(grid, min_sites, timeout, cancel, expected)
     result = strategy.start(grid, weights, num_rounds=int(rounds), timeout=timeout,
                             train_config=train_config)
     network = copy.deepcopy(model.network)
@@ -401,7 +441,7 @@ def finetune_rounds(grid: Grid, model, *, rounds: int = 1, local_steps: int = 2,
     if evaluate:
         after = evaluation_round(grid, interim, n_bins=n_bins, min_sites=min_sites,
                                  max_cases=max_cases, timeout=timeout, group="after",
-                                 cancel=cancel)
+                                 cancel=cancel, expected=expected)
     training = dict(model.card.training or {})
     training["federated"] = _card_record(model, rounds, local_steps, lr, calibration_weight,
                                          n_bins, seed, strategy, before, after)
