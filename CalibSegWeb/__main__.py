@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             app.state.reference = "uploaded"
 
         def announce(**_):
+            print(f"calibseg view: uploads and exports go to {folder.path} (removed on exit)",
+                  flush=True)
             print(f"calibseg view: http://{_url_host(args.host)}:{app.server.port}/ "
                   "(Ctrl+C to stop)", flush=True)
 

@@ -398,8 +398,9 @@ class CalibSegWebApp(TrameApp):
                 html.Div("Overlay", classes="text-subtitle-2 mt-3")
                 v3.VSelect(items=("overlays",), v_model=("overlay",), density="compact",
                            hide_details=True, id="overlay")
-                v3.VSlider(label="opacity", v_model=("opacity",), min=0, max=1, step=0.05,
-                           density="compact", hide_details=True, id="opacity")
+                with html.Div(id="opacity-box"):
+                    v3.VSlider(label="opacity", v_model=("opacity",), min=0, max=1, step=0.05,
+                               density="compact", hide_details=True)
                 with html.Div(v_if=("legend",), classes="text-caption"):
                     html.Div(classes="calibseg-legend", id="legend",
                              style=("{background: 'linear-gradient(to right, ' + "
@@ -413,10 +414,10 @@ class CalibSegWebApp(TrameApp):
 
                 html.Div("Temperature", classes="text-subtitle-2 mt-3")
                 for slot in ("A", "B"):
-                    v3.VSlider(v_if=(f"slots.includes('{slot}')",), label=slot,
-                               v_model=(f"temperature_{slot}",), min=0.25, max=4.0, step=0.01,
-                               thumb_label="always", density="compact", hide_details=True,
-                               id=f"temperature-{slot}", classes="mt-4")
+                    with html.Div(v_if=(f"slots.includes('{slot}')",), id=f"temperature-{slot}"):
+                        v3.VSlider(label=slot, v_model=(f"temperature_{slot}",), min=0.25,
+                                   max=4.0, step=0.01, thumb_label="always", density="compact",
+                                   hide_details=True, classes="mt-4")
                 v3.VBtn("Fit to reference", click=self.fitTemperature, size="small",
                         disabled=("!reference",), id="fit-temperature")
 

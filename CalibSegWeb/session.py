@@ -34,9 +34,15 @@ ROLE = "CalibSegWeb.Role"
 
 @dataclass
 class RunJob:
-    """One or two models running on a copy of the input, in a background thread."""
+    """One or two models running on a copy of the input, in a background thread.
+
+    ``entries`` are the models to run; ``slots`` the slot of each, ``kept`` the slots whose
+    shown result stays as it is (same model on the same input).
+    """
 
     entries: list[CatalogueEntry]
+    slots: list[str]
+    kept: list[str]
     image: np.ndarray
     affine: np.ndarray
     device: str = "cpu"
@@ -44,7 +50,7 @@ class RunJob:
     message: str = "starting"
     error: str | None = None
     cancelled: bool = False
-    outputs: list = field(default_factory=list)  #: [(Model, Prediction)] in slot order
+    outputs: list = field(default_factory=list)  #: [(Model, Prediction)] of ``slots``
     _cancel: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -114,6 +120,9 @@ class ViewerSession:
         self.sampleLabels: np.ndarray | None = None
         self.job: RunJob | None = None
         self.lastProbe: dict = {}
+        #: slot -> catalogue id of the model whose result is shown on the current input
+        self.shownModels: dict[str, str] = {}
+        self._jobModels: dict[str, str] = {}  #: slot -> catalogue id of the running job
 
     # ------------------------------------------------------------------------- inputs
     @property
@@ -156,6 +165,7 @@ class ViewerSession:
         self.inputNodeID, self.inputName, self.dicomFolder = node.GetID(), name, dicomFolder
         self.referenceNodeID = None
         self.lastProbe = {}
+        self.shownModels = {}
         for composite in layouts.compositeNodes(self.scene, exclude=()):
             composite.SetBackgroundVolumeID(node.GetID())
             composite.SetForegroundVolumeID(None)
@@ -172,7 +182,11 @@ class ViewerSession:
 
     # ------------------------------------------------------------------------- runs
     def startRun(self, modelIds: list[str]) -> RunJob:
-        """Start models ``modelIds`` (catalogue ids: A, then optionally B) in the background."""
+        """Start models ``modelIds`` (catalogue ids: A, then optionally B) in the background.
+
+        A slot already showing the same model on this input keeps its result (and its
+        temperature); only the other models run.
+        """
         self._checkIdle()
         if self.inputNode is None:
             raise CalibSegError("No image loaded: load the sample case or an image first.")
@@ -185,9 +199,15 @@ class ViewerSession:
         for entry in entries:
             if entry.error is not None:
                 raise CalibSegError(entry.error)
+        wanted = dict(zip(SLOTS, ids))
+        kept = [s for s, m in wanted.items()
+                if self.shownModels.get(s) == m and s in self.logic.results]
+        todo = [s for s in wanted if s not in kept]
         image, affine = self.logic.inputArray(self.inputNode)
-        self.job = RunJob(entries, image, affine, device=self.device).start()
-        return self.job
+        self.job = RunJob([self.catalogue.get(wanted[s]) for s in todo], todo, kept, image,
+                          affine, device=self.device)
+        self._jobModels = wanted
+        return self.job.start()
 
     def cancelRun(self) -> None:
         if self.job is not None and not self.job.done:
@@ -206,13 +226,14 @@ class ViewerSession:
         if job.cancelled:
             return []
         volume = self.inputNode
-        slots = []
-        for slot, (model, prediction) in zip(SLOTS, job.outputs):
+        for slot, (model, prediction) in zip(job.slots, job.outputs):
             self.logic.addPrediction(volume, model, prediction, slot=slot)
-            slots.append(slot)
-        for slot in SLOTS[len(slots):]:
-            if slot in self.logic.results:
+            self.shownModels[slot] = self._jobModels[slot]
+        slots = sorted(job.slots + job.kept)
+        for slot in SLOTS:
+            if slot not in slots and slot in self.logic.results:
                 self._removeResult(slot)
+                self.shownModels.pop(slot, None)
         if self.referenceNodeID is not None:
             self.logic.setReference(self.scene.GetNodeByID(self.referenceNodeID))
         return slots

@@ -148,6 +148,24 @@ def test_run_reports_progress_and_the_server_thread_stays_free(session, image_fi
     assert session.finishRun() == ["A", "B"]
 
 
+def test_run_again_keeps_a_slot_showing_the_same_model(session, image_file):
+    session.loadImage(image_file)
+    run_models(session, ["m0"])
+    session.setTemperature("A", 2.5)
+    shownA = session.logic.node("A", "confidence").GetID()
+    job = session.startRun(["m0", "m1"])
+    assert job.slots == ["B"] and job.kept == ["A"]
+    wait(job)
+    assert session.finishRun() == ["A", "B"]
+    assert session.logic.node("A", "confidence").GetID() == shownA
+    assert session.temperatures()["A"] == pytest.approx(2.5)
+    job = session.startRun(["m1"])  # another model in A, B dropped
+    assert job.slots == ["A"] and job.kept == []
+    wait(job)
+    assert session.finishRun() == ["A"] and list(session.logic.results) == ["A"]
+    assert session.logic.results["A"].name == "tiny-linear"
+
+
 def test_cancel_shows_nothing_and_leaks_no_node(session, image_file):
     session.loadImage(image_file)
     before = session.scene.GetNumberOfNodes()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 
@@ -92,7 +93,13 @@ def run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     child = subprocess.Popen(child_command(args), env=env)
+    # A stop request for this process stops the app (which removes its private folder).
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: child.send_signal(signum))
     try:
-        return child.wait()
-    except KeyboardInterrupt:  # the child got the same Ctrl+C and cleans up
-        return child.wait()
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # the child got the same Ctrl+C and cleans up
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
