@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import glob
 import json
 import os
 
@@ -18,6 +19,7 @@ from CalibSegLib.models import (
     load_model,
     new_card,
     normalize_intensity,
+    normalizer,
     save_model,
 )
 from CalibSegLib.models.testing import tiny_model
@@ -264,3 +266,106 @@ def test_card_json_is_valid_schema_document():
     jsonschema.Draft202012Validator.check_schema(card_schema())
     data = json.loads(ModelCard(_good_card()).to_json())
     jsonschema.validate(data, card_schema())
+
+
+SHIPPED = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "Resources", "Models",
+                                        "*", "model.json")))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[os.path.basename(os.path.dirname(p))
+                                                for p in SHIPPED])
+def test_shipped_format_1_cards_load_unchanged_and_migrate(path):
+    with open(path, "rb") as fh:
+        before = fh.read()
+    original = json.loads(before)
+    assert original["format_version"] == 1
+    card = ModelCard.from_file(path)
+    with open(path, "rb") as fh:
+        assert fh.read() == before  # reading never rewrites the file
+    assert card.to_dict()["format_version"] == 2
+    assert card.axis_order == "ZYX" and card.output_kind == "logits"
+    assert card.model_grid == "axis_aligned" and card.preprocessing_grid == "input"
+    assert card.output_resampling == "logits" and card.sliding_window["mode"] == "gaussian"
+    assert card.normalization == {"type": "zscore", "nonzero": False}
+    assert "normalization" not in card.to_dict()
+    again = ModelCard.from_json(card.to_json())  # a migrated card saves as format 2
+    assert again == card
+
+
+def _legacy_normalisation(image: np.ndarray, spec: dict) -> np.ndarray:
+    """The format-1 normalisations written out in numpy (the rules docs/models.md gave)."""
+    x = image.astype(np.float64)
+    if spec["type"] == "zscore":
+        mask = x != 0 if spec.get("nonzero") else np.ones(x.shape, bool)
+        out = (x - x[mask].mean()) / x[mask].std()
+        return np.where(mask, out, 0.0)
+    if spec["type"] == "none":
+        return x
+    if spec["type"] == "percentile":
+        lo, hi = np.percentile(x, [spec.get("lower", 0.5), spec.get("upper", 99.5)])
+    else:
+        lo, hi = spec["a_min"], spec["a_max"]
+    b_min, b_max = spec.get("b_min", 0.0), spec.get("b_max", 1.0)
+    out = (x - lo) / (hi - lo) * (b_max - b_min) + b_min
+    return np.clip(out, b_min, b_max) if spec.get("clip", True) else out
+
+
+@pytest.mark.parametrize("spec", [
+    {"type": "zscore"}, {"type": "zscore", "nonzero": True}, {"type": "percentile"},
+    {"type": "percentile", "lower": 2, "upper": 97, "b_min": -1, "b_max": 1, "clip": False},
+    {"type": "range", "a_min": -20, "a_max": 150}, {"type": "none"},
+])
+def test_migrated_normalisation_computes_the_format_1_values(spec):
+    data = _good_card()
+    data.pop("preprocessing")
+    data.pop("axis_order")
+    data.pop("output_kind")
+    data.update(format_version=1, normalization=spec)
+    card = ModelCard(data)
+    rng = np.random.default_rng(3)
+    image = rng.normal(60, 40, size=(9, 10, 11)) * (rng.random((9, 10, 11)) > 0.2)
+    out = normalizer(card)(image)
+    np.testing.assert_allclose(out, _legacy_normalisation(image, spec), atol=2e-5)
+
+
+def test_format_1_card_with_a_bad_normalisation_names_the_field():
+    data = _good_card()
+    data.pop("preprocessing")
+    data.pop("axis_order")
+    data.pop("output_kind")
+    data.update(format_version=1, normalization={"type": "magic"})
+    with pytest.raises(CalibSegError, match="'normalization.type'"):
+        ModelCard(data)
+    data["normalization"] = {"type": "zscore"}
+    data["preprocessing"] = []
+    ModelCard(data)  # format 1 with extra format-2 fields: the normalisation wins
+    data.update(format_version=2, axis_order="ZYX", output_kind="logits")
+    with pytest.raises(CalibSegError, match="'normalization' belongs to format 1"):
+        ModelCard(data)
+
+
+def test_shipped_model_predicts_as_before_the_migration():
+    """The migrated card gives the format-1 pipeline's probabilities, written out by hand:
+    numpy z-score over the whole volume, MONAI's Gaussian sliding window on (Z, Y, X)
+    arrays, softmax of the logits."""
+    from monai.inferers import sliding_window_inference
+
+    from CalibSegLib.data import sample_case
+    from CalibSegLib.inference import predict
+
+    folder = os.path.dirname(SHIPPED[0])
+    model = load_model(folder)
+    case = sample_case("mni-t1", resolution_mm=2.0)
+    volume = np.ascontiguousarray(case.image[10:58, 20:68, 16:64])  # the model grid, 48³
+    affine = case.affine.copy()
+    affine[:3, 3] = affine[:3, :4] @ np.array([16.0, 20.0, 10.0, 1.0])
+    prediction = predict(volume, affine, model, device="cpu", maps=False)
+    assert not prediction.info["resampled"]
+    x = volume.astype(np.float64)
+    x = ((x - x.mean()) / x.std()).astype(np.float32)
+    with torch.no_grad():
+        logits = sliding_window_inference(
+            torch.from_numpy(x)[None, None], tuple(reversed(model.card.patch_size)), 4,
+            model.network, overlap=0.25, mode="gaussian", padding_mode="replicate")
+    expected = torch.softmax(torch.as_tensor(logits)[0] / model.card.temperature, 0).numpy()
+    np.testing.assert_allclose(prediction.probs, expected, atol=1e-5)
