@@ -104,6 +104,7 @@ class ModelCatalog:
         self.shippedFolders = [os.path.normpath(f) for f in shippedFolders]
         #: folders that could not be read at the last :meth:`entries` call, with the reason
         self.problems: dict[str, str] = {}
+        self._entries: list[ModelEntry] | None = None
 
     def userFolders(self) -> list[str]:
         """The user's folders, as remembered in the settings."""
@@ -117,8 +118,13 @@ class ModelCatalog:
     def _remember(self, folders: list[str]) -> None:
         self.settings.setValue(FOLDERS_KEY, json.dumps(folders))
 
-    def entries(self) -> list[ModelEntry]:
-        """Every readable model: shipped first, then the user's (each folder once)."""
+    def entries(self, reread: bool = False) -> list[ModelEntry]:
+        """Every readable model: shipped first, then the user's (each folder once).
+
+        Cards are read once and kept; ``reread`` reads the folders again.
+        """
+        if self._entries is not None and not reread:
+            return list(self._entries)
         seen, out = set(), []
         self.problems = {}
         sources = [(f, True) for f in self.shippedFolders] + \
@@ -134,7 +140,8 @@ class ModelCatalog:
                     self.problems[folder] = str(exc)
                     continue
                 out.append(ModelEntry(folder, card, shipped))
-        return out
+        self._entries = out
+        return list(out)
 
     def find(self, folder: str) -> ModelEntry | None:
         """The entry of model folder ``folder`` (None when it is not in the list)."""
@@ -159,12 +166,13 @@ class ModelCatalog:
         folders = self.userFolders()
         if folder not in folders and folder not in self.shippedFolders:
             self._remember(folders + [folder])
-        return [e for e in self.entries() if e.folder in found]
+        return [e for e in self.entries(reread=True) if e.folder in found]
 
     def removeFolder(self, folder: str) -> None:
         """Forget a user folder (its files stay)."""
         folder = os.path.normpath(os.path.abspath(folder))
         self._remember([f for f in self.userFolders() if f != folder])
+        self._entries = None
 
     def importFolder(self) -> str:
         """The folder imported models are written into (a setting; default in the home)."""

@@ -1,6 +1,6 @@
 """Export of the shown results to files: labels, confidence, entropy, metrics.
 
-Per model ``<slot>-<name>-labels.nii.gz`` (uint8 class index),
+Per model ``<slot>-<name>-labels.nii.gz`` (class index, uint8 up to 256 classes),
 ``-confidence.nii.gz`` and ``-entropy.nii.gz`` (float32, at the temperature
 shown) on the input volume's grid, and ``-metrics.json`` when there is a
 reference. Every file is written atomically (temporary file, then rename).
@@ -36,11 +36,10 @@ def exportResults(results: Mapping[str, ModelResult], affine: np.ndarray, folder
     for slot, result in results.items():
         stem = os.path.join(folder, f"{slot}-{safeName(result.name)}")
         current = result.current
-        for key, values, dtype in (("labels", current.labels, np.uint8),
-                                   ("confidence", current.confidence, np.float32),
-                                   ("entropy", current.entropy, np.float32)):
-            written.append(write_image(f"{stem}-{key}.nii.gz",
-                                       np.asarray(values).astype(dtype), affine))
+        for key, values in (("labels", current.labels),  # uint8 (uint16 beyond 256 classes)
+                            ("confidence", np.asarray(current.confidence, np.float32)),
+                            ("entropy", np.asarray(current.entropy, np.float32))):
+            written.append(write_image(f"{stem}-{key}.nii.gz", np.asarray(values), affine))
         if result.metrics is not None:
             path = f"{stem}-metrics.json"
             document = {"model": result.name, "version": result.model.card.version,

@@ -28,7 +28,7 @@ from CalibSegLib.errors import CalibSegError
 from CalibSegLib.inference import Prediction, apply_temperature
 from CalibSegLib.inference.compact import compact_prediction, from_fixed_point
 from CalibSegLib.models import Model
-from CalibSegSlicer import arrays, colors, display, export, layouts, prototypes, reference, results
+from CalibSegSlicer import arrays, display, export, layouts, prototypes, reference, results
 from CalibSegSlicer.catalog import loadModel  # noqa: F401  (part of the scripting API)
 from CalibSegSlicer.reliability import ReliabilityChart, columnName
 from CalibSegSlicer.results import SLOTS, ModelResult
@@ -136,8 +136,10 @@ class CalibSegLogic:
         self.results[slot] = result
         self.inputNodeID = volumeNode.GetID()
         self.inputAffine, self.inputShape = affine, tuple(image.shape)
-        self.showOverlay(self.overlay if self.overlay in ("confidence", "entropy", "none")
-                         else "confidence", self.opacity)
+        try:
+            self.showOverlay(self.overlay, self.opacity)
+        except CalibSegError:  # the chosen overlay needs a prototype model: show confidence
+            self.showOverlay("confidence", self.opacity)
         if self.referenceLabels is not None:
             self._updateStats([slot])
         return result
@@ -346,23 +348,7 @@ class CalibSegLogic:
 
     def showPrototypeSource(self, k: int, slot: str = "A"):
         """Load prototype ``k``'s gallery crop as a volume and centre the views on it."""
-        result = self._result(slot)
-        image, affine = prototypes.readCrop(prototypes.galleryPath(result, k))
-        key = f"prototypeSource{int(k)}"
-        results.removeNode(self.scene, self.node(slot, key))
-        node = arrays.newVolumeNode(image.astype(np.float32), affine,
-                                    f"CalibSeg prototype {k} source ({result.name})")
-        node.SetAttribute("CalibSeg.Slot", slot)
-        node.SetAttribute("CalibSeg.Role", "prototypeSource")
-        self.scene.AddNode(node)
-        node.CreateDefaultDisplayNodes()
-        result.nodeIDs[key] = node.GetID()
-        centre = arrays.indexToRas(affine, [(s - 1) / 2.0 for s in image.shape])
-        for composite in layouts.compositeNodes(self.scene):
-            sliceNode = layouts.sliceNodeIfPresent(self.scene, composite.GetLayoutName())
-            if sliceNode is not None:
-                sliceNode.JumpSliceByCentering(*centre)
-        return node
+        return prototypes.showSource(self.scene, self._result(slot), k)
 
     def showContributionMap(self, prototype: int | None = None, slot: str = "A",
                             show: bool = True):
@@ -370,23 +356,8 @@ class CalibSegLogic:
 
         See :func:`CalibSegSlicer.prototypes.contributionValues` for what is mapped.
         """
-        result = self._result(slot)
-        values = prototypes.contributionValues(result, prototype)
-        key = "contribution" if prototype is None else f"contribution{int(prototype)}"
-        title = "contribution" if prototype is None else f"prototype {int(prototype)} contribution"
-        node = self.node(slot, key)
-        if node is None:
-            node = arrays.newVolumeNode(values, self.inputAffine,
-                                        f"{result.name} ({slot}) {title}")
-            node.SetAttribute("CalibSeg.Slot", slot)
-            node.SetAttribute("CalibSeg.Role", key)
-            self.scene.AddNode(node)
-            node.CreateDefaultDisplayNodes()
-            node.GetDisplayNode().SetAndObserveColorNodeID(
-                colors.similarityTable(self.scene).GetID())
-            result.nodeIDs[key] = node.GetID()
-        else:
-            arrays.fillNode(node, values, self.inputAffine)
+        node = prototypes.contributionNode(self.scene, self._result(slot), self.inputAffine,
+                                           prototype)
         if show and prototype is None:
             self.showOverlay("contribution", self.opacity)
         return node

@@ -90,7 +90,7 @@ class CalibSegPanel:
         """Fill the model selectors from the catalog, keeping (or setting) each selection."""
         wanted = {slot: self.selectedFolder(slot) for slot in SLOTS}
         wanted.update(select or {})
-        entries = self.catalog.entries()
+        entries = self.catalog.entries(reread=True)
         self._refreshing = True
         try:
             for slot in SLOTS:

@@ -1,5 +1,8 @@
 """Prototype explanations of a result: catalogue look-up, probe, source crops, contributions.
 
+Source crops and contribution maps become volume nodes of the result (in its
+``nodeIDs``, so they leave with it).
+
 The catalogue is the card's ``prototypes`` list (``index``, ``class``, ``case``,
 ``voxel``, ``bbox``, ``gallery``; see the model-card schema); entries are found by
 their ``index``, not their position. Maps come from the library's ``Prediction``
@@ -17,7 +20,8 @@ import numpy as np
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.inference import Prediction
 from CalibSegLib.models import Model
-from CalibSegSlicer.results import ModelResult
+from CalibSegSlicer import arrays, colors, layouts
+from CalibSegSlicer.results import ModelResult, removeNode
 
 
 def catalogueEntry(model: Model, k: int) -> dict | None:
@@ -109,3 +113,43 @@ def contributionValues(result: ModelResult, prototype: int | None = None) -> np.
         raise CalibSegError(f"Model {result.name} has no prototype {k} ({count} prototypes).")
     c = int(current.prototype_class[k])
     return np.float32(current.prototype_weights[c, k]) * current.similarity[k].astype(np.float32)
+
+
+def showSource(scene, result: ModelResult, k: int):
+    """Prototype ``k``'s gallery crop as a new volume node; the slice views centred on it."""
+    image, affine = readCrop(galleryPath(result, k))
+    key = f"prototypeSource{int(k)}"
+    removeNode(scene, scene.GetNodeByID(result.nodeIDs.get(key, "")))
+    node = arrays.newVolumeNode(image.astype(np.float32), affine,
+                                f"CalibSeg prototype {k} source ({result.name})")
+    node.SetAttribute("CalibSeg.Slot", result.slot)
+    node.SetAttribute("CalibSeg.Role", "prototypeSource")
+    scene.AddNode(node)
+    node.CreateDefaultDisplayNodes()
+    result.nodeIDs[key] = node.GetID()
+    centre = arrays.indexToRas(affine, [(s - 1) / 2.0 for s in image.shape])
+    for composite in layouts.compositeNodes(scene):
+        sliceNode = layouts.sliceNodeIfPresent(scene, composite.GetLayoutName())
+        if sliceNode is not None:
+            sliceNode.JumpSliceByCentering(*centre)
+    return node
+
+
+def contributionNode(scene, result: ModelResult, affine: np.ndarray,
+                     prototype: int | None = None):
+    """The result's contribution map node (created, or refreshed in place)."""
+    values = contributionValues(result, prototype)
+    key = "contribution" if prototype is None else f"contribution{int(prototype)}"
+    title = "contribution" if prototype is None else f"prototype {int(prototype)} contribution"
+    node = scene.GetNodeByID(result.nodeIDs.get(key, ""))
+    if node is not None:
+        arrays.fillNode(node, values, affine)
+        return node
+    node = arrays.newVolumeNode(values, affine, f"{result.name} ({result.slot}) {title}")
+    node.SetAttribute("CalibSeg.Slot", result.slot)
+    node.SetAttribute("CalibSeg.Role", key)
+    scene.AddNode(node)
+    node.CreateDefaultDisplayNodes()
+    node.GetDisplayNode().SetAndObserveColorNodeID(colors.similarityTable(scene).GetID())
+    result.nodeIDs[key] = node.GetID()
+    return node
