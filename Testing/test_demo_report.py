@@ -90,3 +90,31 @@ def test_demo_command_prints_key_numbers(tmp_path, capsys):
     assert code == 0
     assert "marginal ACE" in text and "report:" in text
     assert os.path.exists(tmp_path / "report.html")
+
+
+def test_report_text_matches_the_run(tmp_path, mni_case):
+    """No soft reference and no faithfulness: the report says neither was there."""
+    import dataclasses
+
+    from CalibSegLib.report.demo import run_report
+
+    case = dataclasses.replace(mni_case, reference_probs=None)
+    messages = []
+    summary = run_report([os.path.join(models_folder(), DEMO_MODELS[1])], [case],
+                         str(tmp_path), faithfulness=False,
+                         progress=lambda f, m: messages.append(m))
+    html = open(summary["report"], encoding="utf-8").read()
+    assert "soft reference" not in html.lower() and "soft marginal" not in html.lower()
+    assert "Faithfulness was not measured" in html
+    assert not any("faithfulness" in m for m in messages)
+    # the bin rule is stated next to the numbers and diagrams it changes
+    assert html.count("fewer than 100 voxels") >= 2
+    # signed prototype evidence: for, then against, ranks in order of magnitude per side
+    rows = re.findall(r"<tr><td>(for|against)</td><td>(\d+)</td><td>\d+</td><td>[^<]*</td>"
+                      r"<td>([+-][0-9.]+)</td>", html)
+    assert rows and rows[0][0] == "for"
+    for side in ("for", "against"):
+        mine = [(int(rank), float(share)) for s, rank, share in rows if s == side]
+        assert [r for r, _ in mine] == list(range(1, len(mine) + 1))
+        assert all((v > 0) == (side == "for") for _, v in mine)
+        assert [abs(v) for _, v in mine] == sorted((abs(v) for _, v in mine), reverse=True)
