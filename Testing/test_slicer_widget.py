@@ -135,7 +135,8 @@ def test_model_list_cards_and_remembered_folders(scene, folders):
     panel.onModelChanged()
     card = ui.cardLabel.text
     for text in ("Proto demo", "background", "Training loss: DiceCE + mL1-ACE",
-                 "Temperature (fitted): 1.3", "Intended use: Demonstration on the MNI template.",
+                 "Temperature (fitted): 1.3", "Network output: logits",
+                 "Intended use: Demonstration on the MNI template.",
                  "Limitations: Untrained; not for diagnosis.", "prototype"):
         assert text in card, text
     # A user's folder of models is added, chosen, and remembered in the settings.
@@ -301,6 +302,7 @@ def test_import_model_joins_the_list_and_is_chosen(scene, folders, tmp_path):
     assert panel.selectedFolder("B") == destination
     assert ui.modelBComboBox.currentText.startswith("tiny")
     assert "Model B: tiny" in ui.cardLabel.text and "background" in ui.cardLabel.text
+    assert "Imported; review before use:" in ui.cardLabel.text  # the importer's guesses
     assert destination in settings.value(FOLDERS_KEY)
     assert ui.statusLabel.text == f"Imported model into {destination}."
     # A second import of the same file gets a new folder; a bad file gives one clear error.

@@ -61,7 +61,8 @@ class ModelEntry:
 
 
 def cardText(card: ModelCard) -> str:
-    """What a user reads before running a model: name, classes, loss, temperature, use."""
+    """What a user reads before running a model: name, classes, head, training loss, network
+    output, fitted temperature, intended use, limitations (and an import's review notes)."""
     training = card.training
     lines = [f"{card.name} (version {card.version})"]
     if card.description:
@@ -71,9 +72,12 @@ def cardText(card: ModelCard) -> str:
                  + (f" ({card.num_prototypes} prototypes)" if card.is_prototype else ""))
     if training.get("loss"):
         lines.append(f"Training loss: {training['loss']}")
+    lines.append(f"Network output: {card.output_kind.replace('_', '-')}")
     lines.append(f"Temperature (fitted): {card.temperature:.3g}")
     lines.append(f"Intended use: {card.intended_use or 'not stated in the card'}")
     lines.append(f"Limitations: {card.limitations or 'not stated in the card'}")
+    if card.review_notes:
+        lines.append("Imported; review before use: " + " ".join(card.review_notes))
     return "\n".join(lines)
 
 

@@ -378,8 +378,7 @@ class InProcessRunner:
         def work(_image, progress):
             from CalibSegLib.models.importers import import_model
 
-            progress(0.0, "importing")
-            import_model(source, outputFolder)
+            import_model(source, outputFolder, progress=progress)
             return outputFolder
 
         return InProcessJob(work)

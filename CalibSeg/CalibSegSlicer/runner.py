@@ -47,8 +47,7 @@ def main(argv=None) -> int:
         if args.importSource is not None:
             from CalibSegLib.models.importers import import_model
 
-            print(progressLine(0.0, "importing"), flush=True)
-            import_model(args.importSource, args.output)
+            import_model(args.importSource, args.output, progress=progress)
             print(progressLine(1.0, "done"), flush=True)
             print(f"{DONE_PREFIX} {args.output}", flush=True)
             return 0
