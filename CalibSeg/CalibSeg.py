@@ -1,8 +1,9 @@
 """CalibSeg: calibrated, explainable segmentation in 3D Slicer (module entry point).
 
 Only the module description lives here; its helpers are in the package ``CalibSegSlicer``
-(panel ``widget``, MRML logic ``logic``, background inference ``process``, dependency
-installation ``installer``, self-test ``selftest``).
+(Qt panel ``widget`` and its decisions ``panel``, MRML logic ``logic``, model list
+``catalog``, background inference and import ``process``, dependency installation
+``installer``, self-test ``selftest``).
 """
 
 from __future__ import annotations
