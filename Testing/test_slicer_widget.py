@@ -147,11 +147,15 @@ def test_model_list_cards_and_remembered_folders(scene, folders):
     assert folders["user"] in settings.value(FOLDERS_KEY)
     again, ui2 = make_panel(scene, folders, settings)
     assert any(t.startswith("My model") for t, _ in ui2.modelAComboBox.items)
-    # A folder without a model is refused and not remembered.
+    # A folder without a model is refused and not remembered; a path being typed is not an
+    # error until it names a model folder.
     before = settings.value(FOLDERS_KEY)
     with pytest.raises(CalibSegError, match="holds no model"):
         panel.addModelFolder(folders["root"] + "/nothing-here")
+    panel.onModelAFolder(folders["root"] + "/us")
+    assert ui.statusLabel.text.startswith("No model in")
     assert settings.value(FOLDERS_KEY) == before
+    assert panel.selectedFolder("A") == folders["shipped"][0]
 
 
 # ---------------------------------------------------------------------------- slots and Clear

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from CalibSegLib.errors import CalibSegError
-from CalibSegSlicer.catalog import ModelCatalog, cardText, loadModel
+from CalibSegLib.models import CARD_FILE
+from CalibSegSlicer.catalog import ModelCatalog, cardText, loadModel, modelFoldersIn
 from CalibSegSlicer.logic import CalibSegLogic
 from CalibSegSlicer.results import SLOTS
 
@@ -143,10 +144,17 @@ class CalibSegPanel:
         self.ui.statusLabel.text = f"Added {len(added)} model(s) from {folder}."
 
     def onModelAFolder(self, path: str = "") -> None:
-        self.addModelFolder(path or self.ui.modelAPathLineEdit.currentPath, "A")
+        self._folderEdited(path or self.ui.modelAPathLineEdit.currentPath, "A")
 
     def onModelBFolder(self, path: str = "") -> None:
-        self.addModelFolder(path or self.ui.modelBPathLineEdit.currentPath, "B")
+        self._folderEdited(path or self.ui.modelBPathLineEdit.currentPath, "B")
+
+    def _folderEdited(self, path: str, slot: str) -> None:
+        """A path field changed (also while typing): add it once it names a model folder."""
+        if path and modelFoldersIn(path):
+            self.addModelFolder(path, slot)
+        elif path:
+            self.ui.statusLabel.text = f"No model in {path} yet (a folder with {CARD_FILE})."
 
     def importModel(self, source: str, slot: str = "A") -> None:
         """Import a MONAI bundle or TorchScript file in the background; list it when done."""
