@@ -208,6 +208,44 @@ def test_temperature_updates_overlays_in_place(setup):
         logic.setTemperature(0.0, "A")
 
 
+def test_temperature_preview_refreshes_the_visible_planes_only(setup):
+    import math
+
+    scene, _, logic = setup
+    (_, pred), _ = models_and_predictions()
+    node = logic.node("A", "confidence")
+    before = slicer.util.arrayFromVolume(node).copy()
+    [(axis, index)] = logic.previewTemperature(2.0, "A")  # the Red (axial) view
+    assert axis == 0
+    expected = apply_temperature(pred, 2.0).confidence
+    shown = slicer.util.arrayFromVolume(node)
+    np.testing.assert_allclose(shown[index], expected[index], rtol=1e-5, atol=1e-6)
+    others = np.delete(np.arange(shown.shape[0]), index)
+    np.testing.assert_array_equal(shown[others], before[others])
+    assert logic.results["A"].temperature == pytest.approx(pred.temperature)
+    assert logic.pendingTemperatures == {"A": 2.0}
+    # A sagittal view adds a plane along X.
+    layouts.sliceNode(scene, "Yellow", "Sagittal")
+    planes = logic.previewTemperature(2.2, "A")
+    assert sorted(a for a, _ in planes) == [0, 2]
+    # A view oblique to the voxel grid: nothing is previewed, the temperature waits.
+    red = layouts.sliceNode(scene, "Red")
+    matrix = red.GetSliceToRAS()
+    c, s_ = math.cos(0.4), math.sin(0.4)
+    for row, values in enumerate(([c, 0, s_], [0, 1, 0], [-s_, 0, c])):
+        for col, value in enumerate(values):
+            matrix.SetElement(row, col, value)
+    red.UpdateMatrices()
+    previewed = slicer.util.arrayFromVolume(node).copy()
+    assert logic.previewTemperature(3.0, "A") is None
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), previewed)
+    assert logic.applyPendingTemperature() == ["A"]
+    assert logic.results["A"].temperature == pytest.approx(3.0)
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(node),
+                               apply_temperature(pred, 3.0).confidence, rtol=1e-5, atol=1e-6)
+    assert logic.pendingTemperatures == {}
+
+
 def test_card_temperature_is_the_default(setup):
     scene, volume, logic = setup
     (model, pred), _ = models_and_predictions()

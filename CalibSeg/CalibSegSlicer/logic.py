@@ -286,15 +286,15 @@ class CalibSegLogic:
         A few planes of the logits instead of the whole volume, for a slider that moves.
         The result, diagram and metrics keep the applied temperature until
         :meth:`applyPendingTemperature`. Returns the planes refreshed; None when a view is
-        oblique (nothing was previewed: apply the temperature instead).
+        oblique to the voxel grid (nothing is previewed; the views follow when the pending
+        temperature is applied).
         """
         result = self._result(slot)
         temperature = _checked(temperature)
-        planes = display.visiblePlanes(self.scene, self.inputAffine, self.inputShape)
-        if planes is None:
-            return None
-        results.refreshPlanes(self.scene, result, planes, temperature)
         self.pendingTemperatures[slot] = temperature
+        planes = display.visiblePlanes(self.scene, self.inputAffine, self.inputShape)
+        if planes is not None:
+            results.refreshPlanes(self.scene, result, planes, temperature)
         return planes
 
     def applyPendingTemperature(self) -> list[str]:

@@ -352,16 +352,14 @@ class CalibSegPanel:
 
     def onTemperatureSlider(self, value: float) -> None:
         """Preview the selected model at ``value`` on the visible planes; apply to the
-        whole volume, diagram and metrics once the slider pauses (the debouncer)."""
+        whole volume, diagram and metrics once the slider pauses (the debouncer). With a
+        view oblique to the voxel grid nothing is previewed: the views follow at the pause."""
         slot = self.temperatureSlot()
         if slot not in self.logic.results:
             return
         if self.parameterNode is not None:
             setattr(self.parameterNode, f"temperature{slot}", float(value))
-        if self.logic.previewTemperature(value, slot) is None:  # oblique view: no preview
-            self.logic.setTemperature(value, slot)
-            self.showMetrics()
-            return
+        self.logic.previewTemperature(value, slot)
         self.debounce.schedule(self.applyPendingTemperature)
 
     def applyPendingTemperature(self) -> None:
