@@ -117,3 +117,22 @@ def test_probability_model_without_its_kind_would_be_squashed(tmp_path):
     volume, affine = read_image(path)
     probs = predict(volume, affine, load_model(folder), device="cpu").probs
     assert np.abs(probs.transpose(0, 3, 2, 1) - double).max() > 0.3
+
+
+def test_explanations_see_the_same_function_as_the_prediction(tmp_path):
+    """The explanation segmenter of an imported (X, Y, Z), probability-output model gives
+    the prediction's logits (log p) and is differentiable through the preprocessing."""
+    from CalibSegLib.explain.segmenter import as_segmenter
+
+    _scripted("softmax", str(tmp_path / "net.ts"))
+    path = _image_file(str(tmp_path / "case.nii.gz"))
+    model = load_model(_import(tmp_path, str(tmp_path / "net.ts")))
+    volume, affine = read_image(path)
+    prediction = predict(volume, affine, model, device="cpu")
+    segmenter = as_segmenter(model, affine=affine)
+    x = torch.from_numpy(volume.astype(np.float32))[None, None].requires_grad_()
+    logits = segmenter(x)[0]
+    probs = torch.softmax(logits, dim=0).detach().numpy()
+    np.testing.assert_allclose(probs, prediction.probs, atol=1e-5)
+    logits[1].sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0

@@ -1,9 +1,15 @@
 """A :class:`Segmenter` for a loaded CalibSeg model (card + network).
 
-The model's intensity normalisation is applied per image inside the forward
-pass (so perturbed images are normalised like real ones), and images whose
-voxel size differs from the model's are resampled trilinearly to it and the
-logits back, which keeps every explanation on the input grid.
+The card's preprocessing transforms (:mod:`CalibSegLib.models.preprocessing`,
+the same MONAI classes :func:`CalibSegLib.inference.predict` uses) are applied
+per image inside the forward pass (so perturbed images are preprocessed like
+real ones), on the grid the card names (``preprocessing_grid``). Images whose
+voxel size differs from the model's are resampled trilinearly to the card's
+model grid and the logits back, which keeps every explanation on the input
+grid. The network sees arrays in its own axis order (card ``axis_order``) and
+its output becomes logits per the card's ``output_kind`` (``log p`` for
+probabilities), so explanations of imported networks see the same function
+as their predictions.
 """
 
 from __future__ import annotations
@@ -14,84 +20,35 @@ from typing import Any
 import numpy as np
 import torch
 
-from CalibSegLib.errors import CalibSegError
 from CalibSegLib.explain.segmenter import Segmenter, unet_divisor
+from CalibSegLib.models.card import ModelCard
+from CalibSegLib.models.output_kind import to_logits
 
 
-def _card_get(card: Any, key: str, default: Any = None) -> Any:
-    if isinstance(card, Mapping):
-        return card.get(key, default)
-    value = getattr(card, key, None)
-    if value is None and hasattr(card, "get"):
-        value = card.get(key, default)
-    return default if value is None else value
+def torch_normalizer(spec: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Per-image preprocessing of a ``(B, 1, …)`` batch, as a card describes it.
 
-
-def _percentile(flat: torch.Tensor, q: float) -> torch.Tensor:
-    """Linear-interpolated percentile (numpy's default); kthvalue works on any size."""
-    pos = q / 100.0 * (flat.numel() - 1)
-    lo, frac = int(np.floor(pos)), pos - np.floor(pos)
-    a = flat.kthvalue(lo + 1).values
-    if frac == 0:
-        return a
-    b = flat.kthvalue(min(lo + 2, flat.numel())).values
-    return a + (b - a) * frac
-
-
-def torch_normalizer(spec: Mapping[str, Any] | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Per-image intensity normalisation of a ``(B, 1, …)`` batch, as a card describes it.
-
-    Types: ``zscore`` (``nonzero``: statistics over non-zero voxels), ``percentile``
-    (``lower``/``upper`` percentiles, default 0.5/99.5, mapped to ``b_min``/``b_max``,
-    default 0/1), ``range`` (``a_min``/``a_max`` to ``b_min``/``b_max``), ``none``;
-    ``clip`` defaults to true. The same rules as
-    :func:`CalibSegLib.models.normalization.normalize_intensity`, on torch batches.
+    ``spec`` is a card's ``preprocessing`` list (or a card), or a format-1
+    ``normalization`` object (converted with
+    :func:`~CalibSegLib.models.preprocessing.legacy_to_transforms`). Each image runs
+    through the MONAI transforms in order; gradients flow through them.
     """
-    spec = dict(spec or {"type": "none"})
-    kind = spec.get("type", "none")
+    from CalibSegLib.models.preprocessing import legacy_to_transforms, preprocessor
 
-    def zscore(x: torch.Tensor) -> torch.Tensor:
-        out = []
-        for sample in x:
-            values = sample[sample != 0] if spec.get("nonzero") else sample.flatten()
-            if values.numel() == 0:
-                values = sample.flatten()
-            mean, std = values.mean(), values.std(unbiased=False)
-            scaled = (sample - mean) / torch.clamp(std, min=1e-8)
-            out.append(torch.where(sample != 0, scaled, sample) if spec.get("nonzero")
-                       else scaled)
-        return torch.stack(out)
+    if hasattr(spec, "preprocessing"):
+        spec = spec.preprocessing
+    if spec is None:
+        spec = []
+    run = preprocessor(legacy_to_transforms(spec) if isinstance(spec, Mapping) else list(spec))
 
-    def linear(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        b_min, b_max = float(spec.get("b_min", 0.0)), float(spec.get("b_max", 1.0))
-        if float(hi - lo) == 0.0:
-            return torch.full_like(x, b_min)
-        y = (x - lo) / (hi - lo) * (b_max - b_min) + b_min
-        if spec.get("clip", True):
-            y = torch.clamp(y, min(b_min, b_max), max(b_min, b_max))
-        return y
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([run(sample) for sample in x]).to(x.dtype)
 
-    def percentile(x: torch.Tensor) -> torch.Tensor:
-        out = []
-        for sample in x:
-            flat = sample.detach().flatten()
-            lo = _percentile(flat, float(spec.get("lower", 0.5)))
-            hi = _percentile(flat, float(spec.get("upper", 99.5)))
-            out.append(linear(sample, lo, hi))
-        return torch.stack(out)
-
-    def value_range(x: torch.Tensor) -> torch.Tensor:
-        return linear(x, torch.tensor(float(spec["a_min"])), torch.tensor(float(spec["a_max"])))
-
-    table = {"zscore": zscore, "percentile": percentile, "range": value_range,
-             "none": lambda x: x}
-    if kind not in table:
-        raise CalibSegError(f"Unknown intensity normalisation {kind!r} in the model card.")
-    return table[kind]
+    return apply
 
 
 def model_segmenter(model: Any, affine: np.ndarray | None = None,
-                    shape: tuple[int, int, int] | None = None, overlap: float = 0.25
+                    shape: tuple[int, int, int] | None = None, overlap: float | None = None
                     ) -> Segmenter:
     """A :class:`Segmenter` for a loaded model (``.card`` and ``.network``).
 
@@ -105,18 +62,19 @@ def model_segmenter(model: Any, affine: np.ndarray | None = None,
         model grid (:func:`CalibSegLib.inference.resample.model_grid`) and back;
         ``shape`` (Z, Y, X) is then needed too, or the segmenter adapts to the
         first image it sees.
-    overlap : float
-        Sliding-window overlap (the card's ``patch_size`` is the window), as in
-        :func:`CalibSegLib.inference.predict`.
+    overlap : float, optional
+        Sliding-window overlap (the card's ``patch_size`` is the window); default the
+        card's, as in :func:`CalibSegLib.inference.predict`.
     """
-    card = model.card
+    card: ModelCard = model.card
     network = model.network
-    divisor = int(_card_get(card, "divisor", 0) or unet_divisor(network))
-    patch = _card_get(card, "patch_size")
-    window = ({"roi": tuple(int(v) for v in reversed(tuple(patch))), "overlap": overlap,
-               "sw_batch_size": 4} if patch else None)
+    divisor = int(card.divisor or unet_divisor(network))
+    settings = card.sliding_window
+    window = {"roi": tuple(reversed(card.patch_size)),
+              "overlap": float(settings["overlap"] if overlap is None else overlap),
+              "sw_batch_size": 4}
     segmenter = _ModelSegmenter(network, divisor=divisor, window=window,
-                                normalize=torch_normalizer(_card_get(card, "normalization")))
+                                normalize=torch_normalizer(card.preprocessing))
     segmenter.card = card
     segmenter.input_affine = None if affine is None else np.asarray(affine, np.float64)
     if shape is not None and affine is not None:
@@ -125,9 +83,11 @@ def model_segmenter(model: Any, affine: np.ndarray | None = None,
 
 
 class _ModelSegmenter(Segmenter):
-    """A :class:`Segmenter` that finds the model grid for the input grid it is given."""
+    """A :class:`Segmenter` that follows the card's conventions: its model grid for the
+    input grid it is given, where preprocessing runs, the network's axis order and
+    output kind."""
 
-    card: Any = None
+    card: ModelCard
     input_affine: np.ndarray | None = None
     _grid_shape: tuple[int, ...] | None = None
 
@@ -138,9 +98,9 @@ class _ModelSegmenter(Segmenter):
         if self.input_affine is None:
             self.grid = None
             return
-        spacing = _card_get(self.card, "spacing_mm")
-        orientation = _card_get(self.card, "orientation", "RAS")
-        grid_shape, grid_affine = model_grid(shape, self.input_affine, spacing, orientation)
+        card = self.card
+        grid_shape, grid_affine = model_grid(shape, self.input_affine, card.spacing_mm,
+                                             card.orientation, kind=card.model_grid)
         if same_grid(shape, self.input_affine, grid_shape, grid_affine):
             self.grid = None
         else:
@@ -153,4 +113,34 @@ class _ModelSegmenter(Segmenter):
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         self.geometry(tuple(x.shape[2:]))
+        if self.card.preprocessing_grid == "model" and self.grid is not None:
+            normalize, self.normalize = self.normalize, None
+            try:
+                x = super()._prepare(x)
+            finally:
+                self.normalize = normalize
+            return normalize(x) if normalize is not None else x
         return super()._prepare(x)
+
+    def _network_call(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on ``(B, 1, Z, Y, X)`` in its own axis order; logits back in ours."""
+        from CalibSegLib.inference.predict import from_network_axes, to_network_axes
+
+        order = self.card.axis_order
+        out = self.network(to_network_axes(x, order))
+        if isinstance(out, Mapping):
+            out = next(iter(out.values()))
+        elif isinstance(out, (tuple, list)):
+            out = out[0]
+        return to_logits(from_network_axes(out, order), self.card.output_kind)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.card.axis_order == "ZYX" and self.card.output_kind == "logits":
+            return super().forward(x)
+        shape = tuple(x.shape[2:])
+        prepared = self._prepare(x)
+        if self.sliding:
+            out = torch.as_tensor(self._windowed(prepared, self._network_call))
+        else:
+            out = self._network_call(prepared)
+        return self._restore(out, shape)
