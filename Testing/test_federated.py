@@ -250,12 +250,117 @@ def test_one_finetuning_round_end_to_end(model_folder, sites, tmp_path):
     assert len(train) == 2 and all(set(r.content.array_records) == {"arrays"} for r in train)
 
 
-def test_cli_evaluate(model_folder, tmp_path):
+def test_cli_evaluate(model_folder, tmp_path, capfd):
     from CalibSegLib.cli import main
 
     out = tmp_path / "report"
     assert main(["federated", "evaluate", "--model", model_folder, "--sites", "2",
-                 "--bins", str(N_BINS), "--output", str(out), "-q"]) == 0
+                 "--bins", str(N_BINS), "-o", str(out), "-q"]) == 0
+    stdout, stderr = capfd.readouterr()
+    # -q: the summary line only; Flower's log stays quiet and colourless
+    assert stdout.splitlines() == [stdout.strip()] and stdout.startswith("pooled over 2 site(s)")
+    assert "\x1b[" not in stdout + stderr and "INFO" not in stderr
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(summary["sites"]) == ["site-1", "site-2"]
-    assert os.path.exists(out / "sites.csv")
+    assert f"ace {summary['pooled']['ace']:.4f}" in stdout
+    assert os.path.exists(out / "sites.csv") and os.path.exists(out / "pooled_statistics.npz")
+
+
+def test_cli_refuses_an_unmeetable_request_at_once(model_folder, tmp_path, capfd):
+    import time
+
+    from CalibSegLib.cli import main
+
+    start = time.monotonic()
+    assert main(["federated", "evaluate", "--model", model_folder, "--sites", "1",
+                 "--min-sites", "2", "-o", str(tmp_path / "r")]) == 2
+    assert time.monotonic() - start < 5.0
+    _, stderr = capfd.readouterr()
+    assert stderr.strip().splitlines() == [
+        "calibseg federated: error: --min-sites 2 cannot be met by 1 site(s); add sites or "
+        "lower --min-sites."]
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_finetune_quiet_prints_one_line(model_folder, tmp_path, capfd):
+    from CalibSegLib.cli import main
+    from CalibSegLib.models import load_model
+
+    out = tmp_path / "fed"
+    assert main(["federated", "finetune", "--model", model_folder, "--sites", "2",
+                 "--bins", str(N_BINS), "--local-steps", "1", "-o", str(out), "-q"]) == 0
+    stdout, stderr = capfd.readouterr()
+    assert stdout.strip().splitlines() == [f"1 FedAvg round(s) at 2 site(s); model {out}"]
+    assert stderr.strip() == "" or "\x1b[" not in stderr and "WARNING" not in stderr
+    assert load_model(str(out)).card.name.endswith("-fed")
+
+
+def test_simulated_sites_default_to_the_model_spacing(model, model_folder, tmp_path, capfd):
+    from CalibSegLib.cli import main
+
+    spec = simulated_sites(1)[0]
+    assert spec.resolution_mm is None
+    case = load_cohort(spec, model_spacing_mm=model.card.spacing_mm)[0]
+    assert tuple(np.abs(np.diag(case.affine)[:3])) == pytest.approx(model.card.spacing_mm)
+    assert main(["federated", "evaluate", "--model", model_folder, "--sites", "1",
+                 "--resolution", "8", "--bins", str(N_BINS), "-o", str(tmp_path / "r")]) == 0
+    _, stderr = capfd.readouterr()
+    assert "warning: simulated sites on a 8 mm grid; the model works at 4x4x4 mm" in stderr
+
+
+def test_cli_credentials_are_what_flower_reads(tmp_path, capfd):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+    from flwr.cli.supernode.register import try_load_public_key
+
+    from CalibSegLib.cli import main
+
+    out = tmp_path / "creds"
+    assert main(["federated", "credentials", "-o", str(out), "--host", "fl.example.org",
+                 "--host", "10.0.0.5", "--site", "north", "--site", "south"]) == 0
+    for name in ("ca.key", "server.key", "north.key", "south.key"):
+        assert os.stat(out / name).st_mode & 0o077 == 0, name
+    ca = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
+    server_cert = x509.load_pem_x509_certificate((out / "server.pem").read_bytes())
+    server_cert.verify_directly_issued_by(ca)
+    names = server_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["fl.example.org"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
+    for name in ("north", "south"):
+        key = load_ssh_private_key((out / f"{name}.key").read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)  # what flower-supernode requires
+        assert try_load_public_key(out / f"{name}.pub")  # what flwr supernode register reads
+    capfd.readouterr()
+    assert main(["federated", "credentials", "-o", str(out), "--site", "north"]) == 2
+    assert "already exists" in capfd.readouterr().err
+
+
+def test_cli_deploy_prints_the_exact_commands(tmp_path, capfd):
+    import shlex
+
+    from CalibSegLib.cli import main
+
+    creds = tmp_path / "creds"
+    assert main(["federated", "credentials", "-o", str(creds), "--host", "fl.example.org",
+                 "--site", "north", "-q"]) == 0
+    capfd.readouterr()
+    home = tmp_path / "flwr-home"
+    assert main(["federated", "deploy", "--host", "fl.example.org", "--credentials", str(creds),
+                 "--site", "north=/data/cohort", "--model", "/models/brain", "-o",
+                 "/reports/r1", "--min-sites", "1", "--write-flwr-config", str(home)]) == 0
+    out = capfd.readouterr().out
+    commands = [shlex.split(line) for line in out.splitlines() if not line.startswith("#")]
+    by_program = {c[0]: c for c in commands}
+    link = by_program["flower-superlink"]
+    assert link[link.index("--ssl-certfile") + 1] == str(creds / "server.pem")
+    assert "--enable-supernode-auth" in link and "--insecure" not in link
+    node = by_program["flower-supernode"]
+    assert node[node.index("--superlink") + 1] == "fl.example.org:9093"
+    assert node[node.index("--auth-supernode-private-key") + 1] == str(creds / "north.key")
+    assert node[node.index("--node-config") + 1] == "site='north' cohort='/data/cohort'"
+    register = next(c for c in commands if c[:3] == ["flwr", "supernode", "register"])
+    assert register[3] == str(creds / "north.pub") and register[-2:] == ["--name", "north"]
+    run = next(c for c in commands if c[:2] == ["flwr", "run"])
+    assert "model='/models/brain'" in run[run.index("--run-config") + 1]
+    assert 'address = "fl.example.org:9093"' in (home / "config.toml").read_text()

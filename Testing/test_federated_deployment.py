@@ -192,3 +192,21 @@ def test_supernode_killed_mid_round_is_named_and_round_completes(federation, mod
     assert status["site-1"] == "ok" and status["site-2"] in ("dropped", "error")
     assert sorted(summary["sites"]) == ["site-1"]
     assert "not pooled: site-2" in result.log
+
+
+def test_cli_local_federation_first_look(model_folder, tmp_path, capfd):
+    from CalibSegLib.cli import main
+    from CalibSegLib.federated.local import _descendants
+
+    before = set(_descendants(os.getpid()))
+    out = tmp_path / "report"
+    assert main(["federated", "local", "evaluate", "--model", model_folder, "--sites", "1",
+                 "--bins", str(N_BINS), "-o", str(out), "--workdir", str(tmp_path / "work"),
+                 "--timeout", str(RUN_TIMEOUT), "-q"]) == 0
+    stdout, stderr = capfd.readouterr()
+    lines = stdout.strip().splitlines()  # -q: the summary line only
+    assert len(lines) == 1 and lines[0].startswith("pooled over 1 site(s): ace ")
+    assert "\x1b[" not in stdout
+    assert json.loads((out / "summary.json").read_text())["outcomes"][0]["status"] == "ok"
+    # every process the command started is gone
+    assert set(_descendants(os.getpid())) <= before

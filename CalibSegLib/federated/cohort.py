@@ -111,8 +111,6 @@ def _sample_variant(sample: str, seed: int, resolution_mm: float):
     from CalibSegLib.training.data import sample_cases
 
     (case,) = sample_cases(sample, seeds=[seed], resolution_mm=resolution_mm)
-    for a in (case.image, case.labels):
-        a.setflags(write=False)
     return case
 
 
@@ -130,7 +128,7 @@ def load_cohort(spec: SiteSpec, progress: ProgressCallback | None = None,
                 model_spacing_mm: Sequence[float] | None = None) -> list:
     """The site's cases as :class:`~CalibSegLib.training.data.TrainingCase` objects.
 
-    Sample variants are generated once per process and shared read-only, on the
+    Sample variants are generated once per process and shared (not to be modified), on the
     grid of :func:`sample_resolution`.
     """
     from CalibSegLib.progress import check_cancel, report

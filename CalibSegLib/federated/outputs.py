@@ -41,8 +41,19 @@ def write_calibrated_model(model, result, output: str) -> dict:
                f"{sum(o.status == 'ok' for o in result.outcomes)} site(s)",
         details=details, temperature=result.temperature)
     write_json(os.path.join(folder, "federated_temperature.json"), details)
-    return {"line": f"temperature {result.temperature:g} pooled over {result.voxel_count} voxels "
-                    f"at {_sites(result.outcomes)}; model {folder}", "files": {"model": folder}}
+    return {"line": calibration_line(result, folder), "files": {"model": folder}}
+
+
+def calibration_line(result, folder: str) -> str:
+    """``temperature T pooled over N voxels at K site(s); model FOLDER``."""
+    return (f"temperature {result.temperature:g} pooled over {result.voxel_count} voxels at "
+            f"{_sites(result.outcomes)}; model {os.path.abspath(folder)}")
+
+
+def finetune_line(result, folder: str) -> str:
+    """``R FedAvg round(s) at K site(s); model FOLDER``."""
+    last = result.outcomes.get(result.rounds, [])
+    return f"{result.rounds} FedAvg round(s) at {_sites(last)}; model {os.path.abspath(folder)}"
 
 
 def write_finetuned_model(model, result, output: str) -> dict:
@@ -51,6 +62,4 @@ def write_finetuned_model(model, result, output: str) -> dict:
     folder = save_derived_model(
         output, model, result.model.network, suffix="fed", record_key="federated",
         change=f"{result.rounds} FedAvg round(s) of fine-tuning across sites", details=details)
-    last = result.outcomes.get(result.rounds, [])
-    return {"line": f"{result.rounds} FedAvg round(s) at {_sites(last)}; model {folder}",
-            "files": {"model": folder}}
+    return {"line": finetune_line(result, folder), "files": {"model": folder}}

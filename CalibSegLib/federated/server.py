@@ -315,8 +315,15 @@ class CheckedFedAvg(FedAvg):
 
     def __init__(self, *, min_sites: int, max_cases: int, model_version: str,
                  names: Mapping[int, str], card: ConfigRecord) -> None:
-        super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=min_sites,
-                         min_evaluate_nodes=0, min_available_nodes=min_sites)
+        flower = logging.getLogger("flwr")
+        level = flower.level
+        flower.setLevel(logging.ERROR)  # its notice that evaluation is off: CalibSeg evaluates
+        try:
+            super().__init__(fraction_train=1.0, fraction_evaluate=0.0,
+                             min_train_nodes=min_sites, min_evaluate_nodes=0,
+                             min_available_nodes=min_sites)
+        finally:
+            flower.setLevel(level)
         self.min_sites = min_sites
         self.max_cases = max_cases
         self.model_version = model_version
