@@ -511,8 +511,9 @@ def test_metric_rows():
     rows = dict(plots.metricRows({"ace": 0.1, "ece": 0.2, "mce": 0.3,
                                   "dice": {"a": 0.9, "b": 0.8}}, ["a", "b"]))
     assert rows == {"ACE": 0.1, "ECE": 0.2, "MCE": 0.3, "Dice a": 0.9, "Dice b": 0.8}
-    rows = dict(plots.metricRows({"ece": 0.2, "dice": [0.5, 0.6]}, ["a", "b"]))
-    assert rows == {"ECE": 0.2, "Dice a": 0.5, "Dice b": 0.6}
+    rows = dict(plots.metricRows({"ece": 0.2, "mce_raw": 0.4, "dice": {"b": 0.6}},
+                                 ["a", "b"]))
+    assert rows == {"ECE": 0.2, "MCE (all bins)": 0.4, "Dice b": 0.6}
 
 
 def test_prototype_colours_are_shades_of_the_class_colour():

@@ -148,18 +148,14 @@ def newChart():
 
 
 def metricRows(metrics: dict, classNames) -> list[tuple[str, float]]:
-    """``(label, value)`` rows of the metrics table for one model's metrics dict."""
-    rows = [(label, _number(metrics.get(key))) for label, key in METRIC_ROWS if key in metrics]
-    dice = metrics.get("dice")
-    if isinstance(dice, dict):
-        for name in classNames:
-            if name in dice:
-                rows.append((f"Dice {name}", _number(dice[name])))
-    elif dice is not None and np.ndim(dice) == 1:
-        for name, value in zip(classNames, np.asarray(dice, dtype=np.float64)):
-            rows.append((f"Dice {name}", _number(value)))
-    elif dice is not None:
-        rows.append(("Dice", _number(dice)))
+    """``(label, value)`` rows of the metrics table from ``ReliabilityStats.metrics()``.
+
+    The rows of :data:`METRIC_ROWS` the metrics have, then ``Dice <class>`` per class of
+    ``metrics["dice"]`` (``{class name: value}``) in the model's class order.
+    """
+    rows = [(label, float(metrics[key])) for label, key in METRIC_ROWS if key in metrics]
+    dice = metrics.get("dice", {})
+    rows += [(f"Dice {name}", float(dice[name])) for name in classNames if name in dice]
     return rows
 
 
@@ -205,10 +201,3 @@ def readMetricsTable(tableNode) -> dict[str, dict[str, float]]:
             labels.GetValue(r): column.GetValue(r) for r in range(table.GetNumberOfRows())
         }
     return out
-
-
-def _number(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan

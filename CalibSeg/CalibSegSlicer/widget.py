@@ -50,11 +50,14 @@ class QtDebounce:
 
 
 class CalibSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Module panel."""
+    """Module panel. Slicer passes only ``parent``; a script may pass the logic, the job
+    runner and the model list to use instead of the defaults (a logic on the scene, a
+    :class:`ProcessRunner`, the shipped models plus Slicer's remembered folders)."""
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, logic=None, runner=None, catalog=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
+        self._givenLogic, self._runner, self._catalog = logic, runner, catalog
         self.logic = None
         self.panel = None
         self._parameterNode = None
@@ -71,8 +74,11 @@ class CalibSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.setInterval(POLL_MS)
         self._timer.connect("timeout()", self.onPoll)
         self._debounce = QtDebounce(TEMPERATURE_PAUSE_MS)
-        self._catalog = ModelCatalog(qt.QSettings(), locations.shippedModelFolders())
-        self._newPanel()
+        if self._catalog is None:
+            self._catalog = ModelCatalog(qt.QSettings(), locations.shippedModelFolders())
+        if self._runner is None:
+            self._runner = ProcessRunner()
+        self._newPanel(self._givenLogic)
         for name, signal, method in SIGNALS:
             getattr(self.ui, name).connect(signal, self._handler(method))
         self.ui.importModelButton.connect("clicked(bool)", self.onImportModel)
@@ -84,10 +90,10 @@ class CalibSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                              self.onCursor)
         self.initializeParameterNode()
 
-    def _newPanel(self):
-        self.logic = CalibSegLogic(slicer.mrmlScene)
+    def _newPanel(self, logic=None):
+        self.logic = logic or CalibSegLogic(slicer.mrmlScene)
         self.logic.registerLayouts()
-        self.panel = CalibSegPanel(self.ui, self.logic, ProcessRunner(), self._catalog,
+        self.panel = CalibSegPanel(self.ui, self.logic, self._runner, self._catalog,
                                    debounce=self._debounce,
                                    ensureDependencies=installer.ensureDependencies,
                                    report=slicer.util.errorDisplay)
