@@ -128,6 +128,7 @@ class CalibSegWebApp(TrameApp):
             with self.state as s:
                 s.has_input = session.inputNode is not None
                 s.input_name = session.inputName
+                s.export_name = session.exportName()
                 s.has_results = bool(results)
                 s.slots = list(results)
                 for slot, value in session.temperatures().items():
@@ -150,22 +151,23 @@ class CalibSegWebApp(TrameApp):
 
     def uploadImage(self, files) -> None:
         def load():
-            path = self._saveUpload(files)
-            return self.session.loadImage(path)
+            path, name = self._saveUpload(files)
+            return self.session.loadImage(path, name=name)
 
         if self.guarded(load) is not None:
             self._afterInput()
 
     def uploadReference(self, files) -> None:
         def load():
-            return self.session.chooseReference(None, path=self._saveUpload(files))
+            return self.session.chooseReference(None, path=self._saveUpload(files)[0])
 
         if self.guarded(load) is not None:
             with self.state:
                 self.state.reference = "uploaded"
             self._refresh()
 
-    def _saveUpload(self, files) -> str:
+    def _saveUpload(self, files) -> tuple[str, str]:
+        """``(path in the private folder, the file's own name)`` of the first uploaded file."""
         from trame.app.file_upload import ClientFile
 
         files = files if isinstance(files, list) else [files]
@@ -176,7 +178,7 @@ class CalibSegWebApp(TrameApp):
         if upload.size is not None and upload.size > limit:
             raise CalibSegError(f"Upload {upload.name!r} is larger than the limit of "
                                 f"{limit / 2**20:.0f} MiB; pass its path to 'calibseg view'.")
-        return self.session.folder.saveUpload(upload.name, upload.content or b"")
+        return self.session.folder.saveUpload(upload.name, upload.content or b""), upload.name
 
     def _afterInput(self) -> None:
         self.layoutManager.set_layout(SINGLE)
@@ -281,10 +283,7 @@ class CalibSegWebApp(TrameApp):
         out = self.guarded(self.session.exportZip)
         if out is None:
             return None
-        name, data = out
-        with self.state:
-            self.state.export_name = name
-        return self.server.protocol.addAttachment(data)
+        return self.server.protocol.addAttachment(out[1])
 
     # ------------------------------------------------------------------------- probe
     def _observeClicks(self) -> None:
@@ -372,19 +371,8 @@ class CalibSegWebApp(TrameApp):
             for key in ("model_a", "model_b"):
                 with v3.VCard(v_if=(f"{key} && cards[{key}]",), variant="tonal",
                               classes="mt-1 pa-2 text-caption"):
-                    html.Div(f"{{{{ cards[{key}].name }}}} {{{{ cards[{key}].version }}}}: "
-                             f"{{{{ cards[{key}].description }}}}",
-                             v_if=(f"!cards[{key}].error",))
-                    html.Div(f"classes: {{{{ (cards[{key}].classes || []).join(', ') }}}}; "
-                             f"T = {{{{ cards[{key}].temperature }}}}; "
-                             f"{{{{ cards[{key}].prototypes }}}} prototypes",
-                             v_if=(f"!cards[{key}].error",))
-                    html.Div(f"training loss: {{{{ cards[{key}].loss }}}}",
-                             v_if=(f"!cards[{key}].error",))
-                    html.Div(f"intended use: {{{{ cards[{key}].intended_use }}}}",
-                             v_if=(f"!cards[{key}].error",))
-                    html.Div(f"limitations: {{{{ cards[{key}].limitations }}}}",
-                             v_if=(f"!cards[{key}].error",))
+                    html.Div(f"{{{{ cards[{key}].text }}}}", v_if=(f"!cards[{key}].error",),
+                             style="white-space: pre-line;")
                     html.Div(f"{{{{ cards[{key}].error }}}}", v_if=(f"cards[{key}].error",),
                              classes="text-error")
             with html.Div(classes="d-flex mt-2"):

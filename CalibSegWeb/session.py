@@ -138,12 +138,13 @@ class ViewerSession:
         self.sampleLabels = np.asarray(case.labels)
         return self.inputName
 
-    def loadImage(self, path: str) -> str:
-        """Load an image file or DICOM series folder (never modified)."""
+    def loadImage(self, path: str, name: str | None = None) -> str:
+        """Load an image file or DICOM series folder (never modified); ``name`` shows it
+        (default: the file name without its image suffix)."""
         from CalibSegLib.io import read_image
 
         image, affine = read_image(path)
-        name = os.path.basename(os.path.normpath(path))
+        name = os.path.basename(os.path.normpath(name or path))
         for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr"):
             if name.lower().endswith(suffix):
                 name = name[: -len(suffix)]
@@ -365,8 +366,12 @@ class ViewerSession:
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in written:
                 archive.write(path, os.path.relpath(path, folder))
+        return self.exportName(), buffer.getvalue()
+
+    def exportName(self) -> str:
+        """File name of the export of the current case."""
         stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in self.inputName)
-        return f"calibseg-{stem}.zip", buffer.getvalue()
+        return f"calibseg-{stem or 'results'}.zip"
 
     def _exportDicom(self, folder: str) -> list[str]:
         from CalibSegLib.dicom import read_series_datasets, write_confidence_map, write_segmentation

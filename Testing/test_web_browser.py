@@ -125,7 +125,7 @@ def test_view_in_a_headless_browser(server):
             page.click("#run")
             error = page.locator("#error-message")
             error.wait_for()
-            assert "not a model folder" in error.inner_text()
+            assert "holds no model" in error.inner_text()
             page.reload()
             page.wait_for_selector("#run")
 

@@ -89,8 +89,11 @@ def test_catalogue_lists_shipped_then_configured_and_marks_non_models(tmp_path):
     card = catalogue.entries[len(shipped)].summary()
     assert card["name"] == "tiny-prototype" and card["error"] is None
     assert card["classes"] == list(case4().class_names)
+    from CalibSegSlicer.catalog import cardText  # the Slicer panel's own card text
+
+    assert card["text"] == cardText(catalogue.entries[len(shipped)].card)
     bad = catalogue.entries[-1]
-    assert bad.card is None and "not a model folder" in bad.error
+    assert bad.card is None and "holds no model" in bad.error
     with pytest.raises(CalibSegError, match="Unknown model"):
         catalogue.get("/etc")  # a path from the page is never opened
 
@@ -181,7 +184,7 @@ def test_errors_are_one_clear_message(session, image_file):
     with pytest.raises(CalibSegError, match="No image loaded"):
         session.startRun(["m0"])
     session.loadImage(image_file)
-    with pytest.raises(CalibSegError, match="not a model folder"):
+    with pytest.raises(CalibSegError, match="holds no model"):
         session.startRun(["m2"])
     with pytest.raises(CalibSegError, match="Unknown model"):
         session.startRun(["../../etc"])
@@ -325,3 +328,27 @@ def test_a_new_image_clears_the_previous_case(session, image_file):
     assert not session.logic.results
     nodes = session.scene.GetNodesByClass("vtkMRMLVolumeNode")
     assert nodes.GetNumberOfItems() == 1  # only the new input
+
+
+def test_a_dicom_input_also_exports_dicom_seg_and_parametric_map(session, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("highdicom")
+    from CalibSegLib.dicom import write_series
+
+    case = case4()
+    series = str(tmp_path / "series")
+    write_series(case.image, case.affine, series, modality="MR",
+                 series_description="CalibSeg test")
+    session.loadImage(series)
+    assert session.dicomFolder == series
+    run_models(session, ["m0"])
+    name, data = session.exportZip()
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    seg_name = next(n for n in archive.namelist() if n.endswith("-seg.dcm"))
+    pm_name = next(n for n in archive.namelist() if n.endswith("-confidence.dcm"))
+    seg = pydicom.dcmread(io.BytesIO(archive.read(seg_name)))
+    pm = pydicom.dcmread(io.BytesIO(archive.read(pm_name)))
+    assert seg.Modality == "SEG" and pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"
+    source_uid = pydicom.dcmread(os.path.join(series, sorted(os.listdir(series))[0])) \
+        .StudyInstanceUID
+    assert seg.StudyInstanceUID == source_uid == pm.StudyInstanceUID
