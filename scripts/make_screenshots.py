@@ -105,9 +105,17 @@ def diagram_panel(scene, logic, size) -> np.ndarray:
         ax.bar(centre, plots.readColumn(table, plots.FRACTION), width=0.045, color=color,
                alpha=0.3)
         m = values[logic.columnName(slot)]
-        ax.plot(plots.readColumn(table, plots.CONFIDENCE), plots.readColumn(table, plots.OBSERVED),
+        confidence = plots.readColumn(table, plots.CONFIDENCE)
+        ax.plot(confidence, plots.readColumn(table, plots.OBSERVED),
                 "o-", color=color, ms=3,
                 label=f"{slot}: {result.name}  ACE {m['ACE']:.3f}  ECE {m['ECE']:.3f}")
+        light = plots.readColumn(table, plots.OBSERVED_LIGHT)
+        counts = plots.readColumn(table, plots.COUNT)
+        shown = ~np.isnan(light)
+        ax.plot(confidence[shown], light[shown], "o", color=plots.LIGHT_COLOR, ms=3)
+        for x, y, n in zip(confidence[shown], light[shown], counts[shown]):
+            ax.annotate(f"n={int(n)}", (x, y), fontsize=5, color="0.45",
+                        xytext=(2, -7), textcoords="offset points")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="observed frequency",
            title="Reliability diagram")
     ax.legend(fontsize=7, loc="upper left")
