@@ -249,3 +249,38 @@ def test_train_command_line(tmp_path):
     assert main(argv + ["--overwrite"]) == 0
     assert main(["train", "-q", "--sample", "mni-t1", "--train-seeds", "1-3", "--val-seeds", "3",
                  "-o", str(tmp_path / "x")]) == 2  # overlapping seeds
+
+
+def test_train_chest_ct_records_spacing_total_steps_and_wall_time(tmp_path, capsys):
+    """--steps is the whole budget, the card has the CT's own spacing, the model folder one
+    file mode, and the last line the whole run's time."""
+    import stat
+    import time
+
+    from CalibSegLib.cli import main
+    from CalibSegLib.data import sample_case
+    from CalibSegLib.models import load_model
+
+    out = str(tmp_path / "ct-model")
+    started = time.perf_counter()
+    assert main(["train", "--sample", "ct-chest", "--crop", "8:24,40:72,40:72", "--train-seeds",
+                 "1", "--val-seeds", "2", "--head", "prototype", "--channels", "4,8,16",
+                 "--res-units", "0", "--patch", "16", "--batch", "1", "--steps", "4",
+                 "--warmup-steps", "1", "--last-layer-steps", "1", "--push-cases", "1",
+                 "-o", out]) == 0
+    wall = time.perf_counter() - started
+    err = capsys.readouterr().err
+    model = load_model(out)
+    np.testing.assert_allclose(model.card.spacing_mm, sample_case("ct-chest").spacing, rtol=1e-6)
+    data = model.card.training["data"]
+    assert data["spacing_mm"] == pytest.approx([3.0469, 3.0469, 10.0], abs=1e-3)
+    assert data["resolution_mm"] is None and "--resolution" not in model.card.training["command"]
+    history = model.card.training.get("log_summary", {})
+    assert history.get("steps", 4) == 4
+    done = [line for line in err.splitlines() if line.startswith("done in ")]
+    assert len(done) == 1 and ": 4 steps (" in done[0]
+    reported = float(done[0].split()[2])
+    assert reported == pytest.approx(wall, abs=max(2.0, 0.1 * wall))
+    modes = {stat.S_IMODE(os.stat(os.path.join(base, name)).st_mode)
+             for base, _, names in os.walk(out) for name in names}
+    assert len(modes) == 1

@@ -14,7 +14,7 @@ from CalibSegLib.commands._checks import add_overwrite_argument
 NAME = "calibrate"
 HELP = ("fit the temperature on validation cases and write it into a copy of the model "
         "folder (or the folder itself with --in-place)")
-EXAMPLE = "calibseg calibrate --model Resources/Models/dicece --cohort val/ -o models/dicece-cal"
+EXAMPLE = "calibseg calibrate --model Resources/Models/dicece --cohort out/val -o out/dicece-cal"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,8 +11,9 @@ from CalibSegLib.commands._checks import add_overwrite_argument
 
 NAME = "compare"
 HELP = "run two models on one image and compare their segmentation and calibration"
-EXAMPLE = ("calibseg compare image.nii.gz --model Resources/Models/dicece "
-           "--model Resources/Models/dicece-hardace --reference labels.nii.gz -o out/compare")
+EXAMPLE = ("calibseg compare out/sample/mni-t1_image.nii.gz --model Resources/Models/dicece "
+           "--model Resources/Models/dicece-softace --reference out/sample/mni-t1_labels.nii.gz "
+           "-o out/compare")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

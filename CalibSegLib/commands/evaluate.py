@@ -24,7 +24,8 @@ from CalibSegLib.commands._checks import add_overwrite_argument
 NAME = "evaluate"
 HELP = ("measure calibration (ECE, ACE = average calibration error, MCE) and Dice of "
         "class probabilities against a reference segmentation")
-EXAMPLE = "calibseg evaluate --probs probs.nii.gz --reference labels.nii.gz --json -o out/eval"
+EXAMPLE = ("calibseg evaluate --probs out/pred/mni-t1_image_probs.nii.gz --reference "
+           "out/sample/mni-t1_labels.nii.gz -o out/eval")
 
 #: Keys of the summary printed with ``--json``.
 SUMMARY_KEYS = ("ece", "ace", "mce", "mce_raw", "marginal_ece", "marginal_ace", "marginal_mce",

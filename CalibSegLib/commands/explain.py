@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
               "baselines: about a minute or more on a CPU", file=sys.stderr)
 
     from CalibSegLib.explain.api import explain, save_explanation
+    from CalibSegLib.explain.table import prototype_evidence
     from CalibSegLib.models import load_model
 
     model = load_model(args.model)
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         faithfulness=args.faithfulness, reference=reference, device=args.device,
         faithfulness_options={"steps": args.steps, "baseline": args.baseline,
                               "n_blocks": args.blocks, "seed": args.seed},
-        progress=_progress_printer(quiet),
+        progress=_progress_printer(quiet), top_prototypes=None,
     )
     if reference is not None and not args.faithfulness:
         from CalibSegLib.explain.faithfulness import activation_precision
@@ -153,10 +154,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"  deletion AUC {m['deletion_auc']:.3f}, insertion AUC "
                   f"{m['insertion_auc']:.3f}, correlation {m['correlation']:.3f}; "
                   f"beats random: {'yes' if f.get('beats_random') else 'NO'}")
-        for p in (explanation.prototypes or [])[:3]:
-            src = p["source"]
-            print(f"  prototype {p['index']} ({p['class_name']}): contribution "
-                  f"{p['contribution']:.3g}, from {src.get('case', '?')} at {src.get('voxel')}")
+        for row in prototype_evidence(explanation.prototypes or [], top=3):
+            src = row["source"]
+            print(f"  evidence {row['side']:<7} #{row['rank']}: prototype {row['index']} "
+                  f"({row['class_name']}) {row['evidence']:+.3f} of the region's prototype "
+                  f"evidence, from {src.get('case', '?')} at {src.get('voxel')}")
         for path in written:
             print(f"wrote {path}")
     return 0

@@ -133,6 +133,8 @@ def command_line(args: argparse.Namespace) -> str:
             continue
         if sample is not None and attr in ("val", "val_count"):
             continue
+        if sample == "ct-chest" and attr == "resolution":  # native grid only
+            continue
         if isinstance(value, tuple):
             value = ",".join(str(v) for v in value)
         words += [flag, str(value)]
@@ -190,8 +192,8 @@ def load_data(args: argparse.Namespace, progress=None):
             "train_seeds": td.format_seeds(train_seeds), "val_seeds": td.format_seeds(val_seeds),
             "crop_zyx": args.crop, "train_cases": len(train), "val_cases": len(val),
             "note": "shifted variants (MONAI affine, bias field, gamma, low resolution, noise) "
-                    "of the embedded case; regenerate one with calibseg sample-data "
-                    "--shift-seed N",
+                    f"of the embedded case; regenerate one with calibseg sample-data "
+                    f"{args.sample} --shift-seed N",
         }
     elif args.data:
         import os

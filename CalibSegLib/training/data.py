@@ -124,7 +124,8 @@ def sample_cases(
             affine=np.asarray(affine, dtype=np.float64),
             reference_probs=None if probs is None else np.ascontiguousarray(probs),
             source={"sample": name, "resolution_mm": float(resolution_mm), "shift_seed": int(seed),
-                    "command": f"calibseg sample-data {name} --resolution {resolution_mm:g}"
+                    "command": f"calibseg sample-data {name}"
+                    + (f" --resolution {resolution_mm:g}" if name == "mni-t1" else "")
                     + (f" --shift-seed {int(seed)}" if int(seed) else "")},
         ))
         report(progress, (n + 1) / max(len(seeds), 1), f"generated {case.name}")
