@@ -79,6 +79,17 @@ def test_pooled_federated_statistics_equal_central(evaluation, model, sites):
         assert fed_m[key] == pytest.approx(central_m[key], abs=1e-6)
 
 
+def test_pooled_numbers_are_those_of_the_pooled_diagram(evaluation):
+    result, _ = evaluation
+    pooled, diagram = result.pooled_metrics(), result.pooled.diagram_bins()
+    assert pooled["mce"] == pytest.approx(diagram.mce, abs=1e-12)
+    assert pooled["ece"] == pytest.approx(diagram.ece, abs=1e-12)
+    # the mean over cases is a different number and is labelled as one
+    per_case = [reliability.summary_metrics(c) for c in reliability.per_case(result.pooled)]
+    mean = result.case_mean_metrics()
+    assert mean["mce"] == pytest.approx(np.mean([m["mce"] for m in per_case]), abs=1e-12)
+
+
 def test_payloads_are_bounded_statistics_only(evaluation, model):
     _, grid = evaluation
     voxels = _cases(model, simulated_sites(1)[0])[0].labels.size

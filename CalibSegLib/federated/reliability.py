@@ -156,10 +156,15 @@ def per_case(stats) -> list:
     return out
 
 
-def summary_metrics(stats) -> dict:
-    """The scalar metrics of ``stats`` (JSON-ready floats)."""
+def summary_metrics(stats, reduction: str = "micro") -> dict:
+    """The scalar metrics of ``stats`` (JSON-ready floats).
+
+    ``"micro"`` (default): computed from the merged statistics — bins summed over every
+    case, the numbers a pooled reliability diagram shows. ``"macro"``: per case, then
+    the mean over cases (the mL1-ACE paper's dataset numbers).
+    """
     out = {}
-    for key, value in stats.metrics().items():
+    for key, value in stats.metrics(reduction).items():
         if isinstance(value, int | float | np.integer | np.floating):
             out[key] = float(value)
     return out

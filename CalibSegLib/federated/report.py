@@ -51,6 +51,9 @@ def evaluation_summary(result) -> dict:
         "classes": list(result.class_names),
         "n_bins": result.n_bins,
         "pooled": result.pooled_metrics(),
+        "pooled_means": "computed from the statistics merged over all sites (micro); "
+                        "'mean_over_cases' is the mean of per-case metrics (macro)",
+        "mean_over_cases": result.case_mean_metrics(),
         "sites": result.site_metrics(),
         "outcomes": [o.to_dict() for o in result.outcomes],
         "drift": [f.to_dict() for f in result.flags],
@@ -64,7 +67,8 @@ def write_evaluation_report(result, output: str, plots: bool = True) -> dict[str
                                    evaluation_summary(result)),
              "statistics": write_statistics(os.path.join(output, "pooled_statistics.npz"),
                                             result.pooled)}
-    rows = [("pooled", "ok", result.pooled_metrics(), None)]
+    rows = [("pooled", "ok", result.pooled_metrics(), None),
+            ("mean over cases", "ok", result.case_mean_metrics(), None)]
     flags = {f.site: f for f in result.flags}
     metrics = result.site_metrics()
     for o in result.outcomes:

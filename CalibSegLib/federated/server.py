@@ -193,14 +193,22 @@ class EvaluationResult:
     flags: list = field(default_factory=list)
 
     def site_metrics(self) -> dict[str, dict]:
+        """Per site, computed from that site's merged statistics."""
         from CalibSegLib.federated.reliability import summary_metrics
 
         return {name: summary_metrics(s) for name, s in sorted(self.site_stats.items())}
 
     def pooled_metrics(self) -> dict:
+        """Computed from the statistics merged over every site (the pooled diagram's numbers)."""
         from CalibSegLib.federated.reliability import summary_metrics
 
         return summary_metrics(self.pooled)
+
+    def case_mean_metrics(self) -> dict:
+        """Per case, then the mean over all cases of all sites (labelled as a mean)."""
+        from CalibSegLib.federated.reliability import summary_metrics
+
+        return summary_metrics(self.pooled, reduction="macro")
 
 
 def evaluation_round(grid: Grid, model, *, n_bins: int = 20, min_sites: int = 1,
