@@ -194,6 +194,19 @@ def atomic_path(path: str) -> Iterator[str]:
         raise
 
 
+def uniform_file_modes(folder: str) -> None:
+    """Give every file under ``folder`` the mode a new file gets (``0666`` less the umask).
+
+    A written folder (a model: card, weights, gallery) then has one mode throughout,
+    whatever each writer's library chose.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for base, _, names in os.walk(folder):
+        for name in names:
+            os.chmod(os.path.join(base, name), 0o666 & ~umask)
+
+
 def write_image(path: str, array: np.ndarray, affine: np.ndarray, vector: bool = False) -> str:
     """Write ``array`` (Z, Y, X) with ``affine`` atomically; the format follows the suffix."""
     import SimpleITK as sitk

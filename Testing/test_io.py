@@ -86,3 +86,21 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         write_image(str(tmp_path / "x.nii.gz"), np.zeros((2, 2, 2)), np.eye(4))
     assert os.listdir(tmp_path) == []
+
+
+def test_uniform_file_modes(tmp_path):
+    import stat
+
+    from CalibSegLib.io import uniform_file_modes
+
+    (tmp_path / "sub").mkdir()
+    for name, mode in (("model.safetensors", 0o600), ("model.json", 0o644),
+                       ("sub/proto.nii.gz", 0o640)):
+        (tmp_path / name).write_bytes(b"x")
+        os.chmod(tmp_path / name, mode)
+    uniform_file_modes(str(tmp_path))
+    modes = {stat.S_IMODE(os.stat(tmp_path / n).st_mode)
+             for n in ("model.safetensors", "model.json", "sub/proto.nii.gz")}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert modes == {0o666 & ~umask}

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     check(args)
     from CalibSegLib.cohort import fit_cohort_temperature, read_cohort
-    from CalibSegLib.io import atomic_path
+    from CalibSegLib.io import atomic_path, uniform_file_modes
     from CalibSegLib.models import load_model
     from CalibSegLib.models.card import CARD_FILE
 
@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             shutil.copytree(args.model, folder)
             with open(os.path.join(folder, CARD_FILE), "w", encoding="utf-8") as fh:
                 fh.write(card.to_json())
+            uniform_file_modes(folder)
             if os.path.lexists(args.output):  # only reached with --overwrite
                 os.replace(args.output, os.path.join(staging, "previous"))
             os.replace(folder, args.output)

@@ -181,15 +181,8 @@ def save(output: str, card, network: torch.nn.Module, history: list[dict],
         for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
             if not name.startswith("."):
                 extra[f"{sub}/{name}"] = os.path.join(root, name)
+    from CalibSegLib.io import uniform_file_modes
+
     folder = save_model(output, card, network.cpu(), overwrite=True, extra_files=extra)
-    uniform_permissions(folder)
+    uniform_file_modes(folder)
     return folder
-
-
-def uniform_permissions(folder: str) -> None:
-    """Give every file of a model folder the same mode (``0666`` less the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for base, _, names in os.walk(folder):
-        for name in names:
-            os.chmod(os.path.join(base, name), 0o666 & ~mask)
