@@ -37,6 +37,8 @@ SINGLE, COMPARE = "single", "compare"
 #: Slice views of the page: name (the Slicer layout name the logic knows), orientation.
 VIEW_A, VIEW_B = "Red", layouts.COMPARE_VIEW
 POLL_SECONDS = 0.25
+#: A temperature is applied to the whole volume once its slider rests this long.
+APPLY_AFTER_SECONDS = 0.4
 
 
 def pngDataUri(image) -> str:
@@ -78,6 +80,7 @@ class CalibSegWebApp(TrameApp):
         self.layoutManager.set_layout(SINGLE)
         self.session = ViewerSession(self.slicerApp.scene, catalogue, folder, device=device)
         self._syncing = False
+        self._temperatureTicket = 0
         self._observeClicks()
         self._initState()
         self._buildUi()
@@ -257,12 +260,26 @@ class CalibSegWebApp(TrameApp):
 
     @change("temperature_A", "temperature_B")
     def _onTemperature(self, temperature_A, temperature_B, **_):
+        """Preview on the shown planes at once; apply to volume, table and diagram once the
+        slider rests (:data:`APPLY_AFTER_SECONDS`)."""
         if self._syncing:
             return
         current = self.session.temperatures()
+        changed = False
         for slot, value in (("A", temperature_A), ("B", temperature_B)):
             if slot in current and abs(float(value) - current[slot]) > 1e-6:
-                self.guarded(self.session.setTemperature, slot, float(value))
+                self.guarded(self.session.previewTemperature, slot, float(value))
+                changed = True
+        if changed:
+            self._render()
+            self._temperatureTicket += 1
+            create_task(self._applyTemperaturesLater(self._temperatureTicket))
+
+    async def _applyTemperaturesLater(self, ticket: int) -> None:
+        await asyncio.sleep(APPLY_AFTER_SECONDS)
+        if ticket != self._temperatureTicket:
+            return  # the slider moved again
+        self.guarded(self.session.applyTemperatures)
         self._render()
         self._refresh()
 

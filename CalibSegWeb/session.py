@@ -316,8 +316,25 @@ class ViewerSession:
         self._requireResults()
         return self.logic.fitTemperatureToReference()
 
+    def previewTemperature(self, slot: str, temperature: float) -> bool:
+        """Show ``temperature`` of model ``slot`` on the planes the views show (fast, for a
+        moving slider); True then, False when the whole volume had to be updated instead
+        (an oblique view). Table and diagram wait for :meth:`applyTemperatures`."""
+        self._requireResults()
+        if self.logic.previewTemperature(float(temperature), slot) is not None:
+            return True
+        self.logic.setTemperature(float(temperature), slot)
+        return False
+
+    def applyTemperatures(self) -> list[str]:
+        """Apply every previewed temperature to its whole model, table and diagram."""
+        return self.logic.applyPendingTemperature()
+
     def temperatures(self) -> dict[str, float]:
-        return {slot: float(r.temperature) for slot, r in self.logic.results.items()}
+        """Each shown model's temperature (a previewed one included)."""
+        applied = {slot: float(r.temperature) for slot, r in self.logic.results.items()}
+        return {**applied, **{s: float(t) for s, t in self.logic.pendingTemperatures.items()
+                              if s in applied}}
 
     def legend(self, slot: str = "A") -> dict | None:
         kind = self.logic.overlay

@@ -230,6 +230,33 @@ def test_temperature_reference_metrics_and_diagram(session, image_file):
     assert session.temperatures()["A"] == pytest.approx(fitted["A"])
 
 
+def test_temperature_preview_shows_the_visible_plane_then_applies(session, image_file):
+    session.loadImage(image_file)
+    run_models(session, ["m0"])
+    session.chooseReference(None, path=os.path.join(os.path.dirname(image_file),
+                                                    "labels.nii.gz"))
+    table = session.metricsTable()
+    case = case4()
+    red = layouts.sliceNode(session.scene, "Red")
+    red.SetOrientation("Axial")
+    red.SetDimensions(100, 100, 1)
+    red.SetFieldOfView(200.0, 200.0, 1.0)
+    red.JumpSliceByCentering(*(case.affine @ np.array([24, 29, 12, 1.0]))[:3])
+    for name in ("Green", "Yellow"):
+        node = layouts.sliceNode(session.scene, name, "Axial")
+        node.JumpSliceByCentering(*(case.affine @ np.array([24, 29, 12, 1.0]))[:3])
+    assert session.previewTemperature("A", 3.0)
+    assert session.temperatures()["A"] == pytest.approx(3.0)
+    assert session.metricsTable() == table  # waits for apply
+    shown = slicer.util.arrayFromVolume(session.logic.node("A", "confidence"))
+    expected = expected_prediction(model_folders()[0], 3.0).confidence
+    np.testing.assert_allclose(shown[12], expected[12], atol=2e-3)  # the plane shown
+    assert session.applyTemperatures() == ["A"]
+    np.testing.assert_allclose(
+        slicer.util.arrayFromVolume(session.logic.node("A", "confidence")), expected, atol=2e-3)
+    assert session.metricsTable() != table
+
+
 def test_probe_of_a_click_matches_the_prediction_at_that_voxel(session, image_file):
     session.loadImage(image_file)
     run_models(session, ["m0"])
