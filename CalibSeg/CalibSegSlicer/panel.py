@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.models import CARD_FILE
 from CalibSegSlicer.catalog import ModelCatalog, cardText, loadModel, modelFoldersIn
 from CalibSegSlicer.logic import CalibSegLogic
+from CalibSegSlicer.process import Job, JobRunner
 from CalibSegSlicer.results import SLOTS
 
 #: (widget, signal, panel method) connected by the Qt widget. Every input of Apply
@@ -48,6 +49,12 @@ SIGNALS = (
 NO_MODEL = "(none)"
 
 
+class Debounce(Protocol):
+    """Runs a scheduled callback later, once scheduling pauses (the widget's: a Qt timer)."""
+
+    def schedule(self, callback: Callable[[], Any]) -> None: ...
+
+
 class RunNow:
     """A debouncer that runs the callback at once (scripts); the widget's waits for a pause."""
 
@@ -62,14 +69,15 @@ class Task:
     kind: str  #: "inference" or "import"
     slot: str
     folder: str  #: the model folder (inference) or the new folder (import)
-    job: Any
+    job: Job
 
 
 class CalibSegPanel:
     """What the panel does when the user acts (see the module docstring)."""
 
-    def __init__(self, ui, logic: CalibSegLogic, runner, catalog: ModelCatalog,
-                 debounce=None, ensureDependencies: Callable[[], bool] | None = None,
+    def __init__(self, ui, logic: CalibSegLogic, runner: JobRunner, catalog: ModelCatalog,
+                 debounce: Debounce | None = None,
+                 ensureDependencies: Callable[[], bool] | None = None,
                  report: Callable[[str], None] | None = None, parameterNode=None) -> None:
         self.ui = ui
         self.logic = logic
@@ -82,6 +90,7 @@ class CalibSegPanel:
         self.tasks: list[Task] = []
         self.current: Task | None = None
         self.inputNodeID: str | None = None
+        self._slotsRun: list[str] = []  #: slots of the last Apply
         self._taskTotal = 1
         self._refreshing = False
         self.refreshModels()

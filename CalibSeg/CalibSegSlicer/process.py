@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -301,6 +302,33 @@ class ImportJob(BackgroundJob):
     def result(self) -> str:
         """The imported model's folder (after ``"finished"``)."""
         return self.outputPath
+
+
+class Job(Protocol):
+    """What the panel uses of a job (:class:`BackgroundJob` or :class:`InProcessJob`)."""
+
+    state: str  #: "ready", "running", "finished", "failed" or "cancelled"
+    fraction: float
+    message: str
+    error: str
+
+    def start(self) -> None: ...
+
+    def poll(self) -> list[tuple]: ...
+
+    def cancel(self) -> None: ...
+
+    def cleanup(self) -> None: ...
+
+    def result(self) -> Any: ...
+
+
+class JobRunner(Protocol):
+    """Starts the panel's jobs: :class:`ProcessRunner` or :class:`InProcessRunner`."""
+
+    def inference(self, modelFolder: str, device: str = "auto") -> Job: ...
+
+    def importModel(self, source: str, outputFolder: str) -> Job: ...
 
 
 class ProcessRunner:
