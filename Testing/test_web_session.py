@@ -230,6 +230,19 @@ def test_temperature_reference_metrics_and_diagram(session, image_file):
     assert session.temperatures()["A"] == pytest.approx(fitted["A"])
 
 
+def test_a_reference_chosen_before_the_run_applies_to_it(session, image_file):
+    session.loadImage(image_file)
+    labels = os.path.join(os.path.dirname(image_file), "labels.nii.gz")
+    assert session.chooseReference(None, path=labels) == {}
+    assert session.metricsTable() == ([], [])
+    run_models(session, ["m0"])
+    header, rows = session.metricsTable()
+    assert header[1].startswith("A: ") and any(row[0] == "ECE" for row in rows)
+    with pytest.raises(CalibSegError):
+        session.chooseReference("something else")
+    assert session.metricsTable()[0] == header  # a refused reference changes nothing
+
+
 def test_temperature_preview_shows_the_visible_plane_then_applies(session, image_file):
     session.loadImage(image_file)
     run_models(session, ["m0"])
