@@ -67,6 +67,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/inference/__init__.py
   CalibSegLib/inference/compact.py
   CalibSegLib/inference/nnunet.py
+  CalibSegLib/inference/nnunet_io.py
   CalibSegLib/inference/predict.py
   CalibSegLib/inference/prediction.py
   CalibSegLib/inference/resample.py

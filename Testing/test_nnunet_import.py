@@ -71,12 +71,13 @@ def _in_process_pool():
 
 
 def make_results_folder(root: pathlib.Path, dataset_id: int, channel: str, spacing,
-                        folds=(0, 1), offset: float = 100.0, scale: float = 30.0) -> pathlib.Path:
+                        folds=(0, 1), offset: float = 100.0, scale: float = 30.0,
+                        reader: str | None = None) -> pathlib.Path:
     """Raw dataset -> nnU-Net fingerprint + plans -> trainer checkpoints; the results folder."""
     from batchgenerators.utilities.file_and_folder_operations import save_json
     from nnunetv2.experiment_planning.dataset_fingerprint import fingerprint_extractor
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprints,
+        extract_fingerprint_dataset,
         plan_experiments,
     )
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
@@ -94,12 +95,21 @@ def make_results_folder(root: pathlib.Path, dataset_id: int, channel: str, spaci
         _write_case(raw / "labelsTr" / f"case{i}.nii.gz", labels, spacing)
     dataset = {"channel_names": {"0": channel}, "labels": {"background": 0, "ball": 1, "slab": 2},
                "numTraining": 3, "file_ending": ".nii.gz"}
+    if reader is not None:
+        dataset["overwrite_image_reader_writer"] = reader
     (raw / "dataset.json").write_text(json.dumps(dataset))
+
+    class SmallSampleFingerprint(fingerprint_extractor.DatasetFingerprintExtractor):
+        """nnU-Net's extractor, with 3e4 instead of 1e8 foreground intensity samples."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.num_foreground_voxels_for_intensitystats = 3e4
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fingerprint_extractor, "multiprocessing", _in_process_pool())
-        extract_fingerprints([dataset_id], num_processes=1, verbose=False,
-                             show_progress_bar=False)
+        extract_fingerprint_dataset(dataset_id, SmallSampleFingerprint, num_processes=1,
+                                    verbose=False, show_progress_bar=False)
     plan_experiments([dataset_id])
     preprocessed = root / "nnUNet_preprocessed" / name
     plans_path = preprocessed / "nnUNetPlans.json"
@@ -150,23 +160,28 @@ def ct_results(nnunet_root):
 
 @pytest.fixture(scope="module")
 def mr_results(nnunet_root):
-    return make_results_folder(nnunet_root, 902, "MRI", MR_SPACING, folds=(0,))
+    return make_results_folder(nnunet_root, 902, "MRI", MR_SPACING, folds=(0,),
+                               reader="NibabelIO")
 
 
 @pytest.fixture(scope="module")
 def images(nnunet_root):
+    return write_test_images(nnunet_root / "images")
+
+
+def write_test_images(folder: pathlib.Path) -> dict[str, str]:
     """Test images: one on the CT model's grid, one oblique and anisotropic."""
     rng = np.random.default_rng(7)
-    folder = nnunet_root / "images"
     folder.mkdir()
     image, _ = _synthetic_case(rng, (20, 26, 13), 100.0, 30.0)
     image[:, :2, :] = 0.0  # a zero border: nnU-Net crops it and reports background there
     _write_case(folder / "grid.nii.gz", image, CT_SPACING)
-    oblique, _ = _synthetic_case(rng, (15, 30, 17), 100.0, 30.0)
+    oblique, _ = _synthetic_case(rng, (12, 24, 13), 100.0, 30.0)
     angle = np.deg2rad(20.0)
     rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0],
                          [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
-    _write_case(folder / "oblique.nii.gz", oblique, (2.3, 0.8, 1.4), rotation,
+    swap_jk = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    _write_case(folder / "oblique.nii.gz", oblique, (2.3, 0.8, 1.4), rotation @ swap_jk,
                 (-12.0, 30.5, 4.0))
     return {"grid": str(folder / "grid.nii.gz"), "oblique": str(folder / "oblique.nii.gz")}
 
@@ -290,14 +305,41 @@ def test_mirroring_matches_nnunet_predictor(ct_results, images, tmp_path):
     assert np.abs(prediction.probs - plain).max() > 10 * TOLERANCE
 
 
-def test_zscore_model_matches_nnunet_predictor(mr_results, images, tmp_path):
+def test_zscore_model_read_with_nibabel_matches_nnunet_predictor(mr_results, images, tmp_path):
     folder = _import(mr_results, tmp_path / "mr")
     from CalibSegLib.models import load_model
 
-    assert load_model(folder).card.nnunet["normalization_schemes"] == ["ZScoreNormalization"]
+    settings = load_model(folder).card.nnunet
+    assert settings["normalization_schemes"] == ["ZScoreNormalization"]
+    assert settings["image_reader_writer"] == "NibabelIO"
     prediction = calibseg_probabilities(folder, images["oblique"])
     reference = nnunet_probabilities(mr_results, images["oblique"], (0,), False, tmp_path / "r")
     assert np.abs(prediction.probs - reference).max() < TOLERANCE
+
+
+@pytest.mark.parametrize("reader", ["NibabelIOWithReorient", "SimpleITKIOWithReorient"])
+def test_reorienting_reader_matches_nnunet_predictor(mr_results, images, reader, tmp_path):
+    """Readers that reorient to RAS: nnU-Net's probabilities (its npz, in the reoriented
+    layout) hold the same values, and its segmentation file (written back in the image's
+    orientation by the reader's write_seg) the same labels, as CalibSeg's on the input grid."""
+    from CalibSegLib.io import read_image
+
+    results = _copy_results(mr_results, tmp_path / "results")
+    plans = json.loads((results / "plans.json").read_text())
+    plans["image_reader_writer"] = reader
+    (results / "plans.json").write_text(json.dumps(plans))
+    folder = _import(results, tmp_path / "model")
+    prediction = calibseg_probabilities(folder, images["oblique"])
+    reference = nnunet_probabilities(results, images["oblique"], (0,), False, tmp_path / "r")
+    assert reference.shape[1:] != prediction.probs.shape[1:]  # the reader did reorient
+    for ours, theirs in zip(prediction.probs, reference):
+        assert np.abs(np.sort(ours, axis=None) - np.sort(theirs, axis=None)).max() < TOLERANCE
+    segmentation, _ = read_image(str(tmp_path / "r" / "case.nii.gz"))
+    top2 = np.sort(prediction.probs, axis=0)[-2:]
+    clear = (top2[1] - top2[0]) > TOLERANCE
+    assert clear.mean() > 0.9
+    assert np.array_equal(prediction.labels[clear], segmentation[clear])
+    assert len(np.unique(segmentation)) > 1
 
 
 def test_temperature_scales_the_averaged_logits(ct_model, images):
@@ -305,7 +347,7 @@ def test_temperature_scales_the_averaged_logits(ct_model, images):
 
     prediction = calibseg_probabilities(ct_model, images["grid"])
     hotter = apply_temperature(prediction, 2.0)
-    expected = torch.softmax(torch.from_numpy(np.asarray(prediction.logits)) / 2.0, dim=0)
+    expected = torch.softmax(torch.tensor(prediction.logits) / 2.0, dim=0)
     assert np.abs(hotter.probs - expected.numpy()).max() < 1e-5
 
 

@@ -1,18 +1,22 @@
 """nnU-Net v2 inference with nnU-Net's own code: logits on the input grid.
 
-Steps, each done by nnunetv2 itself: the image as the plans' reader gives it
-(:func:`reader_input`); the plans' preprocessor (``transpose_forward``, crop to
-the non-zero box, normalisation such as CT or z-score, resampling to the
-configuration's spacing); ``nnUNetPredictor``'s Gaussian-weighted sliding window
-(mirroring test-time augmentation when the card asks for it) per fold, the
-folds' logits summed and divided by their count exactly as nnU-Net does; the
-plans' ``resampling_fn_probabilities`` back to the cropped input shape (nnU-Net
-resamples logits, then applies the softmax); the crop undone and
-``transpose_backward``. CalibSeg then applies the softmax at its temperature, so
-at temperature 1 the probabilities are nnU-Net's.
+Steps, each done by nnunetv2 itself:
 
-Outside the non-zero box nnU-Net reports background with probability 1; here
-that is the logit vector ``(0, -OUTSIDE_LOGIT, ...)``.
+1. the image as the plans' reader gives it
+   (:func:`~CalibSegLib.inference.nnunet_io.reader_input`);
+2. the plans' preprocessor: ``transpose_forward``, crop to the non-zero box,
+   normalisation (CT, z-score ...), resampling to the configuration's spacing;
+3. ``nnUNetPredictor``'s Gaussian-weighted sliding window per fold (mirroring
+   test-time augmentation when the card asks for it); the folds' logits summed
+   and divided by their count, exactly as nnU-Net does;
+4. the plans' ``resampling_fn_probabilities`` back to the cropped input shape
+   (nnU-Net resamples logits, then applies the softmax); the crop undone,
+   ``transpose_backward``, and the reader's reorientation undone.
+
+CalibSeg then applies the softmax at its temperature, so at temperature 1 the
+probabilities are nnU-Net's. Outside the non-zero box nnU-Net reports
+background with probability 1; here that is the logit vector
+``(0, -OUTSIDE_LOGIT, ...)``.
 """
 
 from __future__ import annotations
@@ -29,28 +33,12 @@ import torch
 from torch import nn
 
 from CalibSegLib.errors import CalibSegError, Cancelled
-from CalibSegLib.models.nnunet import SUPPORTED_READERS, require_nnunetv2
+from CalibSegLib.inference.nnunet_io import reader_input
+from CalibSegLib.models.nnunet import require_nnunetv2
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
 
 #: Logit gap that makes background certain outside nnU-Net's crop (exp(-1e4 / T) is 0).
 OUTSIDE_LOGIT = 1.0e4
-
-
-def reader_input(array: np.ndarray, affine: np.ndarray, reader: str
-                 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """``(data (1, Z, Y, X) float32, properties)`` as the plans' reader gives them for this image.
-
-    ``SimpleITKIO`` and ``NibabelIO`` both give the file's voxel array in
-    SimpleITK's ``(Z, Y, X)`` order, which is CalibSeg's array, with the spacing
-    ``(sz, sy, sx)``; no reorientation.
-    """
-    if reader not in SUPPORTED_READERS:
-        raise CalibSegError(
-            f"nnU-Net image reader {reader!r} is not supported (supported: "
-            f"{', '.join(SUPPORTED_READERS)}); it reorients or reads 2D images.")
-    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
-    data = np.asarray(array).astype(np.float32)[None]
-    return data, {"spacing": [float(s) for s in spacing[::-1]]}
 
 
 class _WatchedNetwork(nn.Module):
@@ -140,7 +128,8 @@ def nnunet_logits(array: np.ndarray, affine: np.ndarray, model: Any, device: tor
     channels = int(labels.num_segmentation_heads)
     check_cancel(cancel, "prediction")
     report(progress, 0.0, "nnU-Net preprocessing")
-    data, properties = reader_input(array, affine, str(plans.get("image_reader_writer")))
+    data, properties, restore = reader_input(array, affine,
+                                             str(plans.get("image_reader_writer")))
     preprocessor = config.preprocessor_class(verbose=False)
     data, _, properties = preprocessor.run_case_npy(data, None, properties, manager, config,
                                                     dataset)
@@ -193,11 +182,12 @@ def nnunet_logits(array: np.ndarray, affine: np.ndarray, model: Any, device: tor
                       dtype=torch.float32)
     full[0] = 0.0
     full = insert_crop_into_image(full, logits, properties["bbox_used_for_cropping"])
-    full = full.permute(0, *[i + 1 for i in manager.transpose_backward]).contiguous()
+    full = full.permute(0, *[i + 1 for i in manager.transpose_backward]).numpy()
+    full = torch.from_numpy(np.ascontiguousarray(restore(full)))
     if tuple(full.shape[1:]) != tuple(np.asarray(array).shape):
         raise CalibSegError(
             f"nnU-Net returned logits of shape {tuple(full.shape[1:])} for an image of shape "
-            f"{tuple(np.asarray(array).shape)}; the plans' transpose does not fit this image.")
+            f"{tuple(np.asarray(array).shape)}; re-import the model.")
     info = {
         "nnunet_configuration": settings["configuration"],
         "folds": len(folds),
@@ -212,4 +202,4 @@ def nnunet_logits(array: np.ndarray, affine: np.ndarray, model: Any, device: tor
     return full[None], info
 
 
-__all__ = ["OUTSIDE_LOGIT", "nnunet_logits", "reader_input"]
+__all__ = ["OUTSIDE_LOGIT", "nnunet_logits"]

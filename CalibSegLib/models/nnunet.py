@@ -41,8 +41,9 @@ PLANS_FILE = "nnunet/plans.json"
 DATASET_FILE = "nnunet/dataset.json"
 DEFAULT_CONFIGURATION = "3d_fullres"
 DEFAULT_CHECKPOINT = "checkpoint_final.pth"
-#: Readers whose arrays equal CalibSeg's ``(Z, Y, X)`` array of the same file.
-SUPPORTED_READERS = ("SimpleITKIO", "NibabelIO")
+#: nnU-Net's 3D image readers CalibSeg stands in for (see ``CalibSegLib.inference.nnunet_io``).
+SUPPORTED_READERS = ("SimpleITKIO", "NibabelIO", "SimpleITKIOWithReorient",
+                     "NibabelIOWithReorient")
 
 _ARCH_PREFIX = "dynamic_network_architectures.architectures."
 _LAYER_PREFIX = "torch.nn."

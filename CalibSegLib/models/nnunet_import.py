@@ -148,7 +148,9 @@ def nnunet_card(results: ResultsFolder, network: dict[str, Any], *, name: str | 
                                       configuration=results.configuration, folds=folds),
         "review_notes": [
             "spacing_mm and patch_size are the nnU-Net configuration's, in (X, Y, Z) order; "
-            "nnU-Net does not reorient images, it only resamples voxel sizes.",
+            "images are read as the plans' image_reader_writer reads them (SimpleITKIO and "
+            "NibabelIO keep the voxel order and resample voxel sizes only; the WithReorient "
+            "readers reorient to RAS first) and predictions come back on the input grid.",
             "preprocessing is nnU-Net's own (normalization_schemes in the nnunet section), "
             "run by nnunetv2 at prediction time.",
         ],
