@@ -86,6 +86,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"classes: {', '.join(card.class_names)}; spacing {card.spacing_mm} mm; "
               f"patch {card.patch_size}; axis order {card.axis_order}; "
               f"output {card.output_kind}")
-        print(f"preprocessing: {describe(card.preprocessing)}")
+        if card.architecture == "nnunet":
+            nn = card.nnunet
+            print(f"nnU-Net {nn['configuration']}, folds {card.network['folds']}: its own "
+                  f"preprocessing ({', '.join(nn['normalization_schemes'])}), sliding window "
+                  f"and resampling; mirroring {'on' if nn['mirroring'] else 'off'}")
+        else:
+            print(f"preprocessing: {describe(card.preprocessing)}")
         print(f"review and edit {folder}/model.json before use (generated card).")
     return 0
