@@ -49,7 +49,6 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/federated/api.py
   CalibSegLib/federated/app.py
   CalibSegLib/federated/client.py
-  CalibSegLib/federated/cohort.py
   CalibSegLib/federated/credentials.py
   CalibSegLib/federated/deployment.py
   CalibSegLib/federated/drift.py
@@ -63,6 +62,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/federated/server.py
   CalibSegLib/federated/simulation.py
   CalibSegLib/federated/site.py
+  CalibSegLib/federated/sites.py
   CalibSegLib/federated/transport.py
   CalibSegLib/inference/__init__.py
   CalibSegLib/inference/compact.py

@@ -220,7 +220,7 @@ def test_site_error_is_reported(model, sites, tmp_path):
     result, _ = federated_evaluate(model, [*sites[:1], broken], n_bins=N_BINS, min_sites=1,
                                    plots=False)
     status = {o.site: (o.status, o.reason) for o in result.outcomes}
-    assert status["site-x"][0] == "error" and "no such folder" in status["site-x"][1]
+    assert status["site-x"][0] == "error" and "a cohort is a folder" in status["site-x"][1]
 
 
 def test_drift_rule_flags_a_miscalibrated_site():

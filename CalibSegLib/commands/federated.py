@@ -132,7 +132,7 @@ def _flower_logging(level: str, quiet: bool):
 
 def _sites(args: argparse.Namespace, model_spacing: tuple[float, ...], quiet: bool):
     from CalibSegLib.federated import simulated_sites
-    from CalibSegLib.federated.cohort import parse_site_folders
+    from CalibSegLib.federated.sites import parse_site_folders
 
     if args.site:
         return parse_site_folders(args.site)
@@ -242,12 +242,12 @@ def _credentials(args: argparse.Namespace, quiet: bool) -> str:
 
 
 def _deploy(args: argparse.Namespace, quiet: bool) -> str:
-    from CalibSegLib.federated.cohort import parse_site_folders
     from CalibSegLib.federated.deployment import (
         DeploymentPlan,
         SiteDeployment,
         flwr_config_toml,
     )
+    from CalibSegLib.federated.sites import parse_site_folders
 
     specs = parse_site_folders(args.site)
     credentials = os.path.abspath(args.credentials)

@@ -11,7 +11,6 @@ cohort), and :mod:`CalibSegLib.federated.app` (ServerApp/ClientApp for real site
 """
 
 from CalibSegLib.federated.api import federated_calibrate, federated_evaluate, federated_finetune
-from CalibSegLib.federated.cohort import SiteSpec, load_cohort, simulated_sites
 from CalibSegLib.federated.protocol import PayloadRejected
 from CalibSegLib.federated.server import (
     EvaluationResult,
@@ -19,6 +18,7 @@ from CalibSegLib.federated.server import (
     SiteOutcome,
     TemperatureResult,
 )
+from CalibSegLib.federated.sites import SiteSpec, load_cohort, simulated_sites
 
 __all__ = [
     "EvaluationResult", "FinetuneResult", "PayloadRejected", "SiteOutcome", "SiteSpec",

@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.federated import outputs, server
-from CalibSegLib.federated.cohort import SiteSpec
 from CalibSegLib.federated.loopback import Fault
 from CalibSegLib.federated.simulation import run_federation
+from CalibSegLib.federated.sites import SiteSpec
 from CalibSegLib.progress import CancelCallback, ProgressCallback
 
 

@@ -1,6 +1,6 @@
 """The site side: a Flower ``ClientApp`` answering statistics, NLL and training requests.
 
-The site reads its cohort from its node config (:class:`~CalibSegLib.federated.cohort.SiteSpec`),
+The site reads its cohort from its node config (:class:`~CalibSegLib.federated.sites.SiteSpec`),
 rebuilds the model the server sent, computes locally and replies with bounded
 records only. The same ``ClientApp`` runs in the in-process engine, in Flower's
 simulation runtime and on a real SuperNode.
@@ -16,7 +16,7 @@ from flwr.clientapp import ClientApp
 
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.federated import protocol
-from CalibSegLib.federated.cohort import SiteSpec, load_cohort
+from CalibSegLib.federated.sites import SiteSpec, load_cohort
 from CalibSegLib.federated.transport import model_from_records
 
 LOG = logging.getLogger("CalibSegLib.federated")

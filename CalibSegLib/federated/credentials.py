@@ -149,7 +149,7 @@ def create_supernode_keys(folder: str, sites: Sequence[str], *,
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from CalibSegLib.federated.cohort import check_site_name
+    from CalibSegLib.federated.sites import check_site_name
 
     if not sites:
         raise CalibSegError("Name at least one site (--site NAME) to create keys for.")

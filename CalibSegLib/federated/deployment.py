@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.federated.cohort import SiteSpec
+from CalibSegLib.federated.sites import SiteSpec
 
 #: The Flower app folder ``flwr run`` bundles (its ``pyproject.toml`` names the components).
 APP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calibseg-app")

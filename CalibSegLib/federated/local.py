@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.federated.cohort import SiteSpec
 from CalibSegLib.federated.credentials import create_certificates, create_supernode_keys
 from CalibSegLib.federated.deployment import (
     DeploymentPlan,
@@ -30,6 +29,7 @@ from CalibSegLib.federated.deployment import (
     bin_path,
     flwr_config_toml,
 )
+from CalibSegLib.federated.sites import SiteSpec
 
 LOG = logging.getLogger("CalibSegLib.federated")
 

@@ -24,8 +24,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.federated.client import build_client_app
-from CalibSegLib.federated.cohort import SiteSpec
 from CalibSegLib.federated.loopback import SERVER_NODE_ID, Fault, LoopbackGrid
+from CalibSegLib.federated.sites import SiteSpec
 
 R = TypeVar("R")
 ENGINES = ("inprocess", "ray")

@@ -1,7 +1,7 @@
-"""A site's local cohort: what it is, how it is named in Flower's node config, loading it.
+"""The sites of a federation: each site's cohort, its name in Flower's node config, loading it.
 
-A site holds either a folder of ``<id>_image.<ext>`` / ``<id>_labels.<ext>`` pairs
-(the same layout ``calibseg train --cases`` reads) or, for demos and tests,
+A site holds either a cohort as :func:`CalibSegLib.cohort.read_cohort` reads it (a folder
+of ``<id>_image.<ext>`` / ``<id>_labels.<ext>`` pairs or a CSV) or, for demos and tests,
 deterministic shifted variants of an embedded sample case with site-specific seeds.
 Images never leave the site; the cohort is only ever read by the site's ClientApp.
 """
@@ -32,7 +32,7 @@ class SiteSpec:
     name
         The site's name; it appears in reports (no file names or case ids do).
     folder
-        A folder of image/label pairs, or None for a sample cohort.
+        A cohort folder of image/label pairs or a cohort CSV, or None for a sample cohort.
     sample, seeds, resolution_mm
         For a sample cohort: the embedded case, one ``shift_seed`` per case (0 means
         the unshifted case) and the grid resolution (None: the spacing of the model
@@ -134,9 +134,9 @@ def load_cohort(spec: SiteSpec, progress: ProgressCallback | None = None,
     from CalibSegLib.progress import check_cancel, report
 
     if spec.folder is not None:
-        from CalibSegLib.training.data import folder_cases
+        from CalibSegLib.cohort import read_cohort
 
-        return folder_cases(spec.folder)
+        return read_cohort(spec.folder)
     cases = []
     for n, seed in enumerate(spec.seeds):
         check_cancel(cancel, f"loading of the {spec.name} cohort")
