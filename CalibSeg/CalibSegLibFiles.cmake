@@ -14,6 +14,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/calibration/plots.py
   CalibSegLib/calibration/stats.py
   CalibSegLib/calibration/temperature.py
+  CalibSegLib/calibration/topk_stats.py
   CalibSegLib/cli.py
   CalibSegLib/cohort.py
   CalibSegLib/commands/__init__.py
@@ -73,6 +74,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/inference/resample.py
   CalibSegLib/inference/sliding.py
   CalibSegLib/inference/softmax_kernel.py
+  CalibSegLib/inference/topk.py
   CalibSegLib/io.py
   CalibSegLib/models/__init__.py
   CalibSegLib/models/bundle.py

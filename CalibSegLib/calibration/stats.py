@@ -151,6 +151,15 @@ class ReliabilityStats:
         return cls._from_accumulators(str(image_id), n_bins, acc, class_names)
 
     @classmethod
+    def from_topk(cls, prediction, target, n_bins: int = 20, **options) -> ReliabilityStats:
+        """Statistics of a :class:`~CalibSegLib.inference.topk.TopKPrediction` (no
+        ``C × N`` expansion); options as
+        :func:`~CalibSegLib.calibration.topk_stats.stats_from_topk`."""
+        from CalibSegLib.calibration.topk_stats import stats_from_topk
+
+        return stats_from_topk(prediction, target, n_bins, **options)
+
+    @classmethod
     def _from_accumulators(cls, image_id, n_bins, acc: Accumulators, class_names):
         return cls(
             image_ids=[image_id], n_bins=n_bins,
