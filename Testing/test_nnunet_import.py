@@ -399,6 +399,39 @@ def test_cli_missing_fold_is_one_line(ct_results, tmp_path, capsys):
     assert not out.exists()
 
 
+def _as_numpy1_pickle(path: pathlib.Path) -> None:
+    """Rewrite a checkpoint as numpy 1 pickles scalars (``numpy.core.multiarray``), the form
+    of most nnU-Net models trained so far."""
+    import io
+    import zipfile
+
+    source = zipfile.ZipFile(io.BytesIO(path.read_bytes()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray\nscalar" in data
+                data = data.replace(b"numpy._core.multiarray\nscalar",
+                                    b"numpy.core.multiarray\nscalar")
+            target.writestr(info, data)
+    path.write_bytes(out.getvalue())
+
+
+def test_checkpoint_pickled_with_numpy1_loads(ct_results, tmp_path):
+    from CalibSegLib.models import load_model
+
+    results = _copy_results(ct_results, tmp_path / "results")
+    path = results / "fold_0" / "checkpoint_final.pth"
+    _as_numpy1_pickle(path)
+    with pytest.raises(Exception, match="numpy.core.multiarray.scalar"):
+        torch.load(path, weights_only=True)  # torch's default allow-list refuses it
+    folder = _import(results, tmp_path / "model", folds=[0])
+    weights = torch.load(path, weights_only=False)["network_weights"]
+    loaded = load_model(folder).network.folds[0].state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in weights.items())
+
+
 class _Payload:
     """Unpickling this object touches a file (a stand-in for any code a pickle can run)."""
 

@@ -64,14 +64,13 @@ def require_nnunetv2() -> None:
 
 def _numpy_safe_globals() -> list[Any]:
     """numpy scalar reconstruction and dtypes: what nnU-Net's training log pickles."""
+    from numpy._core import multiarray
+
     items: list[Any] = [np.dtype, np.ndarray]
-    for module_name in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        try:
-            module = __import__(module_name, fromlist=["scalar"])
-        except ImportError:
-            continue
-        items += [getattr(module, name) for name in ("scalar", "_reconstruct")
-                  if hasattr(module, name)]
+    for name in ("scalar", "_reconstruct"):
+        # numpy 2 pickles them from numpy._core, numpy 1 (most trained models) from numpy.core
+        items += [getattr(multiarray, name), (getattr(multiarray, name),
+                                              f"numpy.core.multiarray.{name}")]
     items += [getattr(np.dtypes, name) for name in dir(np.dtypes)
               if name.endswith("DType") and name[:-5] in _NUMERIC_DTYPES]
     return items
