@@ -162,15 +162,21 @@ class DeploymentPlan:
 
     def script(self, run_config: Mapping[str, object]) -> str:
         """The whole recipe as shell lines, one section per machine."""
+        def quote(word: str) -> str:
+            if "'" in word and not any(c in word for c in '"$`\\!'):
+                return f'"{word}"'  # config strings: key='value' pairs, readable in quotes
+            return shlex.quote(word)
+
         def line(command: Sequence[str]) -> str:
-            return " ".join(shlex.quote(os.path.basename(c) if i == 0 else c)
+            return " ".join(quote(os.path.basename(c) if i == 0 else c)
                             for i, c in enumerate(command))
 
         out = ["# coordinator: Flower connection (in $FLWR_HOME/config.toml, default ~/.flwr)",
                *(f"#   {t}" for t in flwr_config_toml(self.address, self.ca_certificate,
                                                        self.connection).splitlines() if t),
-               "# coordinator: the SuperLink",
-               line(self.superlink_command()),
+               "# coordinator: the SuperLink (listens on every interface, port "
+               f"{int(self.port)})",
+               line(self.superlink_command(bind_host="0.0.0.0")),
                "# coordinator: register each site's public key under its name"]
         out += [line(self.register_command(s)[:-2]) for s in self.sites]
         for s in self.sites:
