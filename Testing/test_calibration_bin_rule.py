@@ -103,6 +103,6 @@ def test_figure_greys_out_sparse_bins_with_their_count():
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert "n=1" in texts
     assert any("minimum bin mass 100 voxels" in t for t in texts)
-    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert any("MCE 0.100 (raw 0.550)" in t for t in legend)
     assert any("greyed out" in t for t in legend)

@@ -65,7 +65,7 @@ def plot_reliability_diagram(stats_or_models, class_index: int | None = None, *,
     from matplotlib.figure import Figure
 
     models = _models(stats_or_models)
-    fig = Figure(figsize=(5.4, 5.9))
+    fig = Figure(figsize=(5.4, 6.4))
     ax, ax_n = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.2]})
     ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfect calibration")
     all_counts = []
@@ -89,8 +89,8 @@ def plot_reliability_diagram(stats_or_models, class_index: int | None = None, *,
         else:
             ax.plot(d.confidence[ok], d.accuracy[ok], marker="o", ms=3.5, color=color,
                     label=text)
-            ax.plot(d.confidence[sparse], d.accuracy[sparse], ls="none", marker="o", ms=4,
-                    mfc="none", color=_SPARSE)
+            ax.plot(d.confidence[sparse], d.accuracy[sparse], ls="none", marker="o", ms=5,
+                    mfc="white", mec=color, alpha=0.6)
         for k in np.flatnonzero(sparse):
             x = d.centres[k] if len(models) == 1 else d.confidence[k]
             ax.annotate(f"n={d.count[k]}", (x, d.accuracy[k]), xytext=(0, 4 + 7 * n),
@@ -102,7 +102,8 @@ def plot_reliability_diagram(stats_or_models, class_index: int | None = None, *,
         all_counts.append(d.count[d.filled])
     if any_sparse:
         ax.plot([], [], ls="none", marker="s", color=_SPARSE,
-                label="too few voxels: greyed out, not in MCE")
+                label="bins with too few voxels (grey bars, hollow points): greyed out, "
+                      "not in MCE")
     counts = np.concatenate(all_counts) if all_counts else np.zeros(0)
     if counts.size and counts.min() > 0 and counts.max() / counts.min() > 100:
         ax_n.set_yscale("log")
@@ -117,10 +118,11 @@ def plot_reliability_diagram(stats_or_models, class_index: int | None = None, *,
     ax.set_ylabel("observed frequency")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=6.5, loc="upper left")
     ax_n.set_xlabel("confidence (predicted probability)")
     ax_n.set_ylabel("voxels per bin")
-    fig.tight_layout()
+    handles, labels = ax.get_legend_handles_labels()  # below the panels: hides no bin
+    fig.legend(handles, labels, loc="lower left", fontsize=6.5, frameon=False)
+    fig.tight_layout(rect=(0, 0.015 + 0.021 * len(labels), 1, 1))
     _save(fig, path)
     return fig
 
