@@ -75,6 +75,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/inference/sliding.py
   CalibSegLib/inference/softmax_kernel.py
   CalibSegLib/inference/topk.py
+  CalibSegLib/inference/topk_io.py
   CalibSegLib/io.py
   CalibSegLib/models/__init__.py
   CalibSegLib/models/bundle.py
