@@ -91,6 +91,8 @@ BAD_RUNS = {
                                    str(f / "x")], "does not exist"),
     "calibrate output": (lambda f: ["calibrate", "--model", MODEL, "--cohort", str(f),
                                     "-o", MODEL], "--in-place"),
+    "text file as probabilities": (lambda f: ["evaluate", "--probs", _img(f, "notes.nii.gz"),
+                                              "--reference", _img(f)], "is a text file"),
     "evaluate bins": (lambda f: ["evaluate", "--probs", _img(f), "--reference", _img(f),
                                  "--bins", "0"], "at least 1 bin"),
 }

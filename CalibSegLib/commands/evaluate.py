@@ -123,12 +123,14 @@ def read_probabilities(path: str) -> tuple[np.ndarray, np.ndarray | None]:
         return array, None
     import SimpleITK as sitk
 
-    from CalibSegLib.io import affine_from_sitk
+    from CalibSegLib.io import affine_from_sitk, check_image_file, reader_message
 
+    check_image_file(path)
     try:
         image = sitk.ReadImage(path)
     except RuntimeError as exc:
-        raise CalibSegError(f"{path}: cannot read this image ({str(exc).strip()[:200]}).") from exc
+        raise CalibSegError(f"{path}: cannot read this image ({reader_message(exc)}); pass "
+                            ".npy/.npz or a vector image (NIfTI, NRRD, MetaImage).") from exc
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() < 2:
         raise CalibSegError(
             f"{path}: expected a 3D vector image with one component per class, got "
@@ -164,10 +166,10 @@ def evaluate_files(probs_path: str, reference_path: str, n_bins: int = 20, progr
 
     ``class_names``: a sequence, or a callable ``(num_classes) -> names or None``.
     """
-    from CalibSegLib.calibration import ReliabilityStats
-
     probs, affine = read_probabilities(probs_path)
     labels = read_reference(reference_path, probs.shape[1:], affine)
+    from CalibSegLib.calibration import ReliabilityStats
+
     name = os.path.basename(probs_path)
     if callable(class_names):
         class_names = class_names(probs.shape[0])
