@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         for name, entry in result["models"].items():
             m = entry.get("metrics")
             text = (f"Dice {m['mean_dice']:.3f} | marginal ACE {m['marginal_ace']:.3f} | "
-                    f"top-label ECE {m['ece']:.3f}" if m else
+                    f"top-label ECE {m['ece']:.3f}, MCE {m['mce']:.3f} (raw "
+                    f"{m['mce_raw']:.3f})" if m else
                     f"mean confidence {entry['mean_confidence']:.3f}")
             print(f"{name:<20} T={entry['temperature']:.2f} | {text}")
         print(f"same label at {100 * result['agreement']['voxels_same_label']:.1f}% of voxels")
