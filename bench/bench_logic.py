@@ -11,7 +11,7 @@
   (what the slider does at each tick; target <= 50 ms, a 20 Hz slider), and its
   share of a full refresh;
 - MRML round trip: a (Z, Y, X) float32 array into a new volume node with its
-  geometry and back (``CalibSegArrays``), as a ratio to a plain numpy copy;
+  geometry and back (``CalibSegSlicer.arrays``), as a ratio to a plain numpy copy;
 - compact storage (the logic's default): memory of a prediction held compactly
   over float32 for a 12-class, 48-prototype model, and the largest change it
   makes to ECE / ACE / MCE (top-label and marginal) of the demo model on a

@@ -12,7 +12,7 @@ Operations, each on a cube of ``n³`` voxels (default 64³, 128³, 192³, 256³)
   3-class prediction and a reference (new probabilities, confidence and entropy
   volumes updated in place, reliability statistics, diagram and metrics table);
 - ``mrml``: a ``(Z, Y, X)`` float32 array into a new volume node and back
-  (``CalibSegArrays.newVolumeNode`` / ``arrayFromNode``).
+  (``CalibSegSlicer.arrays.newVolumeNode`` / ``arrayFromNode``).
 
 ``--big`` adds 512 × 512 × 300 voxels (X × Y × Z) for ``stats`` and ``mrml``. Time is
 the best of 3 runs (1 run above 128³, ``--repeat-large``); peak memory is the rise of
