@@ -113,6 +113,8 @@ class ReliabilityChart:
 
     def remove(self) -> None:
         """Remove the chart, the diagonal and the metrics table from the scene."""
-        for attr in ("chartNodeID", "diagonalSeriesID", "diagonalTableID", "metricsTableID"):
-            removeNode(self.scene, self.scene.GetNodeByID(getattr(self, attr) or ""))
-            setattr(self, attr, None)
+        for nodeID in (self.chartNodeID, self.diagonalSeriesID, self.diagonalTableID,
+                       self.metricsTableID):
+            removeNode(self.scene, self.scene.GetNodeByID(nodeID or ""))
+        self.chartNodeID = self.diagonalSeriesID = self.diagonalTableID = None
+        self.metricsTableID = None

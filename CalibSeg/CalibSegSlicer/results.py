@@ -176,9 +176,10 @@ def fillSegmentation(scene, result: ModelResult, volumeNode, labels: np.ndarray)
 
 def refreshTemperatureNodes(scene, result: ModelResult, affine: np.ndarray) -> None:
     """Copy ``result.current``'s confidence and entropy into their nodes (whole volume)."""
-    for key in TEMPERATURE_KEYS:
-        values = np.asarray(getattr(result.current, key), dtype=np.float32)
-        arrays.fillNode(scene.GetNodeByID(result.nodeIDs[key]), values, affine)
+    current = result.current
+    for key, values in (("confidence", current.confidence), ("entropy", current.entropy)):
+        arrays.fillNode(scene.GetNodeByID(result.nodeIDs[key]),
+                        np.asarray(values, dtype=np.float32), affine)
 
 
 def refreshPlanes(scene, result: ModelResult, planes, temperature: float) -> None:
