@@ -74,6 +74,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/inference/resample.py
   CalibSegLib/inference/sliding.py
   CalibSegLib/inference/softmax_kernel.py
+  CalibSegLib/inference/streaming.py
   CalibSegLib/inference/topk.py
   CalibSegLib/inference/topk_io.py
   CalibSegLib/io.py

@@ -68,8 +68,10 @@ MAX_CLASSES = 1 << 16
 FLOAT16_ROUNDOFF = 2.0 ** -11
 #: float16 clamp of stored negative values (exp of it is 0 in any precision used).
 _MOST_NEGATIVE = -60000.0
-#: Voxels per chunk of the conversion and the map computations.
+#: Voxels per chunk of the map computations.
 DEFAULT_CHUNK_VOXELS = 1 << 18
+#: Temporary memory of one compaction chunk (about 40 bytes per class and voxel).
+COMPACTION_BYTES = 1 << 26
 
 
 def layout(num_classes: int) -> tuple[int, np.dtype, int, int]:
@@ -503,8 +505,8 @@ def compact_block(logits: torch.Tensor, k: int, index_dtype: np.dtype
     """``(indices, gaps, tail)`` of ``(C, n)`` logits on their device.
 
     Ranks by a stable descending sort (ties: lower class first, as ``argmax``);
-    the tail rows are ``log Σ exp(a d_j)`` over ranks K..C in float64, clamped to
-    the float16 range.
+    the tail rows are ``log Σ exp(a d_j)`` over ranks K+1..C (float64, then clamped
+    to the float16 range). Temporary memory: about 40 bytes per class and voxel.
     """
     z = logits.float()
     if not torch.isfinite(z).all():
@@ -520,7 +522,8 @@ def compact_block(logits: torch.Tensor, k: int, index_dtype: np.dtype
     idx_dtype = torch.uint8 if index_dtype == np.uint8 else torch.int32
     indices = ranks[:k].to(idx_dtype)
     if summarised:
-        d = (values[last:] - top).double()
+        d = (values[last:] - top).double()  # float64: the rounding to float16 is
+        # then the same for any chunking (float32 exp/log differ by vector lane)
         rows = [torch.logsumexp(d * a, dim=0) for a in TAIL_INVERSE_TEMPERATURES]
         tail = torch.stack(rows).clamp_(min=_MOST_NEGATIVE).half()
     else:
@@ -528,14 +531,20 @@ def compact_block(logits: torch.Tensor, k: int, index_dtype: np.dtype
     return indices, gaps, tail
 
 
+def compaction_chunk(num_classes: int, budget: int = COMPACTION_BYTES) -> int:
+    """Voxels per compaction chunk that keep its temporaries within ``budget`` bytes."""
+    return max(1024, int(budget) // (40 * max(int(num_classes), 1)))
+
+
 def compact_logits(logits, *, temperature: float = 1.0, affine: np.ndarray | None = None,
-                   class_names: tuple[str, ...] = (), chunk_voxels: int = DEFAULT_CHUNK_VOXELS,
+                   class_names: tuple[str, ...] = (), chunk_voxels: int | None = None,
                    device=None, progress: ProgressCallback | None = None,
                    cancel: CancelCallback | None = None) -> TopKPrediction:
     """:class:`TopKPrediction` of ``(C, Z, Y, X)`` logits (numpy or torch), chunk by chunk.
 
     Extra memory is a few ``C × chunk_voxels`` blocks (on ``device``, default the
-    logits' own device for tensors, the CPU for arrays), never ``C × N``.
+    logits' own device for tensors, the CPU for arrays), never ``C × N``; by default
+    the chunk keeps them within :data:`COMPACTION_BYTES`.
     """
     if not hasattr(logits, "shape") or len(logits.shape) < 2:
         raise CalibSegError("Logits must be an array (C, Z, Y, X) with one channel per class.")
@@ -544,7 +553,7 @@ def compact_logits(logits, *, temperature: float = 1.0, affine: np.ndarray | Non
     writer = TopKWriter(num_classes, spatial)
     flat = logits.reshape(num_classes, -1)
     n = int(flat.shape[1])
-    step = max(int(chunk_voxels), 1)
+    step = max(int(chunk_voxels or compaction_chunk(num_classes)), 1)
     for start in range(0, n, step):
         check_cancel(cancel, "compaction")
         stop = min(n, start + step)
