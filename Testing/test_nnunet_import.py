@@ -250,6 +250,20 @@ def test_import_writes_a_model_folder(ct_model, ct_results):
             assert torch.equal(network.state_dict()[key], value), key
 
 
+def test_ensemble_network_averages_folds_and_refuses_other_windows(ct_model):
+    from CalibSegLib.models import load_model
+
+    model = load_model(ct_model)
+    patch = json.loads(pathlib.Path(ct_model, "nnunet", "plans.json").read_text())[
+        "configurations"]["3d_fullres"]["patch_size"]
+    x = torch.randn(1, 1, *patch)
+    with torch.no_grad():
+        mean = (model.network.folds[0](x) + model.network.folds[1](x)) / 2
+        assert torch.allclose(model.network(x), mean)
+    with pytest.raises(CalibSegError, match="nnU-Net-preprocessed windows"):
+        model.network(torch.randn(1, 1, 16, 16, 13))
+
+
 @pytest.mark.parametrize("image", ["grid", "oblique"])
 def test_ct_ensemble_matches_nnunet_predictor(ct_model, ct_results, images, image, tmp_path):
     prediction = calibseg_probabilities(ct_model, images[image])

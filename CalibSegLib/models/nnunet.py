@@ -334,8 +334,17 @@ class NNUNetEnsemble(nn.Module):
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__()
         self.folds = nn.ModuleList(build_fold_network(spec) for _ in spec["folds"])
+        strides = spec["arch_kwargs"].get("strides") or []
+        self.divisor = tuple(int(np.prod([s[axis] if isinstance(s, (list, tuple)) else s
+                                          for s in strides]))
+                             for axis in range(3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or any(size % d for size, d in zip(x.shape[2:], self.divisor)):
+            raise CalibSegError(
+                f"An nnU-Net network takes nnU-Net-preprocessed windows (spatial sizes multiples "
+                f"of {self.divisor}), not an input of shape {tuple(x.shape)}; predict with "
+                "calibseg predict, and explain it with --method occlusion.")
         total = None
         for network in self.folds:
             out = network(x)
