@@ -215,6 +215,22 @@ def test_site_dropping_out_mid_round_is_named_and_round_completes(model, sites, 
                            faults={"site-2": "drop"})
 
 
+def test_waiting_for_sites_names_who_did_not_connect(sites):
+    import time
+
+    from CalibSegLib.federated import server
+    from CalibSegLib.federated.simulation import run_federation
+
+    (nodes, missing), _ = run_federation(
+        lambda g: server.wait_for_sites(g, 2, 600.0, expected=["site-1", "site-9"]), sites[:2])
+    assert len(nodes) == 2 and missing == ["site-9"]
+    start = time.monotonic()
+    with pytest.raises(CalibSegError, match=r"Only 2 site\(s\) connected.*not connected: site-9"):
+        run_federation(lambda g: server.wait_for_sites(g, 3, 600.0, expected=["site-9"]),
+                       sites[:2])
+    assert time.monotonic() - start < 5.0  # an in-process grid gains no sites: no waiting
+
+
 def test_site_error_is_reported(model, sites, tmp_path):
     broken = SiteSpec(name="site-x", folder=str(tmp_path / "missing"))
     result, _ = federated_evaluate(model, [*sites[:1], broken], n_bins=N_BINS, min_sites=1,

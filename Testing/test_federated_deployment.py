@@ -198,7 +198,19 @@ def test_cli_local_federation_first_look(model_folder, tmp_path, capfd):
     from CalibSegLib.cli import main
     from CalibSegLib.federated.local import _descendants
 
-    before = set(_descendants(os.getpid()))
+    def flower_processes() -> set[int]:
+        found = set()
+        for pid in _descendants(os.getpid()):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    command = fh.read()
+            except OSError:
+                continue
+            if b"flower-" in command or b"flwr" in command:
+                found.add(pid)
+        return found
+
+    before = flower_processes()
     out = tmp_path / "report"
     assert main(["federated", "local", "evaluate", "--model", model_folder, "--sites", "1",
                  "--bins", str(N_BINS), "-o", str(out), "--workdir", str(tmp_path / "work"),
@@ -208,5 +220,5 @@ def test_cli_local_federation_first_look(model_folder, tmp_path, capfd):
     assert len(lines) == 1 and lines[0].startswith("pooled over 1 site(s): ace ")
     assert "\x1b[" not in stdout
     assert json.loads((out / "summary.json").read_text())["outcomes"][0]["status"] == "ok"
-    # every process the command started is gone
-    assert set(_descendants(os.getpid())) <= before
+    # every Flower process the command started is gone
+    assert flower_processes() <= before

@@ -6,8 +6,11 @@ reliability statistics merge exactly, the pooled federated numbers equal the
 numbers a central evaluation of all cohorts would give. See ``docs/federated.md``.
 
 Entry points: :func:`federated_evaluate`, :func:`federated_calibrate`,
-:func:`federated_finetune` (N sites on one machine), :class:`SiteSpec` (a site's
-cohort), and :mod:`CalibSegLib.federated.app` (ServerApp/ClientApp for real sites).
+:func:`federated_finetune` (N simulated sites in one process), :class:`SiteSpec` (a
+site's cohort), :mod:`CalibSegLib.federated.app` (the ServerApp/ClientApp a real
+deployment runs), :mod:`CalibSegLib.federated.deployment` (its exact commands),
+:mod:`CalibSegLib.federated.credentials` (TLS certificates, SuperNode keys) and
+:class:`CalibSegLib.federated.local.LocalFederation` (a real deployment on this machine).
 """
 
 from CalibSegLib.federated.api import federated_calibrate, federated_evaluate, federated_finetune
