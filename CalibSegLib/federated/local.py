@@ -282,9 +282,12 @@ class LocalFederation:
 
     def run_log(self, run_id: int) -> str:
         """The run's log as the SuperLink kept it (``flwr log --show``)."""
-        proc = subprocess.run([bin_path("flwr"), "log", str(run_id),
-                               self.plan.connection, "--show"], env=self._env(),
-                              capture_output=True, text=True, timeout=self.timeout)
+        try:
+            proc = subprocess.run([bin_path("flwr"), "log", str(run_id),
+                                   self.plan.connection, "--show"], env=self._env(),
+                                  capture_output=True, text=True, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            return ""
         return proc.stdout
 
     def process_log(self, name: str) -> str:
@@ -324,8 +327,14 @@ class LocalFederation:
         return proc
 
     def _flwr(self, command: Sequence[str], check: bool = True) -> dict:
-        proc = subprocess.run(list(command), env=self._env(), capture_output=True, text=True,
-                              timeout=self.timeout, cwd=self.workdir)
+        try:
+            proc = subprocess.run(list(command), env=self._env(), capture_output=True,
+                                  text=True, timeout=self.timeout, cwd=self.workdir)
+        except subprocess.TimeoutExpired as exc:
+            if not check:
+                return {}
+            raise CalibSegError(f"{os.path.basename(command[0])} {command[1]} did not answer "
+                                f"within {self.timeout:g} s.") from exc
         start = proc.stdout.find("{")
         try:
             data = json.loads(proc.stdout[start:]) if start >= 0 else {}
@@ -343,7 +352,7 @@ class LocalFederation:
         try:
             data = self._flwr([bin_path("flwr"), "supernode", "list",
                                self.plan.connection, "--format", "json"])
-        except (CalibSegError, subprocess.TimeoutExpired):
+        except CalibSegError:
             return None
         return {int(n["node-id"]): str(n["status"]) for n in data.get("nodes", [])}
 
