@@ -110,7 +110,7 @@ class CalibSegWebApp(TrameApp):
         s.cards = {e.id: e.summary() for e in catalogue.entries}
         usable = [e.id for e in catalogue.entries if e.error is None]
         s.update({
-            "error": "", "info": "", "input_name": "", "has_input": False,
+            "error": "", "input_name": "", "has_input": False,
             "model_a": usable[0] if usable else None, "model_b": None,
             "running": False, "progress": 0, "progress_message": "",
             "has_results": False, "slots": [], "overlays": list(OVERLAYS),

@@ -233,17 +233,11 @@ class ViewerSession:
         slots = sorted(job.slots + job.kept)
         for slot in SLOTS:
             if slot not in slots and slot in self.logic.results:
-                self._removeResult(slot)
+                self.logic.removeResult(slot)
                 self.shownModels.pop(slot, None)
         if self.referenceNodeID is not None:
             self.logic.setReference(self.scene.GetNodeByID(self.referenceNodeID))
         return slots
-
-    def _removeResult(self, slot: str) -> None:
-        if hasattr(self.logic, "removeResult"):
-            self.logic.removeResult(slot)
-        elif slot == "B":
-            self.logic.clear()
 
     def _checkIdle(self) -> None:
         if self.job is not None and not self.job.done:
@@ -264,6 +258,9 @@ class ViewerSession:
             from CalibSegLib.io import read_image
 
             labels, affine = read_image(path)
+            if not np.issubdtype(labels.dtype, np.integer) and np.any(np.mod(labels, 1)):
+                raise CalibSegError(f"{os.path.basename(path)} has non-integer values: choose "
+                                    "a label map (class indices) as reference.")
             name = f"{self.inputName} reference"
         elif which == SAMPLE_REFERENCE:
             if self.sampleLabels is None:

@@ -240,6 +240,8 @@ def test_a_reference_chosen_before_the_run_applies_to_it(session, image_file):
     assert header[1].startswith("A: ") and any(row[0] == "ECE" for row in rows)
     with pytest.raises(CalibSegError):
         session.chooseReference("something else")
+    with pytest.raises(CalibSegError, match="non-integer"):
+        session.chooseReference(None, path=image_file)  # the image is no label map
     assert session.metricsTable()[0] == header  # a refused reference changes nothing
 
 
