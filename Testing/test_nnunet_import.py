@@ -239,9 +239,9 @@ def test_import_writes_a_model_folder(ct_model, ct_results):
     assert card.nnunet["normalization_schemes"] == ["CTNormalization"]
     assert card.nnunet["mirroring"] is False
     assert card.spacing_mm == pytest.approx(CT_SPACING)
-    names = sorted(os.listdir(ct_model))
-    assert "model.safetensors" in names and not any(n.endswith((".pth", ".pkl")) for n in names)
-    assert json.loads(pathlib.Path(ct_model, "nnunet", "plans.json").read_text()) == plans
+    assert sorted(os.listdir(ct_model)) == ["model.json", "model.safetensors"]
+    assert card.nnunet["plans"] == plans
+    assert card.nnunet["dataset"] == json.loads((ct_results / "dataset.json").read_text())
     # the stored weights are each fold's, unchanged
     for fold, network in zip((0, 1), model.network.folds):
         ckpt = torch.load(ct_results / f"fold_{fold}" / "checkpoint_final.pth",
@@ -254,8 +254,7 @@ def test_ensemble_network_averages_folds_and_refuses_other_windows(ct_model):
     from CalibSegLib.models import load_model
 
     model = load_model(ct_model)
-    patch = json.loads(pathlib.Path(ct_model, "nnunet", "plans.json").read_text())[
-        "configurations"]["3d_fullres"]["patch_size"]
+    patch = model.card.nnunet["plans"]["configurations"]["3d_fullres"]["patch_size"]
     x = torch.randn(1, 1, *patch)
     with torch.no_grad():
         mean = (model.network.folds[0](x) + model.network.folds[1](x)) / 2
@@ -354,6 +353,19 @@ def test_reorienting_reader_matches_nnunet_predictor(mr_results, images, reader,
     assert clear.mean() > 0.9
     assert np.array_equal(prediction.labels[clear], segmentation[clear])
     assert len(np.unique(segmentation)) > 1
+
+
+def test_model_without_its_folder_predicts_the_same(ct_model, images):
+    """Card and weights alone describe the model (as the federated transport sends it)."""
+    from CalibSegLib.inference import predict
+    from CalibSegLib.io import read_image
+    from CalibSegLib.models import Model, load_model
+
+    loaded = load_model(ct_model)
+    detached = Model(card=loaded.card, network=loaded.network, folder=None)
+    array, affine = read_image(images["grid"])
+    ours = predict(array, affine, detached, device="cpu")
+    assert np.array_equal(ours.probs, calibseg_probabilities(ct_model, images["grid"]).probs)
 
 
 def test_temperature_scales_the_averaged_logits(ct_model, images):

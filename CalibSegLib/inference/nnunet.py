@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,21 +64,6 @@ class _WatchedNetwork(nn.Module):
         return out
 
 
-def _load_json(folder: str | None, name: str) -> dict[str, Any]:
-    if folder is None:
-        raise CalibSegError("An nnU-Net model must be loaded from its folder (load_model).")
-    root = os.path.normpath(folder)
-    path = os.path.normpath(os.path.join(root, name))
-    if not path.startswith(root + os.sep):
-        raise CalibSegError(f"nnU-Net file {name!r} points outside the model folder.")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise CalibSegError(
-            f"{path}: cannot read it ({exc}); re-import the nnU-Net model.") from exc
-
-
 def _calls_per_fold(shape: tuple[int, ...], patch: tuple[int, ...], step: float,
                     mirror_axes: tuple[int, ...] | None) -> int:
     from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
@@ -120,8 +103,7 @@ def nnunet_logits(array: np.ndarray, affine: np.ndarray, model: Any, device: tor
 
     card = model.card
     settings: Mapping[str, Any] = card.nnunet
-    plans = _load_json(model.folder, settings["plans_file"])
-    dataset = _load_json(model.folder, settings["dataset_file"])
+    plans, dataset = settings["plans"], settings["dataset"]
     manager = PlansManager(plans)
     config = manager.get_configuration(settings["configuration"])
     labels = manager.get_label_manager(dataset)

@@ -14,7 +14,8 @@ is built by nnU-Net's own ``get_network_from_plans`` from
 ``dynamic_network_architectures`` (class names outside that package, or layer
 types outside ``torch.nn``, are refused). The folds become one
 :class:`NNUNetEnsemble`, stored as ``model.safetensors`` in a CalibSeg model
-folder, with ``plans.json`` and ``dataset.json`` copied to ``nnunet/``.
+folder; ``plans.json`` and ``dataset.json`` go into the card's ``nnunet``
+section, so the card and weights alone describe the model.
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel,
 
 INSTALL_HINT = ('nnU-Net v2 models need the nnunetv2 package: pip install "CalibSegLib[nnunet]" '
                 '(or ./run setup, which installs it).')
-PLANS_FILE = "nnunet/plans.json"
-DATASET_FILE = "nnunet/dataset.json"
 DEFAULT_CONFIGURATION = "3d_fullres"
 DEFAULT_CHECKPOINT = "checkpoint_final.pth"
 #: nnU-Net's 3D image readers CalibSeg stands in for (see ``CalibSegLib.inference.nnunet_io``).
@@ -357,8 +356,8 @@ def build_nnunet_network(card: Any) -> NNUNetEnsemble:
     return NNUNetEnsemble(card.network if hasattr(card, "network") else card["network"])
 
 
-__all__ = ["DATASET_FILE", "DEFAULT_CHECKPOINT", "DEFAULT_CONFIGURATION", "INSTALL_HINT",
-           "NNUNetEnsemble", "PLANS_FILE", "ResultsFolder", "SUPPORTED_READERS",
+__all__ = ["DEFAULT_CHECKPOINT", "DEFAULT_CONFIGURATION", "INSTALL_HINT",
+           "NNUNetEnsemble", "ResultsFolder", "SUPPORTED_READERS",
            "available_folds", "build_fold_network", "build_nnunet_network",
            "check_network_spec", "load_checkpoint", "network_spec", "read_results_folder",
            "require_nnunetv2"]

@@ -3,15 +3,17 @@
 The new folder holds ``model.json`` (the card: classes from ``dataset.json``,
 spacing and window from the configuration, the network from the plans, an
 ``nnunet`` section with the configuration, folds, trainer, reader, transposes,
-normalisation schemes and the mirroring setting), ``model.safetensors`` (every
-fold's weights, as one :class:`~CalibSegLib.models.nnunet.NNUNetEnsemble`) and
-``nnunet/plans.json`` + ``nnunet/dataset.json`` (what nnU-Net's preprocessing and
-resampling read at prediction time).
+normalisation schemes, the mirroring setting, and the whole ``plans.json`` and
+``dataset.json`` that nnU-Net's preprocessing and resampling read at prediction
+time) and ``model.safetensors`` (every fold's weights, as one
+:class:`~CalibSegLib.models.nnunet.NNUNetEnsemble`). Card and weights alone
+describe the model, so it travels as any other (federated transport, background
+process).
 """
 
 from __future__ import annotations
 
-import json
+import copy
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -19,10 +21,8 @@ from typing import Any
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.models.card import DEFAULT_COLORS, FORMAT_VERSION, ModelCard
 from CalibSegLib.models.nnunet import (
-    DATASET_FILE,
     DEFAULT_CHECKPOINT,
     DEFAULT_CONFIGURATION,
-    PLANS_FILE,
     SUPPORTED_READERS,
     NNUNetEnsemble,
     ResultsFolder,
@@ -129,8 +129,8 @@ def nnunet_card(results: ResultsFolder, network: dict[str, Any], *, name: str | 
             "configuration": results.configuration,
             "trainer": results.trainer_name,
             "checkpoint": results.checkpoint,
-            "plans_file": PLANS_FILE,
-            "dataset_file": DATASET_FILE,
+            "plans": copy.deepcopy(results.plans),
+            "dataset": copy.deepcopy(results.dataset),
             "image_reader_writer": str(results.plans.get("image_reader_writer")),
             "channels": [str(v) for v in channel_names.values()],
             "transpose_forward": transpose,
@@ -215,11 +215,7 @@ def import_nnunet(source: str, folder: str, *, configuration: str = DEFAULT_CONF
     card = nnunet_card(results, spec, name=name, mirroring=mirroring)
     check_cancel(cancel, "import")
     report(progress, 0.9, "writing the model folder")
-    extra = {
-        PLANS_FILE: json.dumps(results.plans, indent=2).encode("utf-8"),
-        DATASET_FILE: json.dumps(results.dataset, indent=2).encode("utf-8"),
-    }
-    return save_model(folder, card, ensemble, overwrite=overwrite, extra_files=extra)
+    return save_model(folder, card, ensemble, overwrite=overwrite)
 
 
 __all__ = ["import_nnunet", "nnunet_card"]
