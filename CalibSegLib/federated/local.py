@@ -68,8 +68,25 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _signal(pids: Sequence[int], sig: int) -> None:
-    for pid in pids:
+def _start_time(pid: int) -> str | None:
+    """The process's start time (``/proc/<pid>/stat`` field 22): tells a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _processes_below(pid: int) -> list[tuple[int, str | None]]:
+    """``pid`` and every process below it, each with its start time."""
+    return [(p, _start_time(p)) for p in (pid, *_descendants(pid))]
+
+
+def _signal(processes: Sequence[tuple[int, str | None]], sig: int) -> None:
+    """Signal each process that is still the one recorded (never a reused pid)."""
+    for pid, started in processes:
+        if started is not None and _start_time(pid) != started:
+            continue
         try:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -178,7 +195,7 @@ class LocalFederation:
 
     def close(self) -> None:
         """Stop every process started here and everything below them (TERM, then KILL)."""
-        tree = {name: [p.pid, *_descendants(p.pid)] for name, p in self._processes.items()}
+        tree = {name: _processes_below(p.pid) for name, p in self._processes.items()}
         for name, proc in self._processes.items():
             if proc.poll() is None:
                 try:
@@ -231,8 +248,7 @@ class LocalFederation:
         proc = self._processes.get(f"supernode-{name}")
         if proc is None:
             raise CalibSegError(f"Site {name} has no running SuperNode.")
-        pids = [proc.pid, *_descendants(proc.pid)]
-        _signal(pids, signal.SIGKILL)
+        _signal(_processes_below(proc.pid), signal.SIGKILL)
         proc.wait(timeout=10.0)
 
     def wait_online(self, names: Sequence[str], timeout: float | None = None) -> None:
