@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 N_BINS = 10
 #: Two sites, one case each; site-2's images are on a coarser grid (fewer voxels).
 SITES = [SiteSpec("site-1", seeds=(100,)), SiteSpec("site-2", seeds=(110,), resolution_mm=8.0)]
-RUN_TIMEOUT = 240.0
+RUN_TIMEOUT = 400.0
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def model(model_folder):
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     with LocalFederation(str(tmp_path_factory.mktemp("federation")), SITES,
-                         timeout=90.0) as fed:
+                         timeout=180.0) as fed:
         yield fed
 
 
@@ -72,7 +72,7 @@ def _run(fed: LocalFederation, **config):
 def evaluation(federation, model_folder, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("deploy-eval") / "report")
     result = _run(federation, task="evaluate", model=model_folder, output=out, **{
-        "min-sites": 2, "n-bins": N_BINS, "sites": "site-1,site-2", "timeout": 120.0})
+        "min-sites": 2, "n-bins": N_BINS, "sites": "site-1,site-2", "timeout": 240.0})
     return result, out
 
 
@@ -137,7 +137,7 @@ def test_deployed_temperature_equals_central(federation, model, model_folder, ce
 
     out = str(tmp_path / "calibrated")
     _run(federation, task="calibrate", model=model_folder, output=out,
-         **{"min-sites": 2, "sites": "site-1,site-2", "timeout": 120.0})
+         **{"min-sites": 2, "sites": "site-1,site-2", "timeout": 240.0})
     fitted = load_model(out)
     record = json.loads(open(os.path.join(out, "federated_temperature.json"),
                              encoding="utf-8").read())
@@ -157,7 +157,7 @@ def test_deployed_temperature_equals_central(federation, model, model_folder, ce
 def test_unregistered_supernode_is_refused(federation):
     federation.add_site(SiteSpec("site-x", seeds=(120,)), register=False)
     proc = federation.start_site("site-x", max_wait_s=15.0)
-    assert proc.wait(timeout=60.0) != 0
+    assert proc.wait(timeout=120.0) != 0
     assert "Failed to activate SuperNode" in federation.process_log("supernode-site-x")
     assert "No SuperNode found with the given public key" in federation.process_log("superlink")
     assert "site-x" not in federation.node_ids
@@ -169,8 +169,8 @@ def test_supernode_not_trusting_the_superlink_cannot_connect(federation, tmp_pat
     proc = federation.start_site("site-y", credentials=os.path.dirname(other.ca_certificate),
                                  max_wait_s=10.0)
     with pytest.raises(CalibSegError, match="site-y"):
-        federation.wait_online(["site-y"], timeout=30.0)
-    assert proc.wait(timeout=30.0) != 0
+        federation.wait_online(["site-y"], timeout=120.0)
+    assert proc.wait(timeout=120.0) != 0
     assert "CERTIFICATE_VERIFY_FAILED" in federation.process_log("supernode-site-y")
 
 
@@ -179,7 +179,7 @@ def test_supernode_killed_mid_round_is_named_and_round_completes(federation, mod
     out = str(tmp_path / "report")
     run_id = federation.submit({"task": "evaluate", "model": model_folder, "output": out,
                                 "min-sites": 1, "n-bins": N_BINS, "sites": "site-1,site-2",
-                                "timeout": 75.0})
+                                "timeout": 90.0})
     end = time.monotonic() + RUN_TIMEOUT
     while "Receiving: query.calibseg_stats" not in federation.process_log("supernode-site-2"):
         assert time.monotonic() < end, "site-2 never received the round's request"
