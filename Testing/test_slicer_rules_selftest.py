@@ -10,7 +10,9 @@ from __future__ import annotations
 import ast
 import os
 import socket
+import subprocess
 import sys
+import textwrap
 
 import pytest
 from extension_layout import MODULE_DIR, ROOT, read
@@ -101,3 +103,69 @@ def test_self_test_applies_the_plan_in_setup():
     assert [n for n in methods if n.startswith("test_")] == ["test_CalibSegWholePath"]
     body = methods["test_CalibSegWholePath"]
     assert "registerSampleData()" in body and "downloadSamples(sampledata.SAMPLE_NAME)" in body
+
+
+SELFTEST_SCRIPT = textwrap.dedent('''
+    import hashlib, os, sys, tempfile, types, unittest, urllib.request
+    sys.path.insert(0, sys.argv[1])
+    import slicer
+    sys.path.insert(0, sys.argv[2])
+    from test_logic_support import new_scene
+
+    scene = new_scene()   # real MRML (slicer-core) as slicer.mrmlScene
+
+    base = types.ModuleType("slicer.ScriptedLoadableModule")
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def delayDisplay(self, message, msec=None):
+            print("self-test:", message)
+    base.ScriptedLoadableModuleTest = ScriptedLoadableModuleTest
+    sys.modules[base.__name__] = slicer.ScriptedLoadableModule = base
+
+    # SampleData as in Slicer 5.10: copy each URI into the cache, check the checksum, load
+    # the file with MRML's storage node for its file type.
+    sources = {}
+    class SampleDataLogic:
+        @staticmethod
+        def registerCustomSampleDataSource(**kw):
+            sources[kw["sampleName"]] = kw
+        def downloadSamples(self, name):
+            kw, cache, nodes = sources[name], tempfile.mkdtemp(), []
+            for uri, fileName, nodeName, checksum, fileType in zip(
+                    kw["uris"], kw["fileNames"], kw["nodeNames"], kw["checksums"],
+                    kw["loadFileTypes"]):
+                path = os.path.join(cache, fileName)
+                urllib.request.urlretrieve(uri, path)
+                algo, digest = checksum.split(":")
+                assert hashlib.new(algo, open(path, "rb").read()).hexdigest() == digest
+                kind = {"VolumeFile": ("vtkMRMLScalarVolumeNode",
+                                       "vtkMRMLVolumeArchetypeStorageNode"),
+                        "SegmentationFile": ("vtkMRMLSegmentationNode",
+                                             "vtkMRMLSegmentationStorageNode")}[fileType]
+                node = slicer.mrmlScene.AddNewNodeByClass(kind[0], nodeName)
+                storage = slicer.mrmlScene.AddNewNodeByClass(kind[1])
+                storage.SetFileName(path)
+                assert storage.ReadData(node)
+                node.SetAndObserveStorageNodeID(storage.GetID())
+                nodes.append(node)
+            return nodes
+    sample = types.ModuleType("SampleData")
+    sample.SampleDataLogic = SampleDataLogic
+    sys.modules["SampleData"] = sample
+
+    from CalibSegSlicer.selftest import CalibSegTest
+    result = unittest.TextTestRunner(verbosity=2).run(
+        unittest.TestLoader().loadTestsFromTestCase(CalibSegTest))
+    print("SELFTEST", "OK" if result.wasSuccessful() and not result.skipped else "FAILED")
+''')
+
+
+@pytest.mark.mrml
+@pytest.mark.slow
+def test_self_test_passes_on_real_mrml(tmp_path):
+    """``CalibSegTest`` as ctest runs it (unittest on its ``test_*``), on slicer-core's MRML,
+    with stand-ins only for the test base class and the SampleData module."""
+    pytest.importorskip("slicer")
+    out = subprocess.run([sys.executable, "-c", SELFTEST_SCRIPT, MODULE_DIR,
+                          os.path.join(ROOT, "Testing")], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert "SELFTEST OK" in out.stdout, (out.stdout + out.stderr)[-4000:]
