@@ -77,6 +77,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/inference/streaming.py
   CalibSegLib/inference/topk.py
   CalibSegLib/inference/topk_io.py
+  CalibSegLib/inference/topk_kernel.py
   CalibSegLib/io.py
   CalibSegLib/models/__init__.py
   CalibSegLib/models/bundle.py

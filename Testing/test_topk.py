@@ -275,3 +275,26 @@ def test_many_classes_use_uint16_indices():
     assert compact.indices.dtype == np.uint16 and compact.k == 3
     np.testing.assert_array_equal(compact.labels(), logits.argmax(0))
     assert compact.bytes_per_voxel == 16
+
+
+@pytest.mark.parametrize("num_classes", [2, 4, 5, 25, 300])
+def test_cpu_kernel_equals_torch_compaction(num_classes):
+    """The compiled CPU kernel and the torch path (other devices) store the same bytes."""
+    from CalibSegLib.inference.topk import compact_block
+    from CalibSegLib.inference.topk_kernel import compact_block_cpu
+
+    rng = np.random.default_rng(num_classes)
+    z = rng.normal(0, 4, (num_classes, 3000)).astype(np.float32)
+    z[:, :40] = 1.5  # ties: lower class first
+    z[:, 40:80] = np.round(z[:, 40:80])
+    k, dtype, _, _ = layout(num_classes)
+    by_torch = compact_block(torch.from_numpy(z), k, dtype)
+    by_kernel = compact_block_cpu(z, k, dtype)
+    for a, b in zip(by_torch[:2], by_kernel[:2]):
+        np.testing.assert_array_equal(a.numpy().astype(b.dtype), b)
+    # tail rows: float64 sums in another order; at most one float16 step, rarely
+    a, b = by_torch[2].numpy(), by_kernel[2]
+    step = np.abs(np.spacing(a.astype(np.float16)))
+    assert np.all(np.abs(a.astype(np.float64) - b.astype(np.float64)) <= step)
+    assert (a != b).sum() <= max(1, a.size // 1000)
+    np.testing.assert_array_equal(by_kernel[0][0], z.argmax(0))

@@ -525,7 +525,7 @@ def compact_block(logits: torch.Tensor, k: int, index_dtype: np.dtype
         d = (values[last:] - top).double()  # float64: the rounding to float16 is
         # then the same for any chunking (float32 exp/log differ by vector lane)
         rows = [torch.logsumexp(d * a, dim=0) for a in TAIL_INVERSE_TEMPERATURES]
-        tail = torch.stack(rows).clamp_(min=_MOST_NEGATIVE).half()
+        tail = torch.stack(rows).clamp_(min=_MOST_NEGATIVE).float().half()
     else:
         tail = torch.zeros((0, n), dtype=torch.float16, device=z.device)
     return indices, gaps, tail
@@ -583,14 +583,29 @@ class TopKWriter:
                 self.tail.reshape(self.tail.shape[0], n))
 
     def write_flat(self, start: int, logits: torch.Tensor) -> None:
-        """Store ``(C, n)`` logits of flat voxels ``start:start + n``."""
+        """Store ``(C, n)`` logits of flat voxels ``start:start + n``.
+
+        CPU tensors go through the compiled kernel
+        (:mod:`CalibSegLib.inference.topk_kernel`), others through
+        :func:`compact_block` on their device.
+        """
         if int(logits.shape[0]) != self.num_classes:
             raise CalibSegError(
                 f"The network gives {logits.shape[0]} output channels but {self.num_classes} "
                 "classes were expected; fix the card's classes.")
-        idx, gaps, tail = compact_block(logits, self.k, self.index_dtype)
         stop = start + int(logits.shape[1])
         fi, fg, ft = self._flat()
+        if logits.device.type == "cpu":
+            from CalibSegLib.inference.topk_kernel import compact_block_cpu
+
+            z = np.ascontiguousarray(logits.detach().float().numpy())
+            if not np.isfinite(z).all():
+                raise CalibSegError("The logits hold NaN or infinite values; check the model "
+                                    "output before storing it.")
+            idx, gaps, tail = compact_block_cpu(z, self.k, self.index_dtype)
+            fi[:, start:stop], fg[:, start:stop], ft[:, start:stop] = idx, gaps, tail
+            return
+        idx, gaps, tail = compact_block(logits, self.k, self.index_dtype)
         fi[:, start:stop] = idx.cpu().numpy()
         fg[:, start:stop] = gaps.cpu().numpy()
         ft[:, start:stop] = tail.cpu().numpy()
