@@ -183,3 +183,24 @@ def test_malicious_pickle_never_runs_and_nothing_is_written(tmp_path, capsys):
     assert not marker.exists()
     pickle.loads(pickle.dumps(_Payload(str(marker))))  # the payload is real
     assert marker.exists()
+
+
+def test_import_reports_progress_and_cancels_without_writing(tmp_path):
+    from CalibSegLib.errors import Cancelled
+
+    source = _bundle(tmp_path, LOAD)
+    seen: list[float] = []
+    card = import_model(source, str(tmp_path / "done"),
+                        progress=lambda fraction, message: seen.append(fraction))
+    assert card.architecture == "monai.bundle" and (tmp_path / "done" / "model.json").exists()
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen) and len(seen) >= 5
+    calls = []
+
+    def cancel_after_two() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Cancelled):
+        import_model(source, str(tmp_path / "cancelled"), cancel=cancel_after_two)
+    assert not (tmp_path / "cancelled").exists()
+    assert not any(n.startswith(".calibseg") for n in os.listdir(tmp_path))

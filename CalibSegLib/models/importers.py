@@ -440,7 +440,6 @@ def import_model(source: str, destination: str, kind: str | None = None, *,
         folder = import_nnunet(source, destination, progress=progress, cancel=cancel,
                                **options)
     else:
-            raise CalibSegError(
-            f"Unknown import kind {kind!r}; use bundle, torchscript or nnunet.")
+        raise CalibSegError(f"Unknown import kind {kind!r}; use bundle, torchscript or nnunet.")
     report(progress, 1.0, "imported")
     return ModelCard.from_file(os.path.join(os.fspath(folder), CARD_FILE))
