@@ -368,6 +368,23 @@ def test_model_without_its_folder_predicts_the_same(ct_model, images):
     assert np.array_equal(ours.probs, calibseg_probabilities(ct_model, images["grid"]).probs)
 
 
+def test_overflowing_logits_are_one_clear_error(ct_model, images):
+    """nnU-Net sums window logits in float16; an overflow is refused, not passed on."""
+    from CalibSegLib.inference import predict
+    from CalibSegLib.io import read_image
+    from CalibSegLib.models import load_model
+
+    model = load_model(ct_model)
+    with torch.no_grad():
+        for network in model.network.folds:
+            for layer in network.decoder.seg_layers:
+                layer.weight.mul_(1e7)
+    array, affine = read_image(images["grid"])
+    with pytest.raises(CalibSegError, match="infinite logits") as info:
+        predict(array, affine, model, device="cpu")
+    assert "\n" not in str(info.value)
+
+
 def test_temperature_scales_the_averaged_logits(ct_model, images):
     from CalibSegLib.inference import apply_temperature
 

@@ -139,7 +139,14 @@ def nnunet_logits(array: np.ndarray, affine: np.ndarray, model: Any, device: tor
         for network in folds:
             watched = _WatchedNetwork(network, channels, calls, done, progress, cancel)
             predictor.network = watched
-            logits = predictor.predict_sliding_window_return_logits(data).to("cpu")
+            try:
+                logits = predictor.predict_sliding_window_return_logits(data).to("cpu")
+            except RuntimeError as exc:
+                if "Encountered inf" not in str(exc):
+                    raise
+                raise CalibSegError(
+                    "nnU-Net's sliding window gave infinite logits (its float16 sums "
+                    "overflowed); check the model's weights and the input intensities.") from exc
             done = watched.done
             if watched.cancelled:
                 raise Cancelled("The prediction was cancelled; nothing was written.")
