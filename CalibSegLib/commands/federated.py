@@ -28,6 +28,17 @@ TASKS = ("evaluate", "calibrate", "finetune")
 DEFAULT_CREDENTIALS = "federation-credentials"
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Help that names each option's default (unless its text already does)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and "default" not in text
+                and action.default not in (None, False, [], argparse.SUPPRESS)):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                    help="print the summary line only")
@@ -44,15 +55,17 @@ def _task_arguments(p: argparse.ArgumentParser, simulated: bool) -> None:
     p.add_argument("--site", action="append", default=[], metavar="NAME=FOLDER",
                    help="a site with a folder of <id>_image/<id>_labels pairs "
                    "(repeat; replaces --sites)")
-    p.add_argument("--cases-per-site", type=int, default=1)
+    p.add_argument("--cases-per-site", type=int, default=1,
+                   help="sample cases each simulated site holds")
     p.add_argument("--resolution", type=float, default=None,
                    help="sample grid in mm for simulated sites (default: the model's spacing)")
     p.add_argument("--min-sites", type=int, default=1,
                    help="fewest sites with valid results for a round to count")
-    p.add_argument("--bins", type=int, default=20)
-    p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--local-steps", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--bins", type=int, default=20, help="confidence bins")
+    p.add_argument("--rounds", type=int, default=1, help="FedAvg rounds (finetune)")
+    p.add_argument("--local-steps", type=int, default=2,
+                   help="optimiser steps per site and round (finetune)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (finetune)")
     p.add_argument("--drift-threshold", type=float, default=0.05,
                    help="ACE gap that flags a site (evaluate)")
     p.add_argument("--flower-log", default="warning",
@@ -69,18 +82,20 @@ def _task_arguments(p: argparse.ArgumentParser, simulated: bool) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    fmt = {"formatter_class": _DefaultsShown}
     for task in TASKS:
-        p = sub.add_parser(task, help=f"{task} across simulated sites in this process")
+        p = sub.add_parser(task, help=f"{task} across simulated sites in this process", **fmt)
         _common(p)
         _task_arguments(p, simulated=True)
     local = sub.add_parser("local", help="run a task on a local Flower deployment "
-                           "(SuperLink + one SuperNode per site on 127.0.0.1, TLS, node keys)")
+                           "(SuperLink + one SuperNode per site on 127.0.0.1, TLS, node keys)",
+                           **fmt)
     _common(local)
     local.add_argument("task", choices=TASKS)
     _task_arguments(local, simulated=False)
 
     cred = sub.add_parser("credentials", help="create the SuperLink's TLS certificates and "
-                          "one SuperNode key pair per site (cryptography)")
+                          "one SuperNode key pair per site (cryptography)", **fmt)
     _common(cred)
     cred.add_argument("-o", "--output", default=DEFAULT_CREDENTIALS,
                       help=f"folder for the files (default {DEFAULT_CREDENTIALS}/)")
@@ -93,22 +108,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cred.add_argument("--force", action="store_true", help="replace existing files")
 
     deploy = sub.add_parser("deploy", help="print the exact flower-superlink, "
-                            "flwr supernode register, flower-supernode and flwr run commands")
+                            "flwr supernode register, flower-supernode and flwr run commands",
+                            **fmt)
     _common(deploy)
     deploy.add_argument("--host", required=True, help="the SuperLink's host name (in its "
                         "certificate)")
-    deploy.add_argument("--port", type=int, default=9093)
+    deploy.add_argument("--port", type=int, default=9093, help="the SuperLink's port")
     deploy.add_argument("--credentials", default=DEFAULT_CREDENTIALS,
                         help="folder made by 'calibseg federated credentials'")
     deploy.add_argument("--site", action="append", default=[], required=True,
                         metavar="NAME=FOLDER", help="a site and its cohort folder on the site's "
                         "machine (repeat)")
-    deploy.add_argument("--task", choices=TASKS, default="evaluate")
+    deploy.add_argument("--task", choices=TASKS, default="evaluate", help="the task to run")
     deploy.add_argument("--model", required=True, help="model folder on the coordinator")
     deploy.add_argument("-o", "--output", required=True,
                         help="report or new model folder on the coordinator")
-    deploy.add_argument("--min-sites", type=int, default=1)
-    deploy.add_argument("--timeout", type=float, default=600.0)
+    deploy.add_argument("--min-sites", type=int, default=1,
+                        help="fewest sites with valid results for a round to count")
+    deploy.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds the ServerApp waits for sites and their replies")
     deploy.add_argument("--write-flwr-config", metavar="FLWR_HOME",
                         help="also write the connection into FLWR_HOME/config.toml")
 
