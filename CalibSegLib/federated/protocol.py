@@ -6,7 +6,7 @@ Message types (Flower ``<category>.<action>``)
     Server -> site: model card (``ConfigRecord "model"``), weights (``ArrayRecord
     "weights"``), ``ConfigRecord "config"`` (``n-bins``, ``max-cases``, ``round``).
     Site -> server: ``ArrayRecord "stats"`` (reliability statistics as bounded
-    arrays, see :mod:`CalibSegLib.federated.statistics`) and ``ConfigRecord "meta"``
+    arrays, see :mod:`CalibSegLib.federated.reliability`) and ``ConfigRecord "meta"``
     (``site``, ``model-version``, ``n-cases``, ``n-bins``, ``n-classes``).
 ``query.calibseg_nll``
     Server -> site: model and ``config`` with ``temperatures`` (the grid).
