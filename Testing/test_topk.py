@@ -298,3 +298,27 @@ def test_cpu_kernel_equals_torch_compaction(num_classes):
     assert np.all(np.abs(a.astype(np.float64) - b.astype(np.float64)) <= step)
     assert (a != b).sum() <= max(1, a.size // 1000)
     np.testing.assert_array_equal(by_kernel[0][0], z.argmax(0))
+
+
+def test_compiled_cpu_paths_equal_the_torch_paths(synthetic):
+    """Maps and statistics: the compiled CPU kernels and the torch operations (the path
+    on CUDA) give the same numbers."""
+    from CalibSegLib.inference.topk import confidence_entropy
+
+    logits, target, compact = synthetic
+    for t in (0.6, 1.0, 2.4):
+        confidence, entropy = compact.maps(t)
+        by_torch = [confidence_entropy(v, t, compact.num_classes)
+                    for _, _, v, _ in compact.blocks(t, dtype=torch.float64)]
+        np.testing.assert_allclose(confidence.ravel(),
+                                   torch.cat([c for c, _ in by_torch]).numpy(), atol=2e-7)
+        np.testing.assert_allclose(entropy.ravel(),
+                                   torch.cat([h for _, h in by_torch]).numpy(), atol=2e-6)
+        kernel = ReliabilityStats.from_topk(compact, target, temperature=t).to_arrays()
+        torch_path = ReliabilityStats.from_topk(compact, target, temperature=t,
+                                                device="cpu").to_arrays()
+        for key, value in kernel.items():
+            if key in ("count", "top_count", "intersection", "predicted", "reference"):
+                assert np.abs(value - torch_path[key]).sum() <= 2, key  # a bin-edge voxel
+            elif value.dtype.kind == "f":
+                np.testing.assert_allclose(value, torch_path[key], atol=1e-6, err_msg=key)

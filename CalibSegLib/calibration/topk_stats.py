@@ -4,24 +4,32 @@ Per voxel only the K stored classes and the tail are touched: a top class adds
 its probability to its own bin; the ``C - K`` tail classes all have the same
 probability (the tail mass shared equally), so they are added once to a shared
 row (later added to every class) and taken back from the K top classes' rows
-(``O(K)`` work per voxel for any class count). The top label is ``indices[0]``;
-the reference class's probability (NLL, Brier, ``sum_y`` bin) is its top-k
-probability, or for a reference class among the unnamed ones their equal share.
+(``O(K)`` work per voxel for any class count). A compiled kernel on the CPU
+(threads over voxel ranges, as the other kernels), torch operations on other
+devices (and on request on the CPU); both give the same integer sums up to
+float64 rounding of a probability at a bin edge or a fixed-point half-step.
+The top label is ``indices[0]``; the reference class's probability (NLL, Brier,
+``sum_y`` bin) is its top-k probability, or for a reference class among the
+unnamed ones their equal share.
 
 All sums are integers until the end — counts, and probabilities, NLL and Brier
 terms in fixed point (``round(x * 2**q)``) — so any split of a volume merges to
 identical numbers (as long as a sum stays below ``2**53`` units: ``2**27`` voxels
-of probability 1 per bin). Torch operations on the arrays' device: CPU, or CUDA.
+of probability 1 per bin).
 """
 
 from __future__ import annotations
 
+import math
+
+import numba
 import numpy as np
 import torch
 
 from CalibSegLib.calibration.kernels import NLL_FLOOR, Accumulators
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.inference.topk import TopKPrediction
+from CalibSegLib.inference.topk_kernel import _decode_voxel
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
 
 #: Fixed-point shifts: probabilities, NLL terms (<= 27.7), Brier terms (<= 2).
@@ -178,7 +186,8 @@ def stats_from_topk(prediction: TopKPrediction, target, n_bins: int = 20, *,
     image_id, mask, class_names, progress, cancel
         As :meth:`ReliabilityStats.from_probs`.
     device
-        Torch device to compute on (default the CPU; ``"cuda"`` moves each chunk there).
+        ``None``: the compiled CPU kernel; a torch device (``"cuda"``, or ``"cpu"``
+        for the torch path on the CPU): torch operations there, chunk by chunk.
     """
     from CalibSegLib.calibration.binning import bin_edges, check_n_bins
     from CalibSegLib.calibration.stats import ReliabilityStats, _raise_on_bad_input
@@ -194,7 +203,191 @@ def stats_from_topk(prediction: TopKPrediction, target, n_bins: int = 20, *,
         raise CalibSegError(
             f"{len(names)} class names given for {prediction.num_classes} classes.")
     acc = Accumulators(prediction.num_classes, n_bins, soft=False)
-    accumulate_topk(acc, prediction, target, t, bin_edges(n_bins), mask, chunk_voxels, device,
-                    progress, cancel)
+    if device is None:
+        accumulate_topk_cpu(acc, prediction, target, t, bin_edges(n_bins), mask, chunk_voxels,
+                            progress, cancel)
+    else:
+        accumulate_topk(acc, prediction, target, t, bin_edges(n_bins), mask, chunk_voxels,
+                        device, progress, cancel)
     _raise_on_bad_input(acc.scalars)
     return ReliabilityStats._from_accumulators(str(image_id), n_bins, acc, names)
+
+
+# ---------------------------------------------------------------------------- CPU kernel
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bin(p, edges, n_bins):  # pragma: no cover - compiled
+    """Number of inner float32 edges below float32 ``p`` (the bin rule of the kernels)."""
+    q = np.float32(p)
+    lo = 1
+    hi = n_bins
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if edges[mid] < q:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _stats_range(indices, gaps, tail, labels, mask, has_mask, num_classes, a, forms, lowers,
+                 forms2, lowers2, log_n, u, edges, start, stop, count, sum_q, sum_y,
+                 shared_count, shared_q, top_count, top_q, top_y, intersection, predicted,
+                 reference, scalars):  # pragma: no cover - compiled
+    """Integer sums of voxels ``start:stop`` (as :func:`accumulate_topk`'s torch path)."""
+    k = indices.shape[0]
+    n_bins = edges.shape[0] - 1
+    n_rest = num_classes - k
+    scale = float(1 << _Q_P)
+    probs = np.empty(k, np.float64)
+    bins = np.empty(k, np.int64)
+    nll = np.int64(0)
+    brier = np.int64(0)
+    voxels = 0
+    bad = 0
+    for j in range(start, stop):
+        if has_mask and not mask[j]:
+            continue
+        t = np.int64(labels[j])
+        if t < 0 or t >= num_classes:
+            bad += 1
+            continue
+        voxels += 1
+        summary, _, _, square = _decode_voxel(gaps, tail, j, a, forms, lowers, forms2,
+                                              lowers2, log_n, u, probs)
+        label_bin = -1
+        p_label = 0.0
+        for r in range(k):
+            c = np.int64(indices[r, j])
+            b = _bin(probs[r], edges, n_bins)
+            bins[r] = b
+            q = np.int64(probs[r] * scale + 0.5)
+            count[c, b] += 1
+            sum_q[c, b] += q
+            if c == t:
+                label_bin = b
+                p_label = probs[r]
+        if n_rest > 0:
+            share = summary / n_rest
+            bt = _bin(share, edges, n_bins)
+            qt = np.int64(share * scale + 0.5)
+            shared_count[bt] += 1
+            shared_q[bt] += qt
+            for r in range(k):
+                c = np.int64(indices[r, j])
+                count[c, bt] -= 1
+                sum_q[c, bt] -= qt
+            if label_bin < 0:
+                label_bin = bt
+                p_label = share
+        sum_y[t, label_bin] += 1
+        first = np.int64(indices[0, j])
+        b0 = bins[0]
+        top_count[b0] += 1
+        top_q[b0] += np.int64(probs[0] * scale + 0.5)
+        predicted[first] += 1
+        reference[t] += 1
+        if first == t:
+            top_y[b0] += 1
+            intersection[t] += 1
+        nll += np.int64(-math.log(max(p_label, NLL_FLOOR)) * float(1 << _Q_NLL) + 0.5)
+        brier += np.int64(max(square - 2.0 * p_label + 1.0, 0.0) * float(1 << _Q_BRIER) + 0.5)
+    scalars[0] += nll
+    scalars[1] += brier
+    scalars[2] += voxels
+    scalars[3] += bad
+
+
+def accumulate_topk_cpu(acc: Accumulators, prediction: TopKPrediction, target, temperature,
+                        edges: np.ndarray, mask=None, chunk_voxels: int = DEFAULT_CHUNK_VOXELS,
+                        progress: ProgressCallback | None = None,
+                        cancel: CancelCallback | None = None) -> None:
+    """:func:`accumulate_topk` by the compiled kernel: threads take voxel ranges into
+    their own integer sums (summed in a fixed order: exact, independent of scheduling)."""
+    from CalibSegLib.inference.topk import FLOAT16_ROUNDOFF
+    from CalibSegLib.inference.topk_kernel import _tail_arguments
+    from CalibSegLib.threads import default_threads, guided_bounds, run_tasks
+
+    c, b = prediction.num_classes, len(edges) - 1
+    k = prediction.k
+    a, forms, lowers, forms2, lowers2, log_n = _tail_arguments(c, k, temperature)
+    n = prediction.num_voxels
+    idx_all = prediction.indices.reshape(k, n)
+    gaps_all = prediction.gaps.reshape(prediction.gaps.shape[0], n)
+    tail_all = prediction.tail.reshape(prediction.tail.shape[0], n)
+    labels_all = np.asarray(target.detach().cpu().numpy() if isinstance(target, torch.Tensor)
+                            else target).reshape(n)
+    if labels_all.dtype.kind not in "iu":
+        labels_all = labels_all.astype(np.int64)
+    mask_all = None if mask is None else np.asarray(
+        mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else mask,
+        dtype=bool).reshape(n)
+    edges32 = np.asarray(edges, np.float32)
+    threads = default_threads()
+    sums = _IntegerSums(c, b)
+    step = max(int(chunk_voxels), 1) * 4
+    for first in range(0, n, step):
+        check_cancel(cancel, "calibration statistics computation")
+        last = min(n, first + step)
+        idx = np.ascontiguousarray(idx_all[:, first:last])
+        gaps = np.ascontiguousarray(gaps_all[:, first:last], dtype=np.float32)
+        tail = np.ascontiguousarray(tail_all[:, first:last], dtype=np.float32)
+        labels = np.ascontiguousarray(labels_all[first:last])
+        m = (np.ones(1, bool) if mask_all is None
+             else np.ascontiguousarray(mask_all[first:last]))
+        workers = min(threads, max(1, (last - first) // (1 << 15)))
+        bounds = guided_bounds(last - first, workers, 1 << 14)
+        parts = [_IntegerSums(c, b) for _ in range(len(bounds) - 1)]
+
+        def work(i: int, idx=idx, gaps=gaps, tail=tail, labels=labels, m=m, bounds=bounds,
+                 parts=parts) -> None:
+            p = parts[i]
+            _stats_range(idx, gaps, tail, labels, m, mask_all is not None, c, a, forms, lowers,
+                         forms2, lowers2, log_n, FLOAT16_ROUNDOFF, edges32, bounds[i],
+                         bounds[i + 1], p.count, p.sum_q, p.sum_y, p.shared_count,
+                         p.shared_q, p.top_count, p.top_q, p.top_y, p.intersection,
+                         p.predicted, p.reference, p.scalars)
+
+        run_tasks(work, len(bounds) - 1, workers)
+        for p in parts:
+            sums.add(p)
+        report(progress, last / max(n, 1), "calibration statistics")
+    sums.into(acc)
+
+
+class _IntegerSums:
+    """int64 sums of one task (fixed-point probabilities, NLL and Brier)."""
+
+    def __init__(self, c: int, b: int) -> None:
+        self.count = np.zeros((c, b), np.int64)
+        self.sum_q = np.zeros((c, b), np.int64)
+        self.sum_y = np.zeros((c, b), np.int64)
+        self.shared_count = np.zeros(b, np.int64)
+        self.shared_q = np.zeros(b, np.int64)
+        self.top_count = np.zeros(b, np.int64)
+        self.top_q = np.zeros(b, np.int64)
+        self.top_y = np.zeros(b, np.int64)
+        self.intersection = np.zeros(c, np.int64)
+        self.predicted = np.zeros(c, np.int64)
+        self.reference = np.zeros(c, np.int64)
+        self.scalars = np.zeros(4, np.int64)  # NLL, Brier (fixed point), voxels, bad labels
+
+    def add(self, other: _IntegerSums) -> None:
+        for name, value in vars(other).items():
+            getattr(self, name).__iadd__(value)
+
+    def into(self, acc: Accumulators) -> None:
+        acc.count += self.count + self.shared_count[None]
+        acc.sum_p += (self.sum_q + self.shared_q[None]).astype(np.float64) * 2.0 ** -_Q_P
+        acc.sum_y += self.sum_y.astype(np.float64)
+        acc.top_count += self.top_count
+        acc.top_sum_p += self.top_q.astype(np.float64) * 2.0 ** -_Q_P
+        acc.top_sum_y += self.top_y.astype(np.float64)
+        acc.intersection += self.intersection
+        acc.predicted += self.predicted
+        acc.reference += self.reference
+        acc.scalars[0] += float(self.scalars[0]) * 2.0 ** -_Q_NLL
+        acc.scalars[1] += float(self.scalars[1]) * 2.0 ** -_Q_BRIER
+        acc.scalars[2] += float(self.scalars[2])
+        acc.scalars[3] += float(self.scalars[3])

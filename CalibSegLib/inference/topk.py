@@ -426,6 +426,8 @@ class TopKPrediction:
         per chunk (a newer temperature arrived).
         """
         t = self.temperature if temperature is None else check_temperature(temperature)
+        if device is None or torch.device(device).type == "cpu":
+            return self._maps_cpu(t, region, chunk_voxels, cancel)
         out_c = out_h = None
         for start, stop, v, spatial in self.blocks(t, region, chunk_voxels, device):
             check_cancel(cancel, "map computation")
@@ -439,6 +441,22 @@ class TopKPrediction:
             spatial = self._region(region)[3]
             return np.empty(spatial, np.float32), np.empty(spatial, np.float32)
         return out_c.reshape(spatial), out_h.reshape(spatial)
+
+    def _maps_cpu(self, t: float, region, chunk_voxels: int, cancel: CancelCallback | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`maps` by the compiled kernel (``topk_kernel.maps_cpu``)."""
+        from CalibSegLib.inference.topk_kernel import maps_cpu
+
+        _, gaps, tail, spatial = self._region(region)
+        n = gaps.shape[1] if gaps.shape[0] else tail.shape[1]
+        confidence, entropy = np.empty(n, np.float32), np.empty(n, np.float32)
+        step = max(int(chunk_voxels), 1) * 8
+        for start in range(0, n, step):
+            check_cancel(cancel, "map computation")
+            stop = min(n, start + step)
+            c, h = maps_cpu(gaps[:, start:stop], tail[:, start:stop], self.num_classes, t)
+            confidence[start:stop], entropy[start:stop] = c, h
+        return confidence.reshape(spatial), entropy.reshape(spatial)
 
     def class_probability(self, class_index: int, temperature: float | None = None,
                           region=None, device=None) -> np.ndarray:

@@ -106,3 +106,131 @@ def compact_block_cpu(z: np.ndarray, k: int, index_dtype: np.dtype
 
     run_tasks(work, len(bounds) - 1, workers)
     return idx.astype(index_dtype), gaps.astype(np.float16), tail.astype(np.float16)
+
+
+# ---------------------------------------------------------------------------- decoding
+
+def tail_forms(a: float) -> tuple[np.ndarray, int]:
+    """``(forms, lowers)``: the linear forms of ``topk.tail_log_partition`` at ``a``.
+
+    Over ``(log n, f(1/3), f(1), f(2))``, as rows ``[upper, lower..., estimate, slope]``
+    (``(6, 4)`` float64, unused lower rows zero) and the number of lower forms."""
+    from CalibSegLib.inference.topk import _convex_bounds, _quadratic
+
+    upper, lowers = _convex_bounds(float(a))
+    est, slope = _quadratic(float(a))
+    forms = np.zeros((6, 4), np.float64)
+    forms[0] = upper
+    for i, form in enumerate(lowers):
+        forms[1 + i] = form
+    forms[4, 1:] = est
+    forms[5, 1:] = slope
+    return forms, len(lowers)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _form(forms, row, v0, v1, v2, v3):  # pragma: no cover - compiled
+    return forms[row, 0] * v0 + forms[row, 1] * v1 + forms[row, 2] * v2 + forms[row, 3] * v3
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _slack(forms, row, v1, v2, v3, u):  # pragma: no cover - compiled
+    return (abs(forms[row, 1] * v1) + abs(forms[row, 2] * v2) + abs(forms[row, 3] * v3)) * u
+
+
+@numba.njit(cache=True, nogil=True)
+def _tail_estimate(forms, lowers, a, log_n, d_last, v1, v2, v3, u):  # pragma: no cover
+    """``(estimate, slope)`` of the tail log-partition at ``a`` (as the torch path)."""
+    upper = min(log_n + a * d_last * (1.0 - u),
+                _form(forms, 0, log_n, v1, v2, v3) + _slack(forms, 0, v1, v2, v3, u))
+    lower = -np.inf
+    for i in range(lowers):
+        lower = max(lower, _form(forms, 1 + i, log_n, v1, v2, v3)
+                    - _slack(forms, 1 + i, v1, v2, v3, u))
+    lower = min(lower, upper)
+    estimate = min(max(_form(forms, 4, log_n, v1, v2, v3), lower), upper)
+    slope = min(_form(forms, 5, log_n, v1, v2, v3), d_last * (1.0 - u))
+    return estimate, slope
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_voxel(gaps, tail, j, a, forms, lowers, forms2, lowers2, log_n, u,
+                  probs):  # pragma: no cover - compiled
+    """Probabilities of voxel ``j`` into ``probs[:K]``; returns
+    ``(tail mass, mean gap term, log Z, Σ p²)``."""
+    k = gaps.shape[0] + 1
+    z_top = 1.0
+    probs[0] = 1.0
+    for r in range(1, k):
+        w = math.exp(a * np.float64(gaps[r - 1, j]))
+        probs[r] = w
+        z_top += w
+    s = 0.0
+    slope = 0.0
+    s2 = 0.0
+    if tail.shape[0] > 0:
+        d_last = np.float64(gaps[k - 2, j]) if k > 1 else 0.0
+        v1 = np.float64(tail[0, j])
+        v2 = np.float64(tail[1, j])
+        v3 = np.float64(tail[2, j])
+        f, slope = _tail_estimate(forms, lowers, a, log_n, d_last, v1, v2, v3, u)
+        f2, _ = _tail_estimate(forms2, lowers2, 2.0 * a, log_n, d_last, v1, v2, v3, u)
+        s = math.exp(f)
+        s2 = math.exp(f2)
+    z = z_top + s
+    mean_gap = 0.0
+    square = 0.0
+    for r in range(k):
+        p = probs[r] / z
+        probs[r] = p
+        if r > 0:
+            mean_gap += p * np.float64(gaps[r - 1, j])
+        square += p * p
+    summary = s / z
+    mean_gap += summary * slope
+    square += s2 / (z * z)
+    return summary, mean_gap, math.log(z), square
+
+
+@numba.njit(cache=True, nogil=True)
+def _maps_range(gaps, tail, a, forms, lowers, forms2, lowers2, log_n, u, inv_log_c,
+                confidence, entropy, start, stop):  # pragma: no cover - compiled
+    probs = np.empty(gaps.shape[0] + 1, np.float64)
+    for j in range(start, stop):
+        _, mean_gap, log_z, _ = _decode_voxel(gaps, tail, j, a, forms, lowers, forms2, lowers2,
+                                              log_n, u, probs)
+        confidence[j] = probs[0]
+        h = (log_z - a * mean_gap) * inv_log_c
+        entropy[j] = min(max(h, 0.0), 1.0)
+
+
+def _tail_arguments(num_classes: int, k: int, temperature: float):
+    a = 1.0 / float(temperature)
+    forms, lowers = tail_forms(a)
+    forms2, lowers2 = tail_forms(2.0 * a)
+    log_n = math.log(num_classes - k) if num_classes > k else 0.0
+    return a, forms, lowers, forms2, lowers2, log_n
+
+
+def maps_cpu(gaps: np.ndarray, tail: np.ndarray, num_classes: int, temperature: float
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """``(confidence, entropy / log C)`` float32 of flat ``(K-1, n)`` gaps and tail rows."""
+    from CalibSegLib.inference.topk import FLOAT16_ROUNDOFF
+
+    g = np.ascontiguousarray(gaps, dtype=np.float32)
+    t = np.ascontiguousarray(tail, dtype=np.float32)
+    n = g.shape[1] if g.shape[0] else t.shape[1]
+    k = g.shape[0] + 1
+    a, forms, lowers, forms2, lowers2, log_n = _tail_arguments(num_classes, k, temperature)
+    inv_log_c = 1.0 / math.log(num_classes) if num_classes > 1 else 0.0
+    confidence = np.empty(n, np.float32)
+    entropy = np.empty(n, np.float32)
+    workers = min(default_threads(), max(1, n // (4 * _SMALLEST_TASK)))
+    bounds = guided_bounds(n, workers, _SMALLEST_TASK)
+
+    def work(i: int) -> None:
+        _maps_range(g, t, a, forms, lowers, forms2, lowers2, log_n, FLOAT16_ROUNDOFF,
+                    inv_log_c, confidence, entropy, bounds[i], bounds[i + 1])
+
+    run_tasks(work, len(bounds) - 1, workers)
+    return confidence, entropy
