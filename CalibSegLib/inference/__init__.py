@@ -1,12 +1,18 @@
 """Inference: :func:`predict` a volume with a model, :func:`apply_temperature` without re-running.
 
 All results are on the input grid; see :class:`Prediction` for the fields and
-their memory use.
+their memory use. :class:`TopKPrediction` is the compact form (at most 16 bytes per
+voxel for any class count): :func:`compact_logits`, :func:`sliding_window_topk`,
+:func:`write_topk` / :func:`read_topk`.
 """
 
 from CalibSegLib.inference.predict import predict, resolve_device, validate_input
 from CalibSegLib.inference.prediction import Prediction, apply_temperature, probability_maps
 from CalibSegLib.inference.resample import model_grid, resample
+from CalibSegLib.inference.streaming import sliding_window_topk
+from CalibSegLib.inference.topk import TopKPrediction, compact_logits
+from CalibSegLib.inference.topk_io import read_topk, write_topk
 
-__all__ = ["Prediction", "apply_temperature", "model_grid", "predict", "probability_maps",
-           "resample", "resolve_device", "validate_input"]
+__all__ = ["Prediction", "TopKPrediction", "apply_temperature", "compact_logits", "model_grid",
+           "predict", "probability_maps", "read_topk", "resample", "resolve_device",
+           "sliding_window_topk", "validate_input", "write_topk"]
