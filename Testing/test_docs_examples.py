@@ -39,7 +39,7 @@ SHORT = {
     "explain": ["--steps", "2", "--blocks", "2"],
     "report": ["--no-faithfulness"],
     "train": ["--train-seeds", "1", "--val-seeds", "2", "--steps", "2", "--patch", "32",
-              "--crop", "30:62,40:72,30:62", "--push-cases", "1", "--threads", "1"],
+              "--crop", "30:62,40:72,30:62", "--push-cases", "1"],
 }
 #: Options whose value is lowered only where an example gives them.
 LOWER = {"--sites": "2", "--rounds": "1", "--local-steps": "1"}
