@@ -12,6 +12,7 @@ import asyncio
 import base64
 import io
 import sys
+import time
 import traceback
 from collections.abc import Callable
 
@@ -39,6 +40,8 @@ VIEW_A, VIEW_B = "Red", layouts.COMPARE_VIEW
 POLL_SECONDS = 0.25
 #: A temperature is applied to the whole volume once its slider rests this long.
 APPLY_AFTER_SECONDS = 0.4
+#: After a layout change or a new image, views the page resizes are fitted again for this long.
+REFIT_SECONDS = 5.0
 
 
 def pngDataUri(image) -> str:
@@ -81,7 +84,9 @@ class CalibSegWebApp(TrameApp):
         self.session = ViewerSession(self.slicerApp.scene, catalogue, folder, device=device)
         self._syncing = False
         self._temperatureTicket = 0
+        self._refitUntil = 0.0
         self._observeClicks()
+        self._observeResizes()
         self._initState()
         self._buildUi()
 
@@ -183,11 +188,33 @@ class CalibSegWebApp(TrameApp):
                                 f"{limit / 2**20:.0f} MiB; pass its path to 'calibseg view'.")
         return self.session.folder.saveUpload(upload.name, upload.content or b""), upload.name
 
-    def _afterInput(self) -> None:
-        self.layoutManager.set_layout(SINGLE)
-        for view in self.slicerApp.view_manager.get_slice_views():
+    def _shownSliceViews(self) -> list:
+        manager = self.slicerApp.view_manager
+        return manager.filter_visible_views(manager.get_slice_views())
+
+    def _fitViews(self) -> None:
+        """Fit the shown slice views to the image, now and whenever the page resizes one of
+        them during the next :data:`REFIT_SECONDS` (a view shown for the first time gets its
+        size from the page only then). Only shown views: a hidden view linked to them would
+        pass on its own zoom."""
+        self._refitUntil = time.monotonic() + REFIT_SECONDS
+        for view in self._shownSliceViews():
             view.fit_view_to_content()
             view.schedule_render()
+
+    def _observeResizes(self) -> None:
+        for view in self.slicerApp.view_manager.get_slice_views():
+            def onResize(_obj, _event, _view=view):
+                if time.monotonic() < self._refitUntil and _view in self._shownSliceViews():
+                    _view.fit_view_to_content()
+                    _view.schedule_render()
+
+            # after the view's own handler, which gives the slice node its new size
+            view.interactor().AddObserver("WindowResizeEvent", onResize, -1.0)
+
+    def _afterInput(self) -> None:
+        self.layoutManager.set_layout(SINGLE)
+        self._fitViews()
         with self.state:
             self.state.reference = None
             self.state.probe = None
@@ -254,9 +281,7 @@ class CalibSegWebApp(TrameApp):
             return
         self.layoutManager.set_layout(COMPARE if compare else SINGLE)
         self._showOverlay()
-        for view in self.slicerApp.view_manager.get_slice_views():
-            view.fit_view_to_content()
-        self._render()
+        self._fitViews()
 
     @change("temperature_A", "temperature_B")
     def _onTemperature(self, temperature_A, temperature_B, **_):
