@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calibseg view: error: {exc}", file=sys.stderr)
         return 2
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    from vtkmodules.vtkCommonCore import vtkObject
+
+    vtkObject.GlobalWarningDisplayOff()  # VTK's deprecation warnings mean nothing to users
     from CalibSegSlicer import locations
 
     import CalibSegWeb  # noqa: F401  (puts CalibSegSlicer on sys.path)
