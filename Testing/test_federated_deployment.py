@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.federated import SiteSpec, load_cohort, reliability, server
+from CalibSegLib.federated import SiteSpec, load_cohort, reliability
 from CalibSegLib.federated.credentials import create_certificates
 from CalibSegLib.federated.local import LocalFederation
 
@@ -62,6 +62,44 @@ def central_cases(model):
             for case in load_cohort(spec, model_spacing_mm=model.card.spacing_mm)]
 
 
+#: The central evaluation of every site's cases together, run as its own process: like the
+#: SuperNodes' ClientApps, a fresh process with torch's default thread count (a test that
+#: changed this process's thread count cannot change the reference).
+CENTRAL = """
+import json, sys
+import numpy as np
+from CalibSegLib.cohort import evaluate_cohort, fit_cohort_temperature
+from CalibSegLib.federated import SiteSpec, load_cohort, server
+from CalibSegLib.models import load_model
+model_folder, n_bins, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+model = load_model(model_folder)
+sites = [SiteSpec(**spec) for spec in json.loads(sys.argv[4])]
+cases = [c for s in sites for c in load_cohort(s, model_spacing_mm=model.card.spacing_mm)]
+stats, _ = evaluate_cohort(model, cases, n_bins=n_bins, device="cpu")
+np.savez(out + ".npz", **{k: np.asarray(v) for k, v in stats.to_arrays().items()})
+t, info = fit_cohort_temperature(model, cases, grid=server.DEFAULT_TEMPERATURES, device="cpu")
+json.dump({"temperature": t, **info}, open(out + ".json", "w"))
+"""
+
+
+@pytest.fixture(scope="module")
+def central(model_folder, tmp_path_factory):
+    """``(ReliabilityStats, temperature, info)`` of the central evaluation of all cases."""
+    import subprocess
+    import sys
+
+    from CalibSegLib.calibration import ReliabilityStats
+
+    out = str(tmp_path_factory.mktemp("central") / "central")
+    specs = [{"name": s.name, "seeds": list(s.seeds), "resolution_mm": s.resolution_mm}
+             for s in SITES]
+    subprocess.run([sys.executable, "-c", CENTRAL, model_folder, str(N_BINS), out,
+                    json.dumps(specs)], check=True, timeout=RUN_TIMEOUT)
+    info = json.loads(open(out + ".json", encoding="utf-8").read())
+    stats = ReliabilityStats.from_arrays(dict(np.load(out + ".npz")))
+    return stats, info.pop("temperature"), info
+
+
 def _run(fed: LocalFederation, **config):
     result = fed.run(config, timeout=RUN_TIMEOUT)
     assert result.ok, f"{result.status} {result.details}\n{result.log[-3000:]}"
@@ -88,9 +126,8 @@ def test_deployment_runs_with_tls_and_registered_nodes(federation):
     assert set(federation.node_ids) == {"site-1", "site-2"}
 
 
-def test_deployed_evaluation_equals_central(evaluation, model, central_cases):
+def test_deployed_evaluation_equals_central(evaluation, central):
     from CalibSegLib.calibration import ReliabilityStats
-    from CalibSegLib.cohort import evaluate_cohort
 
     run, out = evaluation
     assert "calibseg: pooled over 2 site(s)" in run.log
@@ -98,8 +135,7 @@ def test_deployed_evaluation_equals_central(evaluation, model, central_cases):
     assert {o["site"]: o["status"] for o in summary["outcomes"]} == {"site-1": "ok",
                                                                      "site-2": "ok"}
     fed = ReliabilityStats.from_arrays(dict(np.load(os.path.join(out, "pooled_statistics.npz"))))
-    central, _ = evaluate_cohort(model, central_cases, n_bins=N_BINS, device="cpu")
-    a, b = fed.to_arrays(), central.to_arrays()
+    a, b = fed.to_arrays(), central[0].to_arrays()
     numeric = [k for k in b if np.asarray(b[k]).dtype.kind in "biuf"]
     assert numeric and set(numeric) <= set(a)
     for key in numeric:
@@ -109,7 +145,7 @@ def test_deployed_evaluation_equals_central(evaluation, model, central_cases):
             np.testing.assert_array_equal(x, y, err_msg=key)
         else:
             np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12, err_msg=key)
-    pooled = reliability.summary_metrics(central)
+    pooled = reliability.summary_metrics(central[0])
     for key in ("ace", "ece", "mce", "mean_dice"):
         assert summary["pooled"][key] == pytest.approx(pooled[key], rel=1e-12, abs=1e-15)
 
@@ -130,9 +166,8 @@ def test_deployed_wire_bytes_are_bounded_statistics(evaluation, model, central_c
     assert 0 < run.inbound_bytes < central_cases[0].labels.size
 
 
-def test_deployed_temperature_equals_central(federation, model, model_folder, central_cases,
+def test_deployed_temperature_equals_central(federation, model, model_folder, central,
                                              tmp_path):
-    from CalibSegLib.cohort import fit_cohort_temperature
     from CalibSegLib.models import load_model
 
     out = str(tmp_path / "calibrated")
@@ -141,8 +176,7 @@ def test_deployed_temperature_equals_central(federation, model, model_folder, ce
     fitted = load_model(out)
     record = json.loads(open(os.path.join(out, "federated_temperature.json"),
                              encoding="utf-8").read())
-    t_central, info = fit_cohort_temperature(model, central_cases,
-                                             grid=server.DEFAULT_TEMPERATURES, device="cpu")
+    _, t_central, info = central
     assert fitted.temperature == record["temperature"] == t_central
     assert record["voxel_count"] == info["voxels"]
     assert min(record["mean_nll"]) == pytest.approx(info["nll_at_fitted_grid_point"], rel=1e-12)
