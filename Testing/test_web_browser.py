@@ -10,14 +10,10 @@ the test skips (saying so) where it is absent.
 
 from __future__ import annotations
 
-import io
 import os
-import queue
 import re
 import shutil
-import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -35,8 +31,9 @@ pytestmark = [
                        "apt-get install chromium; .ci/run installs it)"),
 ]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run"]
+sys.path.insert(0, ROOT)
+from CalibSegWeb import browser_tour as tour  # noqa: E402
+
 TIMEOUT_MS = 90_000
 
 
@@ -45,37 +42,18 @@ def server(tmp_path_factory):
     """``calibseg view --sample`` on 127.0.0.1 and a free port; yields (url, private folder)."""
     not_a_model = tmp_path_factory.mktemp("not-a-model")
     (not_a_model / "readme.txt").write_text("no model here")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "CalibSegLib.cli", "view", "--sample", "--port", "0",
-         "--model", str(not_a_model)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in process.stdout], daemon=True).start()
-    url = folder = None
-    deadline = time.monotonic() + 120
-    while url is None and time.monotonic() < deadline and process.poll() is None:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        folder = folder or (re.search(r"go to (\S+) \(removed", line) or [None, None])[1]
-        match = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
-        url = match[1] if match else None
-    if url is None:
-        process.kill()
-        pytest.fail("calibseg view did not print its URL")
+    try:
+        process, url, folder = tour.start_app(["--model", str(not_a_model)])
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     yield url, folder
     process.terminate()
     assert process.wait(timeout=30) == 0
     assert folder and not os.path.exists(folder), "the private folder was not removed on exit"
 
 
-def views_image(page) -> np.ndarray:
-    from PIL import Image
-
-    png = page.locator("#views").screenshot()
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
+views_image = tour.views_image
+choose = tour.choose
 
 
 def wait_for_new_image(page, previous: np.ndarray, timeout: float = 30.0) -> np.ndarray:
@@ -87,11 +65,6 @@ def wait_for_new_image(page, previous: np.ndarray, timeout: float = 30.0) -> np.
         image = views_image(page)
     time.sleep(1.0)  # let the last frames arrive
     return views_image(page)
-
-
-def choose(page, select_id: str, text: str) -> None:
-    page.locator(f"#{select_id}").click(force=True)  # the field's own layer takes clicks
-    page.locator(".v-overlay .v-list-item", has_text=text).first.click()
 
 
 def slider_key(page, box_id: str, key: str) -> None:
@@ -110,7 +83,7 @@ def wait_run_done(page) -> None:
 def test_view_in_a_headless_browser(server):
     url, _ = server
     with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=tour.BROWSER_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(TIMEOUT_MS)
