@@ -14,6 +14,8 @@ differences ``d_c = z_c - max_j z_j <= 0`` matter, at every temperature ``T``
 
 Sizes: ``K = min(C, 4)`` up to 256 classes (4 + 6 + 6 = 16 bytes), ``K = 3``
 beyond (6 + 4 + 6 = 16 bytes); 3 classes take 7 bytes (no tail), 2 classes 4.
+CPU work runs in compiled kernels (:mod:`CalibSegLib.inference.topk_kernel`); the
+torch operations here serve other devices (CUDA) and are tested equal.
 
 Temperature. ``f`` is convex and decreasing in ``a`` (its derivative is the mean
 tail logit under ``exp(a d)`` weights). Between the stored points ``f(a)`` is read
@@ -29,7 +31,7 @@ Per-class probabilities of tail classes are the tail mass shared equally.
 Error bounds (``u = 2**-11``, float16 rounding):
 
 - labels and Dice: exact;
-- a probability of a top-K class: ``|Δp| <= u (1/e + ln K) + τ`` where ``τ`` is the
+- a probability of a top-K class: ``|Δp| <= 2u (1/e + ln K) + τ`` where ``τ`` is the
   width of the voxel's tail-mass interval (0 without a tail, and at T = 0.5, 1, 3
   up to rounding ``u |f|`` of ``f``); with the tail share rule, a tail class's
   probability is off by at most the tail mass;
@@ -40,7 +42,8 @@ Error bounds (``u = 2**-11``, float16 rounding):
 
 On the sample cases (3 classes: no tail) and a 25-class synthetic case all of
 ECE, ACE, MCE (top-label and marginal), Dice, NLL and Brier stay within 1e-3 of
-the full-precision values at T in [0.5, 3] (``Testing/test_topk.py``).
+the full-precision values at T in [0.5, 3] (``Testing/test_topk.py``); readings,
+and a stress case where they do not, in ``docs/bench/compact.md``.
 """
 
 from __future__ import annotations
