@@ -255,7 +255,7 @@ def _stats_range(indices, gaps, tail, labels, mask, has_mask, num_classes, a, fo
             continue
         voxels += 1
         summary, _, _, square = _decode_voxel(gaps, tail, j, a, forms, lowers, forms2,
-                                              lowers2, log_n, u, probs)
+                                              lowers2, log_n, u, probs, True)
         label_bin = -1
         p_label = 0.0
         for r in range(k):

@@ -154,10 +154,10 @@ def _tail_estimate(forms, lowers, a, log_n, d_last, v1, v2, v3, u):  # pragma: n
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_voxel(gaps, tail, j, a, forms, lowers, forms2, lowers2, log_n, u,
-                  probs):  # pragma: no cover - compiled
+def _decode_voxel(gaps, tail, j, a, forms, lowers, forms2, lowers2, log_n, u, probs,
+                  need_square):  # pragma: no cover - compiled
     """Probabilities of voxel ``j`` into ``probs[:K]``; returns
-    ``(tail mass, mean gap term, log Z, Σ p²)``."""
+    ``(tail mass, mean gap term, log Z, Σ p²)`` (``Σ p²`` only with ``need_square``)."""
     k = gaps.shape[0] + 1
     z_top = 1.0
     probs[0] = 1.0
@@ -174,9 +174,10 @@ def _decode_voxel(gaps, tail, j, a, forms, lowers, forms2, lowers2, log_n, u,
         v2 = np.float64(tail[1, j])
         v3 = np.float64(tail[2, j])
         f, slope = _tail_estimate(forms, lowers, a, log_n, d_last, v1, v2, v3, u)
-        f2, _ = _tail_estimate(forms2, lowers2, 2.0 * a, log_n, d_last, v1, v2, v3, u)
         s = math.exp(f)
-        s2 = math.exp(f2)
+        if need_square:
+            f2, _ = _tail_estimate(forms2, lowers2, 2.0 * a, log_n, d_last, v1, v2, v3, u)
+            s2 = math.exp(f2)
     z = z_top + s
     mean_gap = 0.0
     square = 0.0
@@ -198,7 +199,7 @@ def _maps_range(gaps, tail, a, forms, lowers, forms2, lowers2, log_n, u, inv_log
     probs = np.empty(gaps.shape[0] + 1, np.float64)
     for j in range(start, stop):
         _, mean_gap, log_z, _ = _decode_voxel(gaps, tail, j, a, forms, lowers, forms2, lowers2,
-                                              log_n, u, probs)
+                                              log_n, u, probs, False)
         confidence[j] = probs[0]
         h = (log_z - a * mean_gap) * inv_log_c
         entropy[j] = min(max(h, 0.0), 1.0)
