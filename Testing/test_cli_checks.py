@@ -68,7 +68,7 @@ def _img(files, name="image.nii.gz"):
 # --------------------------------------------------------------------------- fail fast
 BAD_RUNS = {
     "unknown class": (lambda f: ["explain", _img(f), "--model", MODEL, "--class", "gray matter",
-                                 "-o", str(f / "x")], "unknown to the model"),
+                                 "-o", str(f / "x")], "Unknown class 'gray matter'"),
     "text file as image": (lambda f: ["predict", _img(f, "notes.nii.gz"), "--model", MODEL,
                                       "-o", str(f / "x")], "is a text file, not an image"),
     "empty file as image": (lambda f: ["predict", _img(f, "empty.nii.gz"), "--model", MODEL,

@@ -83,7 +83,7 @@ def class_index(value: str | None, class_names: Sequence[str], folder: str) -> i
     if text.lower() in lowered:
         return lowered.index(text.lower())
     known = ", ".join(f"{i} {name!r}" for i, name in enumerate(class_names))
-    raise CalibSegError(f"--class {value!r}: unknown to the model in {folder}; it knows "
+    raise CalibSegError(f"Unknown class {value!r} (--class); the model in {folder} knows "
                         f"{known}.")
 
 
