@@ -14,8 +14,8 @@ EXAMPLE = "calibseg sample-data mni-t1 --resolution 2 --shift-seed 7 -o out/samp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("case", nargs="?", default="mni-t1", choices=["mni-t1", "ct-chest"],
-                        help="sample case (default: mni-t1)")
+    parser.add_argument("case", nargs="?", default="mni-t1",
+                        help="sample case: mni-t1 or ct-chest (default: mni-t1)")
     parser.add_argument("--resolution", type=float, default=None,
                         help="voxel size in mm, mni-t1 only: 1, 2, 3 … (default: 2; ct-chest "
                              "comes on its native 3.05 x 3.05 x 10 mm grid)")
@@ -32,9 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check(args: argparse.Namespace) -> float:
     """Options and outputs before any data is generated; the resolution to use."""
+    from CalibSegLib.data.sample import available_cases
     from CalibSegLib.errors import CalibSegError
     from CalibSegLib.io import refuse_overwrite
 
+    if args.case not in available_cases():
+        raise CalibSegError(f"Unknown sample case {args.case!r}; choose one of "
+                            f"{', '.join(available_cases())}.")
     resolution = args.resolution
     if args.case == "ct-chest":
         if resolution is not None:

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="validation folder or CSV (default: the last --val-count cases of DATA)")
     data.add_argument("--val-count", type=int, default=1,
                       help="cases of DATA held out for validation when --val is not given")
-    data.add_argument("--sample", default=None, metavar="NAME", choices=["mni-t1", "ct-chest"],
+    data.add_argument("--sample", default=None, metavar="NAME",
                       help="train on shifted variants of an embedded sample case (mni-t1 or "
                            "ct-chest)")
     data.add_argument("--resolution", type=float, default=2.0,
@@ -299,6 +299,11 @@ def check(args: argparse.Namespace) -> None:
     if args.val:
         _checks.input_file(args.val, "--val")
     if args.sample:
+        from CalibSegLib.data.sample import available_cases
+
+        if args.sample not in available_cases():
+            raise CalibSegError(f"Unknown sample case {args.sample!r}; choose one of "
+                                f"{', '.join(available_cases())}.")
         td.parse_seeds(args.train_seeds)
         td.parse_seeds(args.val_seeds)
         _parse_crop(args.crop)
