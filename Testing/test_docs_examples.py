@@ -28,6 +28,8 @@ SKIP = (
                       "an nnU-Net results folder trained elsewhere); the import is tested on "
                       "generated models in test_models_import.py and test_nnunet_import.py"),
     ("--site north=", "needs image folders held by real sites"),
+    ("calibseg view", "starts a web server that runs until it is stopped; the browser app is "
+                      "tested in test_web_*.py"),
 )
 
 #: Placeholder words of examples and what they stand for here.

@@ -159,7 +159,8 @@ def _ui_widgets() -> dict[str, str]:
 def test_every_widget_the_code_uses_exists_in_the_ui():
     widgets = _ui_widgets()
     used = set()
-    for name in ("CalibSeg.py", os.path.join("CalibSegSlicer", "widget.py")):
+    for name in ("CalibSeg.py", os.path.join("CalibSegSlicer", "widget.py"),
+                 os.path.join("CalibSegSlicer", "panel.py")):
         text = open(os.path.join(MODULE_DIR, name), encoding="utf-8").read()
         used |= set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", text))
     assert used, "the widget uses no self.ui.* names?"

@@ -360,7 +360,7 @@ def test_cli_credentials_are_what_flower_reads(tmp_path, capfd):
         assert try_load_public_key(out / f"{name}.pub")  # what flwr supernode register reads
     capfd.readouterr()
     assert main(["federated", "credentials", "-o", str(out), "--site", "north"]) == 2
-    assert "already exists" in capfd.readouterr().err
+    assert "--overwrite" in capfd.readouterr().err
 
 
 def test_cli_deploy_prints_the_exact_commands(tmp_path, capfd):
@@ -391,3 +391,27 @@ def test_cli_deploy_prints_the_exact_commands(tmp_path, capfd):
     run = next(c for c in commands if c[:2] == ["flwr", "run"])
     assert "model='/models/brain'" in run[run.index("--run-config") + 1]
     assert 'address = "fl.example.org:9093"' in (home / "config.toml").read_text()
+
+
+@pytest.mark.parametrize("task", ["evaluate", "calibrate", "finetune"])
+def test_existing_output_is_refused_before_any_work_unless_overwrite(tmp_path, capfd, task,
+                                                                    monkeypatch):
+    """The command line's one rule: an existing output is refused, naming --overwrite."""
+    from CalibSegLib.cli import main
+    from CalibSegLib.federated import api
+
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started although the output exists")
+
+    monkeypatch.setattr(api, "run_federation", no_work)
+    model = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "Resources", "Models", "dicece")
+    assert main(["federated", task, "--model", model, "-o", str(out),
+                 "--sites", "1"]) == 2
+    err = capfd.readouterr().err
+    assert "already exists" in err and "--overwrite" in err
+    assert (out / "keep.txt").read_text() == "mine"

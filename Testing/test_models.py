@@ -129,13 +129,28 @@ def test_safetensors_round_trip(tmp_path, head):
 def test_save_never_overwrites_unless_asked(tmp_path):
     folder = tiny_model(str(tmp_path / "m"), head="linear")
     model = load_model(folder)
-    with pytest.raises(CalibSegError, match="already exists"):
+    with pytest.raises(CalibSegError, match="already exists.*--overwrite"):
         save_model(folder, model.card, model.network)
     save_model(folder, model.card.replace(temperature=2.0), model.network, overwrite=True,
                extra_files={"train.log": b"step 1\n"})
     assert load_model(folder).temperature == 2.0
     assert os.path.isfile(os.path.join(folder, "train.log"))
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".calibseg")]
+
+
+def test_saved_model_folder_has_one_file_mode(tmp_path):
+    """Card, weights (safetensors writes 0600) and copied files share one mode."""
+    import stat
+
+    folder = tiny_model(str(tmp_path / "m"), head="linear")
+    model = load_model(folder)
+    save_model(folder, model.card, model.network, overwrite=True,
+               extra_files={"gallery/proto_000.txt": b"x"})
+    modes = {stat.S_IMODE(os.stat(os.path.join(base, name)).st_mode)
+             for base, _, names in os.walk(folder) for name in names}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert modes == {0o666 & ~umask}
 
 
 def test_save_rejects_card_network_mismatch(tmp_path):

@@ -21,7 +21,7 @@ COMMON=(
     --sample mni-t1 --resolution 2 --train-seeds 1-40 --val-seeds 41-44
     --head prototype --channels 8,16,32 --strides 2,2 --res-units 0
     --feature-dim 16 --prototypes-per-class 4
-    --patch 48 --batch 2 --warmup-steps 20 --steps 360 --last-layer-steps 20
+    --patch 48 --batch 2 --warmup-steps 20 --steps 400 --last-layer-steps 20
     --lr 0.01 --last-layer-lr 0.001 --bins 20 --cluster-weight 0.5
     --seed 0 --threads 2 --push-cases 8 --overwrite
 )

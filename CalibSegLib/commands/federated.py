@@ -50,6 +50,8 @@ def _task_arguments(p: argparse.ArgumentParser, simulated: bool) -> None:
     p.add_argument("--model", required=True, help="model folder")
     p.add_argument("-o", "--output", required=True,
                    help="report folder (evaluate) or new model folder (calibrate, finetune)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output folder (default: refuse)")
     p.add_argument("--sites", type=int, default=3,
                    help="number of simulated sites holding shifted sample variants")
     p.add_argument("--site", action="append", default=[], metavar="NAME=FOLDER",
@@ -105,7 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cred.add_argument("--site", action="append", default=[], metavar="NAME",
                       help="a site to create a key pair for (repeat)")
     cred.add_argument("--days", type=int, default=365, help="certificate validity")
-    cred.add_argument("--force", action="store_true", help="replace existing files")
+    cred.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
+                      help="replace existing files (default: refuse)")
 
     deploy = sub.add_parser("deploy", help="print the exact flower-superlink, "
                             "flwr supernode register, flower-supernode and flwr run commands",
@@ -180,7 +183,8 @@ def _run_simulated(args: argparse.Namespace, quiet: bool) -> str:
         return written["line"]
     if args.action == "calibrate":
         result, _ = api.federated_calibrate(model, sites, output_model=args.output,
-                                            min_sites=args.min_sites, engine=args.engine)
+                                            min_sites=args.min_sites, engine=args.engine,
+                                            overwrite=args.overwrite)
         if not quiet:
             for site, t in result.site_temperatures.items():
                 print(f"  {site}: temperature {t:g} on its own cases")
@@ -188,7 +192,7 @@ def _run_simulated(args: argparse.Namespace, quiet: bool) -> str:
     result, _ = api.federated_finetune(model, sites, output_model=args.output,
                                        rounds=args.rounds, local_steps=args.local_steps,
                                        lr=args.lr, n_bins=args.bins, min_sites=args.min_sites,
-                                       engine=args.engine)
+                                       engine=args.engine, overwrite=args.overwrite)
     return outputs.finetune_line(result, args.output)
 
 
@@ -196,7 +200,8 @@ def _run_config(args: argparse.Namespace, task: str, site_names: list[str]) -> d
     config: dict[str, object] = {
         "task": task, "model": os.path.abspath(args.model),
         "output": os.path.abspath(args.output), "min-sites": int(args.min_sites),
-        "sites": ",".join(site_names), "timeout": float(args.timeout)}
+        "sites": ",".join(site_names), "timeout": float(args.timeout),
+        "overwrite": bool(getattr(args, "overwrite", False))}
     if task != "calibrate" and hasattr(args, "bins"):
         config["n-bins"] = int(args.bins)
     if task == "evaluate" and hasattr(args, "drift_threshold"):
@@ -218,8 +223,6 @@ def _run_local(args: argparse.Namespace, quiet: bool) -> str:
     card = ModelCard.from_file(os.path.join(args.model, "model.json"))
     sites = _sites(args, card.spacing_mm, quiet)
     api.check_request(sites, args.min_sites)
-    if os.path.exists(args.output):
-        raise CalibSegError(f"{args.output} already exists; choose a new output folder.")
     workdir = args.workdir or tempfile.mkdtemp(prefix="calibseg-federation-")
     level = "ERROR" if quiet else args.flower_log.upper()
     with LocalFederation(workdir, sites, timeout=args.timeout, log_level=level) as fed:
@@ -248,8 +251,8 @@ def _credentials(args: argparse.Namespace, quiet: bool) -> str:
     )
 
     tls = create_certificates(args.output, args.host or LOCAL_HOSTS, days=args.days,
-                              overwrite=args.force)
-    keys = create_supernode_keys(args.output, args.site, overwrite=args.force) \
+                              overwrite=args.overwrite)
+    keys = create_supernode_keys(args.output, args.site, overwrite=args.overwrite) \
         if args.site else []
     if not quiet:
         print(f"coordinator keeps {tls.ca_key}, {tls.server_key}, {tls.server_certificate}")
@@ -300,9 +303,12 @@ def _check_request(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from CalibSegLib.io import refuse_overwrite
+
     quiet = bool(getattr(args, "quiet", False))
     if args.action not in ("credentials", "deploy"):
         _check_request(args)
+        refuse_overwrite([args.output], args.overwrite)  # before any model or site is loaded
     if args.action == "credentials":
         line = _credentials(args, quiet)
     elif args.action == "deploy":

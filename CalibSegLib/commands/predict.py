@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default=".nii.gz", choices=_FORMATS, help="output format")
     parser.add_argument("--temperature", type=float, default=None,
                         help="softmax temperature, > 0 (default: the model card's)")
-    parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap")
+    parser.add_argument("--overlap", type=float, default=None,
+                        help="sliding-window overlap in [0, 1) (default: the model card's, "
+                             "0.25 unless the card says otherwise)")
     parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per network call")
     parser.add_argument("--no-maps", action="store_true", help="skip prototype maps")
     parser.add_argument("--dicom-out", default=None, metavar="DIR",
@@ -150,7 +152,7 @@ def check(args: argparse.Namespace) -> None:
                             "file. Drop --dicom-out or pass the series folder.")
     if args.temperature is not None and not args.temperature > 0:
         raise CalibSegError(f"--temperature {args.temperature:g}: give a temperature > 0.")
-    if not 0 <= args.overlap < 1:
+    if args.overlap is not None and not 0 <= args.overlap < 1:
         raise CalibSegError(f"--overlap {args.overlap:g}: give a fraction in [0, 1).")
     if args.sw_batch_size < 1:
         raise CalibSegError("--sw-batch-size must be at least 1.")

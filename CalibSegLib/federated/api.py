@@ -10,6 +10,7 @@ from CalibSegLib.federated import outputs, server
 from CalibSegLib.federated.loopback import Fault
 from CalibSegLib.federated.simulation import run_federation
 from CalibSegLib.federated.sites import SiteSpec
+from CalibSegLib.io import refuse_overwrite
 from CalibSegLib.progress import CancelCallback, ProgressCallback
 
 
@@ -55,21 +56,21 @@ def federated_calibrate(model, sites: Sequence[SiteSpec], *, output_model: str |
                         temperatures: Sequence[float] = server.DEFAULT_TEMPERATURES,
                         min_sites: int = 1, engine: str = "inprocess",
                         faults: Mapping[str, Fault] | None = None,
-                        cancel: CancelCallback | None = None):
+                        cancel: CancelCallback | None = None, overwrite: bool = False):
     """Fit the temperature across sites; optionally save ``<name>-calibrated`` with it.
 
     Returns ``(TemperatureResult, grid)``.
     """
     check_request(sites, min_sites)
-    if output_model and os.path.exists(output_model):
-        raise CalibSegError(f"{output_model} already exists; choose a new model folder.")
+    if output_model:
+        refuse_overwrite([output_model], overwrite)
     model = _model(model)
     result, grid = run_federation(
         lambda g: server.temperature_round(g, model, temperatures=temperatures,
                                            min_sites=min_sites, cancel=cancel),
         sites, engine=engine, faults=faults)
     if output_model:
-        outputs.write_calibrated_model(model, result, output_model)
+        outputs.write_calibrated_model(model, result, output_model, overwrite=overwrite)
     return result, grid
 
 
@@ -78,14 +79,13 @@ def federated_finetune(model, sites: Sequence[SiteSpec], *, output_model: str, r
                        n_bins: int = 20, min_sites: int = 1, engine: str = "inprocess",
                        faults: Mapping[str, Fault] | None = None, seed: int = 0,
                        evaluate: bool = True, progress: ProgressCallback | None = None,
-                       cancel: CancelCallback | None = None):
+                       cancel: CancelCallback | None = None, overwrite: bool = False):
     """FedAvg fine-tuning; saves ``<name>-fed`` (card records rounds, sites, metrics).
 
     Returns ``(FinetuneResult, grid)``.
     """
     check_request(sites, min_sites)
-    if os.path.exists(output_model):
-        raise CalibSegError(f"{output_model} already exists; choose a new model folder.")
+    refuse_overwrite([output_model], overwrite)
     model = _model(model)
     result, grid = run_federation(
         lambda g: server.finetune_rounds(g, model, rounds=rounds, local_steps=local_steps, lr=lr,
@@ -93,5 +93,5 @@ def federated_finetune(model, sites: Sequence[SiteSpec], *, output_model: str, r
                                          min_sites=min_sites, seed=seed, evaluate=evaluate,
                                          progress=progress, cancel=cancel),
         sites, engine=engine, faults=faults)
-    outputs.write_finetuned_model(model, result, output_model)
+    outputs.write_finetuned_model(model, result, output_model, overwrite=overwrite)
     return result, grid

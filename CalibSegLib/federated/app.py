@@ -46,6 +46,7 @@ def run_task(grid: Grid, config: Mapping[str, object]) -> dict:
         raise CalibSegError("The run config needs 'model' (folder) and 'output' (folder).")
     model = load_model(str(config["model"]))
     output = os.path.abspath(str(config["output"]))
+    overwrite = bool(config.get("overwrite", False))
     common = {"min_sites": int(config.get("min-sites", 1)),  # type: ignore[arg-type]
               "timeout": float(config.get("timeout", 600.0)),  # type: ignore[arg-type]
               "expected": expected_sites(config)}
@@ -58,12 +59,12 @@ def run_task(grid: Grid, config: Mapping[str, object]) -> dict:
         return outputs.write_evaluation(result, output)
     if task == "calibrate":
         result = server.temperature_round(grid, model, **common)
-        return outputs.write_calibrated_model(model, result, output)
+        return outputs.write_calibrated_model(model, result, output, overwrite=overwrite)
     result = server.finetune_rounds(
         grid, model, rounds=int(config.get("rounds", 1)),  # type: ignore[arg-type]
         local_steps=int(config.get("local-steps", 2)),  # type: ignore[arg-type]
         lr=float(config.get("lr", 1e-3)), n_bins=n_bins, **common)  # type: ignore[arg-type]
-    return outputs.write_finetuned_model(model, result, output)
+    return outputs.write_finetuned_model(model, result, output, overwrite=overwrite)
 
 
 @server_app.main()

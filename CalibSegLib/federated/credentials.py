@@ -62,7 +62,7 @@ def _refuse_overwrite(paths: Sequence[str], overwrite: bool) -> None:
     existing = [p for p in paths if os.path.exists(p)]
     if existing and not overwrite:
         raise CalibSegError(
-            f"{existing[0]} already exists; keep the existing credentials or pass --force "
+            f"{existing[0]} already exists; keep the existing credentials or pass --overwrite "
             "to replace them (sites must then get the new files)."
         )
 

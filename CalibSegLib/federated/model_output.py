@@ -13,8 +13,6 @@ import datetime
 import os
 import re
 
-from CalibSegLib.errors import CalibSegError
-
 #: Files of a model folder that are rewritten, never copied from the base model.
 _REWRITTEN = ("model.json", "model.safetensors", "model.ts")
 
@@ -44,13 +42,13 @@ def base_files(folder: str | None) -> dict[str, str]:
 
 def save_derived_model(output: str, model, network, *, suffix: str, record_key: str,
                        change: str, details: dict, name: str | None = None,
-                       **card_changes) -> str:
+                       overwrite: bool = False, **card_changes) -> str:
     """Write ``network`` as a new model derived from ``model`` (a loaded base model).
 
     Parameters
     ----------
     output
-        The new folder (must not exist).
+        The new folder (must not exist unless ``overwrite``).
     model
         The base :class:`~CalibSegLib.models.Model`; its folder's free files are copied.
     network
@@ -63,10 +61,10 @@ def save_derived_model(output: str, model, network, *, suffix: str, record_key: 
     card_changes
         Further card fields to set (e.g. ``temperature``).
     """
+    from CalibSegLib.io import refuse_overwrite
     from CalibSegLib.models import save_model
 
-    if os.path.exists(output):
-        raise CalibSegError(f"{output} already exists; choose a new model folder.")
+    refuse_overwrite([output], overwrite)
     base = model.card
     training = dict(base.training or {})
     training["derived_from"] = {
@@ -76,4 +74,5 @@ def save_derived_model(output: str, model, network, *, suffix: str, record_key: 
     training[record_key] = details
     card = base.replace(name=name or f"{base.name}-{suffix}",
                         version=bump_version(base.version), training=training, **card_changes)
-    return save_model(output, card, network, extra_files=base_files(model.folder))
+    return save_model(output, card, network, overwrite=overwrite,
+                      extra_files=base_files(model.folder))

@@ -32,14 +32,14 @@ def write_evaluation(result, output: str, plots: bool = True) -> dict:
     return {"line": f"{evaluation_line(result)}; report {output}", "files": files}
 
 
-def write_calibrated_model(model, result, output: str) -> dict:
+def write_calibrated_model(model, result, output: str, overwrite: bool = False) -> dict:
     """A complete model folder ``<name>-calibrated`` with the pooled temperature."""
     details = result.to_dict()
     folder = save_derived_model(
         output, model, model.network, suffix="calibrated", record_key="federated_temperature",
         change=f"temperature {model.temperature:g} -> {result.temperature:g}, fitted across "
                f"{sum(o.status == 'ok' for o in result.outcomes)} site(s)",
-        details=details, temperature=result.temperature)
+        details=details, temperature=result.temperature, overwrite=overwrite)
     write_json(os.path.join(folder, "federated_temperature.json"), details)
     return {"line": calibration_line(result, folder), "files": {"model": folder}}
 
@@ -56,10 +56,11 @@ def finetune_line(result, folder: str) -> str:
     return f"{result.rounds} FedAvg round(s) at {_sites(last)}; model {os.path.abspath(folder)}"
 
 
-def write_finetuned_model(model, result, output: str) -> dict:
+def write_finetuned_model(model, result, output: str, overwrite: bool = False) -> dict:
     """A complete model folder ``<name>-fed`` with the FedAvg weights and their record."""
     details = dict(result.model.card.training.get("federated", {}))
     folder = save_derived_model(
         output, model, result.model.network, suffix="fed", record_key="federated",
-        change=f"{result.rounds} FedAvg round(s) of fine-tuning across sites", details=details)
+        change=f"{result.rounds} FedAvg round(s) of fine-tuning across sites", details=details,
+        overwrite=overwrite)
     return {"line": finetune_line(result, folder), "files": {"model": folder}}

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.io import refuse_overwrite, uniform_file_modes
 from CalibSegLib.models.card import CARD_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE, ModelCard
 from CalibSegLib.models.networks import build_network
 
@@ -216,10 +217,7 @@ def save_model(folder: str, card: ModelCard | Mapping, network: nn.Module, *,
     if not isinstance(card, ModelCard):
         card = ModelCard(card)
     folder = os.path.abspath(os.fspath(folder))
-    if os.path.exists(folder) and not overwrite:
-        raise CalibSegError(
-            f"{folder} already exists; choose another folder or pass overwrite=True."
-        )
+    refuse_overwrite([folder], overwrite)
     parent = os.path.dirname(folder)
     if not os.path.isdir(parent):
         raise CalibSegError(f"Folder {parent} does not exist; create it first.")
@@ -238,6 +236,7 @@ def save_model(folder: str, card: ModelCard | Mapping, network: nn.Module, *,
                     fh.write(source)
             else:
                 shutil.copyfile(source, target)
+        uniform_file_modes(tmp)  # one mode for card, weights and copies, whatever wrote them
         os.chmod(tmp, 0o755 & ~_umask())
         _move_into_place(tmp, folder)
     except BaseException:

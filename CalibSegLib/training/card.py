@@ -181,8 +181,4 @@ def save(output: str, card, network: torch.nn.Module, history: list[dict],
         for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
             if not name.startswith("."):
                 extra[f"{sub}/{name}"] = os.path.join(root, name)
-    from CalibSegLib.io import uniform_file_modes
-
-    folder = save_model(output, card, network.cpu(), overwrite=True, extra_files=extra)
-    uniform_file_modes(folder)
-    return folder
+    return save_model(output, card, network.cpu(), overwrite=True, extra_files=extra)
