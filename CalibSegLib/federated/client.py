@@ -9,6 +9,7 @@ simulation runtime and on a real SuperNode.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -112,10 +113,31 @@ def build_client_app(partitions: list[SiteSpec] | None = None) -> ClientApp:
 
     ``partitions`` maps Flower simulation partition ids to sites (simulation only).
     """
+    handlers = (handle_stats, handle_nll, handle_train)
     if partitions is not None:
-        _PARTITIONS[:] = partitions
+        _set_partitions(partitions)
+        handlers = tuple(_with_partitions(h, list(partitions)) for h in handlers)
     app = ClientApp()
-    app.query("calibseg_stats")(handle_stats)
-    app.query("calibseg_nll")(handle_nll)
-    app.train()(handle_train)
+    app.query("calibseg_stats")(handlers[0])
+    app.query("calibseg_nll")(handlers[1])
+    app.train()(handlers[2])
     return app
+
+
+def _with_partitions(handler: Callable[[Message, Context], Message],
+                     partitions: list[SiteSpec]) -> Callable[[Message, Context], Message]:
+    """``handler`` that first sets the partition table of the process it runs in.
+
+    Ray runs the ClientApp in worker processes, which receive the app pickled; the
+    table travels inside this closure, not in the driver's module state.
+    """
+    def handle(message: Message, context: Context) -> Message:
+        _set_partitions(partitions)
+        return handler(message, context)
+
+    return handle
+
+
+def _set_partitions(partitions: list[SiteSpec]) -> None:
+    # a module function: pickled by reference, so it sets this module's table in a worker
+    _PARTITIONS[:] = partitions
