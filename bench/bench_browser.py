@@ -7,9 +7,9 @@ loopback port and drives it with ``CalibSegWeb.browser_tour`` like a user:
 - time to first overlay: seconds from pressing **Run** (first shipped model) to the first
   frame of the slice views in the page that differs from the background-only view (model
   loading and inference included; the app runs in its own process);
-- temperature-to-view latency: seconds from moving model A's temperature slider (with the
-  sample reference chosen, so the metrics table and diagram follow too) to the new frame in
-  the page.
+- temperature-to-view latency: seconds from moving model A's temperature slider (sample
+  reference chosen) to the new frame in the page (the app previews the shown planes at once;
+  volume, metrics table and diagram follow once the slider rests).
 
 Both are measured from page screenshots polled every 0.05 s, so they include the server's
 render, the image stream and the page's paint. Reported as the median over the repetitions
