@@ -23,8 +23,11 @@ from CalibSegLib.federated.local import LocalFederation
 pytestmark = pytest.mark.slow
 
 N_BINS = 10
-#: Two sites, one case each; site-2's images are on a coarser grid (fewer voxels).
-SITES = [SiteSpec("site-1", seeds=(100,)), SiteSpec("site-2", seeds=(110,), resolution_mm=8.0)]
+#: Three sites, one case each, written to each site's own cohort folder (see ``sites``);
+#: site-2's and site-3's images are on a coarser grid (fewer voxels).
+SAMPLES = [SiteSpec("site-1", seeds=(100,)), SiteSpec("site-2", seeds=(110,), resolution_mm=8.0),
+           SiteSpec("site-3", seeds=(140,), resolution_mm=8.0)]
+NAMES = ",".join(s.name for s in SAMPLES)
 RUN_TIMEOUT = 400.0
 
 
@@ -50,15 +53,30 @@ def model(model_folder):
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory):
-    with LocalFederation(str(tmp_path_factory.mktemp("federation")), SITES,
+def sites(model, tmp_path_factory) -> list[SiteSpec]:
+    """One cohort folder per site (NIfTI image/label pairs), as a hospital's SuperNode reads it."""
+    from CalibSegLib.io import write_image
+
+    specs = []
+    for sample in SAMPLES:
+        folder = tmp_path_factory.mktemp(f"cohort-{sample.name}")
+        for case in load_cohort(sample, model_spacing_mm=model.card.spacing_mm):
+            write_image(str(folder / f"{case.case_id}_image.nii.gz"), case.image, case.affine)
+            write_image(str(folder / f"{case.case_id}_labels.nii.gz"), case.labels, case.affine)
+        specs.append(SiteSpec(sample.name, folder=str(folder)))
+    return specs
+
+
+@pytest.fixture(scope="module")
+def federation(sites, tmp_path_factory):
+    with LocalFederation(str(tmp_path_factory.mktemp("federation")), sites,
                          timeout=180.0) as fed:
         yield fed
 
 
 @pytest.fixture(scope="module")
-def central_cases(model):
-    return [case for spec in SITES
+def central_cases(sites, model):
+    return [case for spec in sites
             for case in load_cohort(spec, model_spacing_mm=model.card.spacing_mm)]
 
 
@@ -83,7 +101,7 @@ json.dump({"temperature": t, **info}, open(out + ".json", "w"))
 
 
 @pytest.fixture(scope="module")
-def central(model_folder, tmp_path_factory):
+def central(sites, model_folder, tmp_path_factory):
     """``(ReliabilityStats, temperature, info)`` of the central evaluation of all cases."""
     import subprocess
     import sys
@@ -91,8 +109,7 @@ def central(model_folder, tmp_path_factory):
     from CalibSegLib.calibration import ReliabilityStats
 
     out = str(tmp_path_factory.mktemp("central") / "central")
-    specs = [{"name": s.name, "seeds": list(s.seeds), "resolution_mm": s.resolution_mm}
-             for s in SITES]
+    specs = [{"name": s.name, "folder": s.folder} for s in sites]
     subprocess.run([sys.executable, "-c", CENTRAL, model_folder, str(N_BINS), out,
                     json.dumps(specs)], check=True, timeout=RUN_TIMEOUT)
     info = json.loads(open(out + ".json", encoding="utf-8").read())
@@ -110,7 +127,7 @@ def _run(fed: LocalFederation, **config):
 def evaluation(federation, model_folder, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("deploy-eval") / "report")
     result = _run(federation, task="evaluate", model=model_folder, output=out, **{
-        "min-sites": 2, "n-bins": N_BINS, "sites": "site-1,site-2", "timeout": 240.0})
+        "min-sites": 3, "n-bins": N_BINS, "sites": NAMES, "timeout": 240.0})
     return result, out
 
 
@@ -123,17 +140,17 @@ def test_deployment_runs_with_tls_and_registered_nodes(federation):
         node = plan.supernode_command(site)
         assert "--root-certificates" in node and "--auth-supernode-private-key" in node
         assert "--insecure" not in node
-    assert set(federation.node_ids) == {"site-1", "site-2"}
+    assert set(federation.node_ids) == {"site-1", "site-2", "site-3"}
 
 
 def test_deployed_evaluation_equals_central(evaluation, central):
     from CalibSegLib.calibration import ReliabilityStats
 
     run, out = evaluation
-    assert "calibseg: pooled over 2 site(s)" in run.log
+    assert "calibseg: pooled over 3 site(s)" in run.log
     summary = json.loads(open(os.path.join(out, "summary.json"), encoding="utf-8").read())
-    assert {o["site"]: o["status"] for o in summary["outcomes"]} == {"site-1": "ok",
-                                                                     "site-2": "ok"}
+    assert {o["site"]: o["status"] for o in summary["outcomes"]} == {
+        "site-1": "ok", "site-2": "ok", "site-3": "ok"}
     fed = ReliabilityStats.from_arrays(dict(np.load(os.path.join(out, "pooled_statistics.npz"))))
     a, b = fed.to_arrays(), central[0].to_arrays()
     numeric = [k for k in b if np.asarray(b[k]).dtype.kind in "biuf"]
@@ -156,7 +173,7 @@ def test_deployed_wire_bytes_are_bounded_statistics(evaluation, model, central_c
     sizes = {o["site"]: o["nbytes"] for o in summary["outcomes"]}
     # one case each, images of different sizes: the same bytes
     assert [c.labels.size for c in central_cases][0] > 4 * central_cases[1].labels.size
-    assert sizes["site-1"] == sizes["site-2"] > 0
+    assert sizes["site-1"] == sizes["site-2"] == sizes["site-3"] > 0
     # 8 bytes per value at most, plus names, dtypes and shapes of each array and the meta record
     values = reliability.payload_bound(model.num_classes, N_BINS, 1)
     arrays = len(reliability.wire_schema(model.num_classes, N_BINS))
@@ -172,7 +189,7 @@ def test_deployed_temperature_equals_central(federation, model, model_folder, ce
 
     out = str(tmp_path / "calibrated")
     _run(federation, task="calibrate", model=model_folder, output=out,
-         **{"min-sites": 2, "sites": "site-1,site-2", "timeout": 240.0})
+         **{"min-sites": 3, "sites": NAMES, "timeout": 240.0})
     fitted = load_model(out)
     record = json.loads(open(os.path.join(out, "federated_temperature.json"),
                              encoding="utf-8").read())
@@ -212,7 +229,7 @@ def test_supernode_killed_mid_round_is_named_and_round_completes(federation, mod
                                                                   tmp_path):
     out = str(tmp_path / "report")
     run_id = federation.submit({"task": "evaluate", "model": model_folder, "output": out,
-                                "min-sites": 1, "n-bins": N_BINS, "sites": "site-1,site-2",
+                                "min-sites": 2, "n-bins": N_BINS, "sites": NAMES,
                                 "timeout": 90.0})
     end = time.monotonic() + RUN_TIMEOUT
     while "Receiving: query.calibseg_stats" not in federation.process_log("supernode-site-2"):
@@ -223,8 +240,9 @@ def test_supernode_killed_mid_round_is_named_and_round_completes(federation, mod
     assert result.ok, f"{result.status} {result.details}\n{result.log[-3000:]}"
     summary = json.loads(open(os.path.join(out, "summary.json"), encoding="utf-8").read())
     status = {o["site"]: o["status"] for o in summary["outcomes"]}
-    assert status["site-1"] == "ok" and status["site-2"] in ("dropped", "error")
-    assert sorted(summary["sites"]) == ["site-1"]
+    assert status["site-1"] == status["site-3"] == "ok"
+    assert status["site-2"] in ("dropped", "error")
+    assert sorted(summary["sites"]) == ["site-1", "site-3"]
     assert "not pooled: site-2" in result.log
 
 
