@@ -200,8 +200,9 @@ def _run_config(args: argparse.Namespace, task: str, site_names: list[str]) -> d
     config: dict[str, object] = {
         "task": task, "model": os.path.abspath(args.model),
         "output": os.path.abspath(args.output), "min-sites": int(args.min_sites),
-        "sites": ",".join(site_names), "timeout": float(args.timeout),
-        "overwrite": bool(getattr(args, "overwrite", False))}
+        "sites": ",".join(site_names), "timeout": float(args.timeout)}
+    if getattr(args, "overwrite", False):
+        config["overwrite"] = True
     if task != "calibrate" and hasattr(args, "bins"):
         config["n-bins"] = int(args.bins)
     if task == "evaluate" and hasattr(args, "drift_threshold"):

@@ -8,7 +8,7 @@ Run config keys (``[tool.flwr.app.config]`` there, or ``flwr run --run-config``)
 ``task`` (evaluate | calibrate | finetune), ``model`` (model folder on the coordinator),
 ``output`` (report folder / new model folder), ``min-sites``, ``sites`` (names expected,
 comma-separated), ``timeout``, ``n-bins``, ``rounds``, ``local-steps``, ``lr``,
-``drift-threshold``. Each site's SuperNode sets
+``drift-threshold``, ``overwrite`` (replace an existing output). Each site's SuperNode sets
 ``--node-config "site='<name>' cohort='<folder>'"``.
 """
 

@@ -36,7 +36,7 @@ DEFAULT_PORT = 9093
 
 #: Run config keys the app understands (the ``[tool.flwr.app.config]`` of :data:`APP_DIR`).
 RUN_CONFIG_KEYS = ("task", "model", "output", "min-sites", "sites", "timeout", "n-bins",
-                   "rounds", "local-steps", "lr", "drift-threshold")
+                   "rounds", "local-steps", "lr", "drift-threshold", "overwrite")
 
 
 def _toml_value(key: str, value: object) -> str:
