@@ -16,26 +16,13 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The options of ``calibseg view`` (one definition: :mod:`CalibSegLib.commands.view`)."""
+    from CalibSegLib.commands.view import add_arguments
+
     parser = argparse.ArgumentParser(prog="calibseg view", description=(
         "CalibSeg in the browser: Slicer's slice views with segmentation, confidence, entropy "
         "and prototype overlays, reliability diagram, temperature and voxel probe."))
-    parser.add_argument("image", nargs="?", default=None,
-                        help="image file or DICOM series folder to open (default: none; the "
-                             "page offers the sample case and uploads)")
-    parser.add_argument("--sample", action="store_true", help="open the sample case at start")
-    parser.add_argument("--model", action="append", default=[], metavar="DIR",
-                        help="model folder (or folder of model folders) to offer besides the "
-                             "shipped ones; repeatable")
-    parser.add_argument("--reference", default=None, metavar="LABELS",
-                        help="reference label file of IMAGE (same grid)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1: this computer only)")
-    parser.add_argument("--allow-remote", action="store_true",
-                        help="required to bind an address other than the loopback")
-    parser.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
-    parser.add_argument("--max-upload-mb", type=float, default=512.0,
-                        help="largest upload accepted, in MiB (default 512)")
-    parser.add_argument("--device", default="cpu", help="inference device: cpu, cuda, auto")
+    add_arguments(parser)
     return parser
 
 
