@@ -196,9 +196,6 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    rows = run(quick="--quick" in sys.argv)
-    width = max(len(r["name"]) for r in rows)
-    for r in rows:
-        target = "" if r["target"] is None else (
-            r["target"] if isinstance(r["target"], str) else f"<= {r['target']}")
-        print(f"{r['name']:<{width}}  {r['value']:10.3f} {r['unit']:<6} {target}")
+    from timing import print_rows
+
+    print_rows(run(quick="--quick" in sys.argv))

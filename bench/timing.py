@@ -27,3 +27,12 @@ def typical_time(fn: Callable[[], Any], repeats: int) -> float:
     """Median of ``repeats`` calls in seconds (the fastest when fewer than three)."""
     times = sample_times(fn, repeats)[0]
     return min(times) if len(times) < 3 else statistics.median(times)
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    """Print a suite's rows (``name``, ``value``, ``unit``, ``target``) as an aligned table."""
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        target = "" if r["target"] is None else (
+            r["target"] if isinstance(r["target"], str) else f"<= {r['target']}")
+        print(f"{r['name']:<{width}}  {r['value']:10.3f} {r['unit']:<6} {target}")
