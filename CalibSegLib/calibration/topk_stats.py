@@ -167,10 +167,101 @@ def check_target(prediction: TopKPrediction, target, mask) -> None:
 
 
 
+def check_hard_reference(target, reference_probs=None) -> None:
+    """One CalibSegError for a soft (probabilistic) reference, which the top-k form cannot score."""
+    soft = reference_probs is not None
+    if not soft and target is not None:
+        dtype = target.dtype if isinstance(target, torch.Tensor) else np.asarray(target).dtype
+        if (dtype.is_floating_point if isinstance(dtype, torch.dtype)
+                else np.dtype(dtype).kind == "f"):
+            values = np.asarray(target.detach().cpu() if isinstance(target, torch.Tensor)
+                                else target)
+            soft = bool(np.any(values != np.round(values)))
+    if soft:
+        raise CalibSegError(
+            "A soft (probabilistic) reference cannot be scored from a compact prediction; "
+            "pass integer labels, or predict with form='full'.")
+
+
+def nll_over_temperatures_topk(prediction: TopKPrediction, target, grid=None, *, mask=None,
+                               chunk_voxels: int = 1 << 18,
+                               cancel: CancelCallback | None = None
+                               ) -> tuple[np.ndarray, int]:
+    """Summed NLL against ``target`` at every temperature of ``grid`` ``(G,)`` and the voxel count.
+
+    The top-k counterpart of
+    :func:`~CalibSegLib.calibration.temperature.nll_over_temperature_grid`, read from
+    the stored arrays without expanding them: per voxel ``-log p_ref = log Z(a) - a d_ref``
+    with ``a = 1/T``, ``Z`` the stored top-k terms plus the tail's interpolated
+    ``exp f(a)``; a reference class in the tail gets its equal share,
+    ``-log p_ref = log Z - f(a) + log(C - K)`` (an estimate there: see
+    ``docs/bench/compact.md``). float64 throughout.
+    """
+    from CalibSegLib.calibration.temperature import default_temperature_grid
+    from CalibSegLib.inference.topk import tail_log_partition
+
+    grid = default_temperature_grid() if grid is None else np.asarray(grid, dtype=np.float64)
+    if grid.ndim != 1 or grid.size == 0 or np.any(~np.isfinite(grid)) or np.any(grid <= 0):
+        raise CalibSegError("The temperature grid must be a 1-D list of positive numbers.")
+    check_hard_reference(target)
+    check_target(prediction, target, mask)
+    c, k, n = prediction.num_classes, prediction.k, prediction.num_voxels
+    labels_all = np.asarray(target.detach().cpu().numpy() if isinstance(target, torch.Tensor)
+                            else target).reshape(n)
+    mask_all = None if mask is None else np.asarray(
+        mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else mask,
+        dtype=bool).reshape(n)
+    idx_all = prediction.indices.reshape(k, n)
+    gaps_all = prediction.gaps.reshape(prediction.gaps.shape[0], n)
+    tail_all = prediction.tail.reshape(prediction.tail.shape[0], n)
+    n_tail = c - k
+    sums = np.zeros(grid.size, dtype=np.float64)
+    count = 0
+    for first in range(0, n, max(int(chunk_voxels), 1)):
+        check_cancel(cancel, "temperature fitting")
+        last = min(n, first + max(int(chunk_voxels), 1))
+        labels = torch.from_numpy(labels_all[first:last].astype(np.int64))
+        keep = None if mask_all is None else torch.from_numpy(mask_all[first:last].copy())
+        if keep is not None:
+            labels = labels[keep]
+        if labels.numel() == 0:
+            continue
+        if int(labels.min()) < 0 or int(labels.max()) >= c:
+            raise CalibSegError(f"The reference holds labels outside [0, {c}); it does not "
+                                "match the model's classes.")
+
+        def rows(array: np.ndarray, first: int = first, last: int = last,
+                 keep: torch.Tensor | None = keep) -> torch.Tensor:
+            block = torch.from_numpy(np.ascontiguousarray(array[:, first:last]).astype(np.float64))
+            return block if keep is None else block[:, keep]
+
+        idx = torch.from_numpy(np.ascontiguousarray(idx_all[:, first:last]).astype(np.int64))
+        idx = idx if keep is None else idx[:, keep]
+        gaps = torch.cat([torch.zeros((1, labels.numel()), dtype=torch.float64),
+                          rows(gaps_all)])
+        hit = idx == labels[None]
+        in_top = hit.any(0)
+        d_ref = (gaps * hit).sum(0)
+        tail = rows(tail_all) if n_tail > 0 else None
+        for g, temperature in enumerate(grid):
+            a = 1.0 / float(temperature)
+            z = torch.exp(gaps * a).sum(0)
+            ref = a * d_ref
+            if tail is not None:
+                f = tail_log_partition(tail, gaps[-1], n_tail, a)[0]
+                z = z + torch.exp(f)
+                ref = torch.where(in_top, ref, f - math.log(n_tail))
+            sums[g] += float((torch.log(z) - ref).sum())
+        count += int(labels.numel())
+    if count == 0:
+        raise CalibSegError("No voxel to fit the temperature on (empty volume or mask).")
+    return sums, count
+
+
 def stats_from_topk(prediction: TopKPrediction, target, n_bins: int = 20, *,
                     temperature: float | None = None, image_id: str = "image", mask=None,
                     class_names=None, chunk_voxels: int = DEFAULT_CHUNK_VOXELS, device=None,
-                    progress: ProgressCallback | None = None,
+                    reference_probs=None, progress: ProgressCallback | None = None,
                     cancel: CancelCallback | None = None):
     """:class:`~CalibSegLib.calibration.ReliabilityStats` of one top-k prediction.
 
@@ -188,6 +279,8 @@ def stats_from_topk(prediction: TopKPrediction, target, n_bins: int = 20, *,
     device
         ``None``: the compiled CPU kernel; a torch device (``"cuda"``, or ``"cpu"``
         for the torch path on the CPU): torch operations there, chunk by chunk.
+    reference_probs
+        Soft references are not supported from the top-k form (one CalibSegError).
     """
     from CalibSegLib.calibration.binning import bin_edges, check_n_bins
     from CalibSegLib.calibration.stats import ReliabilityStats, _raise_on_bad_input
@@ -195,6 +288,7 @@ def stats_from_topk(prediction: TopKPrediction, target, n_bins: int = 20, *,
 
     if not isinstance(prediction, TopKPrediction):
         raise CalibSegError("Expected a TopKPrediction (see CalibSegLib.inference.topk).")
+    check_hard_reference(target, reference_probs)
     n_bins = check_n_bins(n_bins)
     check_target(prediction, target, mask)
     t = prediction.temperature if temperature is None else check_temperature(temperature)
