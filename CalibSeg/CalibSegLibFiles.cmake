@@ -113,5 +113,6 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
 
 set(CALIBSEGLIB_PYTHON_RESOURCES
   CalibSegLib/federated/calibseg-app/pyproject.toml
+  CalibSegLib/inference/predict_compact.py
   CalibSegLib/resources/model_card.schema.json
   )

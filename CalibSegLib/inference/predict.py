@@ -11,15 +11,24 @@ trilinearly); logits from the output kind; softmax at the card's temperature,
 confidence, normalised entropy and the prototype maps.
 
 Every convention of a model from another framework is applied in
-:func:`network_output` and :func:`output_logits`, nowhere else.
+:func:`network_output` and :func:`output_logits` (and, for the compact form, in
+:mod:`CalibSegLib.inference.predict_compact` by the same helpers), nowhere else.
+
+Two result forms (``form``): **full** precision (``C`` float32 logits and
+probabilities per voxel, 8·C bytes) and **compact** (top-k scores, at most 16 bytes
+per voxel for any class count; error bounds in ``docs/bench/compact.md``).
+``"auto"`` takes the full form while its logits and probabilities fit in
+:data:`FULL_PRECISION_BUDGET_BYTES` (1 GiB: e.g. 3 classes up to 44 M voxels,
+25 classes up to 5.4 M), the compact form beyond.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -39,6 +48,29 @@ from CalibSegLib.progress import (
 )
 
 log = logging.getLogger(__name__)
+
+#: ``form="auto"`` keeps full precision while logits and probabilities (8·C bytes per
+#: voxel) fit in this many bytes, and predicts the compact top-k form beyond.
+FULL_PRECISION_BUDGET_BYTES = 1 << 30
+
+#: The result forms of :func:`predict`.
+PredictionForm = Literal["auto", "full", "compact"]
+
+
+def choose_form(form: str, num_classes: int, num_voxels: int, prototype_maps: bool = False
+                ) -> Literal["full", "compact"]:
+    """``"full"`` or ``"compact"`` for a requested ``form`` (see :func:`predict`).
+
+    Prototype models with their maps always take the full form.
+    """
+    if form not in ("auto", "full", "compact"):
+        raise CalibSegError(f"Unknown prediction form {form!r}; use auto, full or compact.")
+    if prototype_maps or form == "full":
+        return "full"
+    if form == "compact":
+        return "compact"
+    full_bytes = 8 * int(num_classes) * int(num_voxels)
+    return "full" if full_bytes <= FULL_PRECISION_BUDGET_BYTES else "compact"
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -140,6 +172,32 @@ class _CheckedNetwork:
         return out
 
 
+def model_input(array: np.ndarray, matrix: np.ndarray, card: Any, dev: torch.device
+                ) -> tuple[torch.Tensor, tuple[int, int, int], np.ndarray, bool]:
+    """The network's input ``(1, 1, Z, Y, X)`` float32 on the model grid, on ``dev``.
+
+    Applies the card's preprocessing (on the grid ``preprocessing_grid`` names) and
+    the resampling to the model grid (``spacing_mm``, ``orientation``, ``model_grid``).
+
+    Returns
+    -------
+    (x, grid_shape, grid_affine, resampled)
+    """
+    grid_shape, grid_affine = model_grid(array.shape, matrix, card.spacing_mm, card.orientation,
+                                         kind=card.model_grid)
+    resampled = not same_grid(array.shape, matrix, grid_shape, grid_affine)
+    prepare = preprocessor(card.preprocessing)
+    x = torch.from_numpy(np.asarray(array))[None]
+    if card.preprocessing_grid == "input" or not resampled:
+        x = prepare(x)
+    x = x[None].to(device=dev, dtype=torch.float32)
+    if resampled:
+        x = resample(x, matrix, grid_shape, grid_affine)
+        if card.preprocessing_grid == "model":
+            x = prepare(x[0])[None]
+    return x, grid_shape, grid_affine, resampled
+
+
 def network_output(array: np.ndarray, matrix: np.ndarray, model: Any, dev: torch.device,
                    window: dict[str, Any], sw_batch_size: int, use_maps: bool,
                    progress: ProgressCallback | None, cancel: CancelCallback | None
@@ -167,18 +225,7 @@ def network_output(array: np.ndarray, matrix: np.ndarray, model: Any, dev: torch
 
         return nnunet_logits(array, matrix, model, dev, progress, cancel)
     network = model.network
-    grid_shape, grid_affine = model_grid(array.shape, matrix, card.spacing_mm, card.orientation,
-                                         kind=card.model_grid)
-    resampled = not same_grid(array.shape, matrix, grid_shape, grid_affine)
-    prepare = preprocessor(card.preprocessing)
-    x = torch.from_numpy(np.asarray(array))[None]
-    if card.preprocessing_grid == "input" or not resampled:
-        x = prepare(x)
-    x = x[None].to(device=dev, dtype=torch.float32)
-    if resampled:
-        x = resample(x, matrix, grid_shape, grid_affine)
-        if card.preprocessing_grid == "model":
-            x = prepare(x[0])[None]
+    x, grid_shape, grid_affine, resampled = model_input(array, matrix, card, dev)
     check_cancel(cancel, "prediction")
     report(progress, 0.05, "sliding window")
     predictor = network.similarity if use_maps else network
@@ -250,7 +297,7 @@ def _postprocess(out: torch.Tensor, network: torch.nn.Module, use_maps: bool,
 def predict(volume: np.ndarray, affine: np.ndarray, model: Any, device: str = "auto",
             progress: ProgressCallback | None = None, cancel: CancelCallback | None = None, *,
             overlap: float | None = None, sw_batch_size: int = 4, maps: bool = True,
-            temperature: float | None = None) -> Prediction:
+            temperature: float | None = None, form: PredictionForm = "auto") -> Prediction:
     """Segment ``volume`` with ``model``; return a :class:`Prediction` on the input grid.
 
     Parameters
@@ -278,6 +325,13 @@ def predict(volume: np.ndarray, affine: np.ndarray, model: Any, device: str = "a
         and contribution maps.
     temperature : float, optional
         Softmax temperature; default the card's.
+    form : {"auto", "full", "compact"}
+        ``"full"``: logits and probabilities in float32. ``"compact"``: the top-k form
+        (``Prediction.scores``), streamed window by window without ``C × N`` float32 on
+        the input grid (:mod:`CalibSegLib.inference.predict_compact` gives the memory
+        of each case). ``"auto"`` (default): full while ``8·C·N`` bytes fit in
+        :data:`FULL_PRECISION_BUDGET_BYTES`, else compact. Prototype models with
+        ``maps`` always take the full form. ``info["form"]`` tells which was taken.
 
     Returns
     -------
@@ -307,7 +361,12 @@ def predict(volume: np.ndarray, affine: np.ndarray, model: Any, device: str = "a
     network = model.network
     original_device = model.device
     use_maps = bool(maps) and card.is_prototype and hasattr(network, "maps_from_similarity")
-    info: dict[str, Any] = {"device": str(dev), "overlap": float(window["overlap"])}
+    taken = choose_form(form, card.num_classes, array.size, use_maps)
+    info: dict[str, Any] = {"device": str(dev), "overlap": float(window["overlap"]),
+                            "form": taken}
+    if taken == "compact":
+        return _predict_compact(array, matrix, model, dev, window, sw_batch_size, t, info,
+                                started, progress, cancel)
     try:
         network.to(dev)
         network.eval()
@@ -334,6 +393,41 @@ def predict(volume: np.ndarray, affine: np.ndarray, model: Any, device: str = "a
         temperature=t, model_name=card.name, model_version=card.version, info=info,
         **arrays, **proto,
     )
+    report(progress, 1.0, "done")
+    return prediction
+
+
+def _predict_compact(array: np.ndarray, matrix: np.ndarray, model: Any, dev: torch.device,
+                     window: dict[str, Any], sw_batch_size: int, temperature: float,
+                     info: dict[str, Any], started: float,
+                     progress: ProgressCallback | None, cancel: CancelCallback | None
+                     ) -> Prediction:
+    """:func:`predict` into the compact form (``Prediction.scores``)."""
+    from CalibSegLib.inference.predict_compact import network_topk
+    from CalibSegLib.inference.prediction import topk_maps
+
+    card = model.card
+    network = model.network
+    original_device = model.device
+    try:
+        network.to(dev)
+        network.eval()
+        with torch.no_grad():
+            scores, run_info = network_topk(array, matrix, model, dev, window, sw_batch_size,
+                                            scaled(progress, 0.0, 0.9), cancel)
+    finally:
+        network.to(original_device)
+    info.update(run_info)
+    check_cancel(cancel, "prediction")
+    scores = dataclasses.replace(scores, temperature=temperature, affine=matrix.copy(),
+                                 class_names=tuple(card.class_names))
+    confidence, entropy = topk_maps(scores, scaled(progress, 0.9, 1.0), cancel)
+    info["seconds"] = time.perf_counter() - started
+    prediction = Prediction(
+        logits=None, probs=None, labels=scores.labels(), confidence=confidence,
+        entropy=entropy, affine=matrix.copy(), class_names=card.class_names,
+        class_colors=card.class_colors, temperature=temperature, model_name=card.name,
+        model_version=card.version, info=info, scores=scores)
     report(progress, 1.0, "done")
     return prediction
 

@@ -357,6 +357,22 @@ def _check_temperature(temperature: Any) -> float:
 _PLANES_PER_STEP = 8
 
 
+def topk_maps(scores: TopKPrediction, progress: ProgressCallback | None = None,
+              cancel: CancelCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Full-volume ``(confidence, entropy)`` float32 ``(Z, Y, X)`` maps of a top-k form at its
+    temperature, a few planes at a time (``progress`` and ``cancel`` per step)."""
+    shape = scores.shape
+    confidence = np.empty(shape, np.float32)
+    entropy = np.empty(shape, np.float32)
+    depth = int(shape[0])
+    for z0 in range(0, depth, _PLANES_PER_STEP):
+        check_cancel(cancel, "temperature scaling")
+        z1 = min(depth, z0 + _PLANES_PER_STEP)
+        confidence[z0:z1], entropy[z0:z1] = scores.maps(scores.temperature, (slice(z0, z1),))
+        report(progress, z1 / max(depth, 1), "probability maps")
+    return confidence, entropy
+
+
 def apply_temperature(prediction: Prediction, temperature: float,
                       progress: ProgressCallback | None = None,
                       cancel: CancelCallback | None = None) -> Prediction:
@@ -378,14 +394,7 @@ def apply_temperature(prediction: Prediction, temperature: float,
     check_cancel(cancel, "temperature scaling")
     if prediction.scores is not None:
         scores = prediction.scores.with_temperature(t)
-        confidence = np.empty(prediction.shape, np.float32)
-        entropy = np.empty(prediction.shape, np.float32)
-        depth = prediction.shape[0]
-        for z0 in range(0, depth, _PLANES_PER_STEP):
-            check_cancel(cancel, "temperature scaling")
-            z1 = min(depth, z0 + _PLANES_PER_STEP)
-            confidence[z0:z1], entropy[z0:z1] = scores.maps(t, (slice(z0, z1),))
-            report(progress, z1 / max(depth, 1), "temperature")
+        confidence, entropy = topk_maps(scores, progress, cancel)
         return dataclasses.replace(prediction, confidence=confidence, entropy=entropy,
                                    temperature=t, info=dict(prediction.info), scores=scores)
     from CalibSegLib.inference.softmax_kernel import probability_maps_cpu

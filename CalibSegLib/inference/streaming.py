@@ -76,6 +76,7 @@ def sliding_window_topk(x: torch.Tensor, network: Callable[[torch.Tensor], Any],
                         padding_mode: str = "replicate", cval: float = 0.0,
                         temperature: float = 1.0, affine=None, class_names: tuple[str, ...] = (),
                         chunk_voxels: int | None = None,
+                        planes: Callable[[torch.Tensor], torch.Tensor] | None = None,
                         progress: ProgressCallback | None = None,
                         cancel: CancelCallback | None = None, cuda: bool | None = None
                         ) -> tuple[TopKPrediction, dict[str, Any]]:
@@ -88,7 +89,9 @@ def sliding_window_topk(x: torch.Tensor, network: Callable[[torch.Tensor], Any],
     CPU. ``chunk_voxels`` bounds the compaction's temporaries (default
     :func:`~CalibSegLib.inference.topk.compaction_chunk`). Peak extra memory: about
     three slabs (the buffer, the blended planes taken from it, a shift copy), one
-    compaction chunk and the top-k arrays.
+    compaction chunk and the top-k arrays. ``planes`` turns each finished block of
+    blended network output ``(C, planes, Y, X)`` into logits before it is compacted
+    (checks and conversion of probability or log-probability output).
 
     Returns
     -------
@@ -125,12 +128,14 @@ def sliding_window_topk(x: torch.Tensor, network: Callable[[torch.Tensor], Any],
 
     def flush(stop: int) -> None:
         first = slab.base
-        planes = slab.take(stop)
+        taken = slab.take(stop)
         # keep only planes inside the image, cropped to it
         lo, hi = max(first, lead[0]), min(stop, lead[0] + shape[0])
         if hi <= lo:
             return
-        block = planes[:, lo - first:hi - first][(slice(None), *crop)]
+        block = taken[:, lo - first:hi - first][(slice(None), *crop)]
+        if planes is not None:
+            block = planes(block)
         plane = block.shape[2] * block.shape[3]
         chunk = int(chunk_voxels or compaction_chunk(num_classes))
         for z in range(hi - lo):
