@@ -15,14 +15,11 @@ from CalibSegSlicer.reloading import prepareHelperImports
 prepareHelperImports()
 
 import slicer  # noqa: E402
-from CalibSegSlicer.logic import CalibSegLogic  # noqa: E402
+from CalibSegSlicer.logic import CalibSegLogic  # noqa: E402, F401  (the module's logic, by name)
 from CalibSegSlicer.sampledata import registerSampleData  # noqa: E402
 from CalibSegSlicer.selftest import CalibSegTest  # noqa: E402, F401  (found by name by Slicer's test runner)
 from CalibSegSlicer.widget import CalibSegWidget  # noqa: E402, F401  (found by name by Slicer)
-from slicer.ScriptedLoadableModule import (  # noqa: E402
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-)
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule  # noqa: E402
 
 HELP = """
 <p>Run one or two segmentation models on a scan and see where they are unsure:
@@ -55,14 +52,3 @@ class CalibSeg(ScriptedLoadableModule):
         self.parent.acknowledgementText = ACKNOWLEDGEMENT
         # The sample case is offered by the SampleData module once Slicer has started.
         slicer.app.connect("startupCompleted()", registerSampleData)
-
-
-class CalibSegModuleLogic(ScriptedLoadableModuleLogic):
-    """Slicer-style logic object; everything is delegated to :class:`CalibSegLogic`."""
-
-    def __init__(self, scene=None):
-        ScriptedLoadableModuleLogic.__init__(self)
-        self.impl = CalibSegLogic(scene)
-
-    def __getattr__(self, name):
-        return getattr(self.__dict__["impl"], name)

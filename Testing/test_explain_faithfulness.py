@@ -154,3 +154,31 @@ def test_building_blocks(toy):
     assert np.array_equal(image, before)  # inputs untouched
     assert score.forwards == 3  # 2 + 2 * 3 images in batches of 3
     assert out["deletion_auc"] < out["insertion_auc"]
+
+
+def test_errors_follow_the_policy(toy):
+    """User-chosen options and maps get a CalibSegError; a caller's mistakes a built-in."""
+    from CalibSegLib.errors import CalibSegError
+    from CalibSegLib.explain.prototype import rank_prototypes
+    from CalibSegLib.explain.region import RegionScore
+    from CalibSegLib.explain.segmenter import as_segmenter
+    from CalibSegLib.explain.types import Explanation
+
+    seg, image, true_map, _, region = toy
+    with pytest.raises(CalibSegError, match="Unknown baseline 'zeros'; use blur or mean"):
+        _scores(toy, true_map, baseline="zeros")
+    with pytest.raises(CalibSegError, match="Unknown random map 'shuffled'"):
+        _scores(toy, true_map, random_variants=("shuffled",))
+    with pytest.raises(CalibSegError, match="map made on this image's grid"):
+        _scores(toy, true_map[:-1])
+    for call, error in [
+        (lambda: RegionScore(seg, region, reduction="max"), ValueError),
+        (lambda: Explanation(map=true_map, affine=np.eye(4), method="lime", target_class=1),
+         ValueError),
+        (lambda: as_segmenter("network.pt"), TypeError),
+        (lambda: rank_prototypes(np.ones((2, *SHAPE)), np.ones((2, 2)), 1,
+                                 np.zeros(SHAPE, bool), np.array([0, 1])), ValueError),
+    ]:
+        with pytest.raises(error) as raised:
+            call()
+        assert not isinstance(raised.value, CalibSegError)

@@ -32,7 +32,7 @@ def _good_card() -> dict:
                     training={"loss": "DiceCE+HardL1ACE", "weights": {"dice_ce": 1, "ace": 0.5}})
     data = card.to_dict()
     data["prototypes"] = [{"index": 0, "class": 0, "case": "mni-t1", "voxel": [1, 2, 3],
-                           "bbox": [[0, 4], [0, 4], [0, 4]], "gallery": "gallery/p000.npz"}]
+                           "bbox": [[0, 4], [0, 4], [0, 4]], "gallery": "gallery/proto_000.nii.gz"}]
     return data
 
 
@@ -341,6 +341,27 @@ def test_migrated_normalisation_computes_the_format_1_values(spec):
     image = rng.normal(60, 40, size=(9, 10, 11)) * (rng.random((9, 10, 11)) > 0.2)
     out = normalizer(card)(image)
     np.testing.assert_allclose(out, _legacy_normalisation(image, spec), atol=2e-5)
+
+
+@pytest.mark.parametrize("spec", [
+    {"type": "zscore", "nonzero": True}, {"type": "percentile", "lower": 2, "upper": 97},
+    {"type": "range", "a_min": -20, "a_max": 150}, {"type": "none"},
+])
+def test_explanations_normalise_like_prediction(spec):
+    """The torch batch normaliser (explanations, with gradients) gives the numpy one's
+    numbers, and both the format-1 rule's."""
+    from CalibSegLib.models.normalization import torch_normalizer
+
+    rng = np.random.default_rng(5)
+    images = rng.normal(60, 40, size=(2, 9, 10, 11)) * (rng.random((2, 9, 10, 11)) > 0.2)
+    batch = torch.tensor(images[:, None], dtype=torch.float64, requires_grad=True)
+    out = torch_normalizer(spec)(batch)
+    assert out.shape == batch.shape and out.dtype == torch.float64
+    for b in range(2):
+        expected = normalizer(spec)(images[b])
+        np.testing.assert_allclose(out[b, 0].detach().numpy(), expected, atol=1e-6)
+        np.testing.assert_allclose(expected, _legacy_normalisation(images[b], spec), atol=2e-5)
+    np.testing.assert_array_equal(batch.detach().numpy()[:, 0], images)  # input untouched
 
 
 def test_format_1_card_with_a_bad_normalisation_names_the_field():

@@ -122,15 +122,6 @@ def similarityTable(scene):
     return getOrCreateTable(scene, SIMILARITY_TABLE, rampColors(_SIMILARITY_ANCHORS))
 
 
-def classTable(name: str, classNames, classColors):
-    """A categorical table (not in a scene): entry ``c`` = class ``c``; class 0 transparent."""
-    colors = np.zeros((len(classNames), 4))
-    for c, color in enumerate(classColors):
-        colors[c, :3] = color[:3]
-        colors[c, 3] = 0.0 if c == 0 else 1.0
-    return buildTable(name, colors, list(classNames))
-
-
 def _nodesByName(scene, className: str, name: str):
     nodes = scene.GetNodesByClassByName(className, name)
     found = [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]

@@ -76,19 +76,9 @@ def galleryPath(result: ModelResult, k: int) -> str:
 
 
 def readCrop(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """A gallery crop ``(image (Z, Y, X), affine)``: an image file or ``.npz`` (``image``
-    [+ ``affine``])."""
+    """A gallery crop ``(image (Z, Y, X), affine)`` from its image file."""
     if not os.path.exists(path):
         raise CalibSegError(f"Prototype gallery crop {path} is missing; reinstall the model.")
-    if path.lower().endswith(".npz"):
-        with np.load(path, allow_pickle=False) as data:
-            if "image" not in data.files:
-                raise CalibSegError(f"{path} has no 'image' array; rewrite the gallery crop.")
-            image = np.asarray(data["image"])
-            affine = np.asarray(data["affine"]) if "affine" in data.files else np.eye(4)
-        while image.ndim > 3:
-            image = image[0]
-        return image, affine
     from CalibSegLib.io import read_image
 
     return read_image(path)

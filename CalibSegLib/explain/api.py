@@ -23,10 +23,16 @@ from CalibSegLib.explain.segmenter import as_segmenter, predict_logits
 from CalibSegLib.explain.types import Explanation
 from CalibSegLib.progress import CancelCallback, ProgressCallback, report, scaled
 
+#: The methods :func:`explain` computes (``"random"`` maps come from :func:`random_explanation`).
+EXPLAIN_METHODS = ("prototype", "gradcam", "gradcampp", "occlusion")
+
 
 def resolve_class(value: int | str | None, class_names: Sequence[str], labels: np.ndarray | None
                   = None) -> int:
-    """A class index from a name or index; by default the largest predicted foreground class."""
+    """A class index from a name or index; by default the largest predicted foreground class.
+
+    ``labels`` (optional) is the predicted label map, an integer array of shape (Z, Y, X).
+    """
     n = len(class_names)
     if value is None:
         if labels is None:
@@ -111,6 +117,8 @@ def explain(
     -------
     Explanation
     """
+    if method not in EXPLAIN_METHODS:
+        raise CalibSegError(f"Unknown method {method!r}; use {', '.join(EXPLAIN_METHODS)}.")
     image = np.asarray(image)
     if image.ndim != 3:
         raise CalibSegError(f"Expected a 3D image (Z, Y, X); got shape {image.shape}.")
@@ -135,11 +143,12 @@ def explain(
     names = _class_names(model, logits.shape[0], class_names)
     c = resolve_class(target_class, names, labels)
     region, description = region_mask(labels, c, roi, f"'{names[c]}' (class {c})")
-    report(progress, work[0] + 0.1 * (work[1] - work[0]), f"explaining with {method}")
+    report(scaled(progress, *work), 0.1, f"explaining with {method}")
     extras: dict[str, np.ndarray] = {}
     ranking = None
-    layer_used = None
+    layer_used: str | None = None
     if method == "prototype":
+        assert protos is not None
         attribution = prototype_attribution(protos, c)
         ranking = rank_prototypes(
             protos["similarity"], protos["weight"], c, region, protos["prototype_class"],
@@ -156,14 +165,11 @@ def explain(
     elif method in ("gradcam", "gradcampp"):
         attribution, info = gradcam_map(segmenter, image, c, region, layer,
                                         plusplus=method == "gradcampp", device=device)
-        layer_used = info["layer"]
-    elif method == "occlusion":
+        layer_used = str(info["layer"])
+    else:  # occlusion
         attribution, info = occlusion_map(segmenter, image, c, region, device=device,
                                           progress=scaled(progress, *work), cancel=cancel,
                                           **(occlusion_options or {}))
-    else:
-        raise CalibSegError(
-            f"Unknown method {method!r}; use prototype, gradcam, gradcampp or occlusion.")
     details = {k: v for k, v in info.items() if k not in ("layer", "upsampling")}
     if attribution.size and float(attribution.max()) == float(attribution.min()):
         details["constant_map"] = True
@@ -173,7 +179,7 @@ def explain(
                " try another layer)" if method in ("gradcam", "gradcampp") else "") + ".")
     explanation = Explanation(
         map=attribution, affine=affine, method=method, target_class=c, class_name=names[c],
-        region=description, upsampling=info["upsampling"], layer=layer_used,
+        region=description, upsampling=str(info["upsampling"]), layer=layer_used,
         prototypes=ranking, extras=extras, details=details,
     )
     if faithfulness:
@@ -197,7 +203,10 @@ def random_explanation(explanation: Explanation, seed: int = 0,
 
 
 def check_contributions(image: np.ndarray, model, device: str | torch.device = "cpu") -> float:
-    """Largest ``|sum_j w_cj sim_j + b_c - logit_c|`` over voxels and classes (should be ~0)."""
+    """Largest ``|sum_j w_cj sim_j + b_c - logit_c|`` over voxels and classes (should be ~0).
+
+    ``image`` is an array of shape (Z, Y, X); ``model`` has a prototype head.
+    """
     maps = prototype_maps(as_segmenter(model).to(device).eval(), np.asarray(image), device)
     total = np.stack([contribution_maps(maps["similarity"], maps["weight"], c).sum(0)
                       for c in range(maps["weight"].shape[0])])

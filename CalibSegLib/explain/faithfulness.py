@@ -29,10 +29,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from CalibSegLib.errors import CalibSegError
 from CalibSegLib.explain.region import RegionScore
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report, scaled
 
 BASELINES = ("blur", "mean")
+RANDOM_VARIANTS = ("permuted", "smoothed")
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -59,7 +61,7 @@ def baseline_image(image: np.ndarray, kind: str = "blur", sigma: float | None = 
     if kind == "mean":
         return np.full_like(image, float(image.mean())), {"kind": "mean"}
     if kind != "blur":
-        raise ValueError(f"baseline must be one of {BASELINES}, not {kind!r}")
+        raise CalibSegError(f"Unknown baseline {kind!r}; use {' or '.join(BASELINES)}.")
     if sigma is None:
         sigma = max(2.0, min(image.shape) / 16.0)
     blurred = ndimage.gaussian_filter(image, sigma=float(sigma), mode="nearest")
@@ -67,7 +69,11 @@ def baseline_image(image: np.ndarray, kind: str = "blur", sigma: float | None = 
 
 
 def voxel_ranks(attribution: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Rank of every voxel by decreasing attribution (0 = most important), ties shuffled."""
+    """Rank of every voxel by decreasing attribution (0 = most important), ties shuffled.
+
+    ``attribution`` is an array of shape (Z, Y, X); the ranks are an int64 array of the
+    same shape (Z, Y, X).
+    """
     flat = np.asarray(attribution, dtype=np.float64).ravel()
     perm = np.random.default_rng(seed).permutation(flat.size)
     order = perm[np.argsort(-flat[perm], kind="stable")]
@@ -79,6 +85,9 @@ def voxel_ranks(attribution: np.ndarray, seed: int = 0) -> np.ndarray:
 def random_map(attribution: np.ndarray, seed: int = 0, smooth_sigma: float | None = None
                ) -> np.ndarray:
     """A map with exactly the histogram of ``attribution`` but random placement.
+
+    ``attribution`` is an array of shape (Z, Y, X); the result is a float32 array of
+    shape (Z, Y, X).
 
     Without ``smooth_sigma`` the values are permuted (seeded). With it, a
     permuted copy is Gaussian-smoothed and the original values are reassigned in
@@ -98,7 +107,7 @@ def random_map(attribution: np.ndarray, seed: int = 0, smooth_sigma: float | Non
 
 
 def random_blocks(shape: Sequence[int], n_blocks: int = 32, block_fraction: float = 0.125,
-                  seed: int = 0) -> list[tuple[slice, slice, slice]]:
+                  seed: int = 0) -> list[tuple[slice, ...]]:
     """``n_blocks`` seeded random boxes, each about ``block_fraction`` of every dimension."""
     rng = np.random.default_rng(seed)
     size = [max(1, int(round(s * block_fraction))) for s in shape]
@@ -112,6 +121,8 @@ def random_blocks(shape: Sequence[int], n_blocks: int = 32, block_fraction: floa
 def activation_precision(attribution: np.ndarray, reference: np.ndarray,
                          top_percent: float = 10.0) -> float:
     """Share of the top ``top_percent`` % attribution mass inside ``reference``.
+
+    ``attribution`` and ``reference`` (non-zero = inside) are arrays of shape (Z, Y, X).
 
     Negative attributions count as zero. Returns NaN when the top voxels carry
     no positive mass.
@@ -131,7 +142,7 @@ def _area(y: np.ndarray, x: np.ndarray) -> float:
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation; NaN when either side is constant."""
+    """Pearson correlation of two arrays of shape (N,); NaN when either side is constant."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.std() == 0 or b.std() == 0:
@@ -178,6 +189,9 @@ def deletion_insertion(score: RegionProbability, image: np.ndarray, attribution:
                        cancel: CancelCallback | None = None) -> dict:
     """Deletion and insertion curves of one map and their areas.
 
+    ``image``, ``attribution`` and ``baseline`` (what deleted voxels become) are arrays
+    of shape (Z, Y, X).
+
     Returns
     -------
     dict
@@ -220,7 +234,11 @@ def deletion_insertion(score: RegionProbability, image: np.ndarray, attribution:
 def block_drops(score: RegionProbability, image: np.ndarray, baseline: np.ndarray,
                 blocks: Sequence[tuple[slice, ...]], progress: ProgressCallback | None = None,
                 cancel: CancelCallback | None = None) -> np.ndarray:
-    """Score drop when each block alone is replaced by the baseline."""
+    """Score drop when each block alone is replaced by the baseline.
+
+    ``image`` and ``baseline`` are arrays of shape (Z, Y, X); the drops an array of
+    shape (n_blocks,).
+    """
     img = torch.as_tensor(np.asarray(image, dtype=np.float32))
     base = torch.as_tensor(np.asarray(baseline, dtype=np.float32))
 
@@ -237,7 +255,10 @@ def block_drops(score: RegionProbability, image: np.ndarray, baseline: np.ndarra
 
 def faithfulness_correlation(attribution: np.ndarray, blocks: Sequence[tuple[slice, ...]],
                              drops: np.ndarray) -> float:
-    """Pearson correlation between score drops and attribution mass of the blocks."""
+    """Pearson correlation between score drops and attribution mass of the blocks.
+
+    ``attribution`` is an array of shape (Z, Y, X), ``drops`` of shape (n_blocks,).
+    """
     attr = np.asarray(attribution, dtype=np.float64)
     mass = np.array([attr[b].sum() for b in blocks])
     return pearson(mass, drops)
@@ -257,7 +278,7 @@ def evaluate_faithfulness(
     n_blocks: int = 32,
     block_fraction: float = 0.125,
     seed: int = 0,
-    random_variants: Sequence[str] = ("permuted", "smoothed"),
+    random_variants: Sequence[str] = RANDOM_VARIANTS,
     smooth_sigma: float | None = None,
     reference: np.ndarray | None = None,
     top_percent: float = 10.0,
@@ -310,7 +331,9 @@ def evaluate_faithfulness(
     image = np.asarray(image, dtype=np.float32)
     attribution = np.asarray(attribution, dtype=np.float32)
     if attribution.shape != image.shape:
-        raise ValueError(f"map shape {attribution.shape} differs from image shape {image.shape}")
+        raise CalibSegError(
+            f"The explanation map has shape {attribution.shape} but the image has {image.shape}; "
+            "use a map made on this image's grid.")
     base, base_info = baseline_image(image, baseline, baseline_sigma)
     score = RegionProbability(segmenter, region, target_class, batch_size, device)
     blocks = random_blocks(image.shape, n_blocks, block_fraction, seed)
@@ -323,7 +346,8 @@ def evaluate_faithfulness(
         elif variant == "smoothed":
             maps[variant] = random_map(attribution, seed + 2, smooth_sigma=smooth_sigma)
         else:
-            raise ValueError(f"unknown random variant {variant!r}; use 'permuted' or 'smoothed'")
+            raise CalibSegError(
+                f"Unknown random map {variant!r}; use {' or '.join(RANDOM_VARIANTS)}.")
     share = 1.0 / (len(maps) + 1)
     drops = block_drops(score, image, base, blocks, scaled(progress, 0.0, share), cancel)
     results = {}

@@ -14,7 +14,7 @@ as their predictions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -22,29 +22,8 @@ import torch
 
 from CalibSegLib.explain.segmenter import Segmenter, unet_divisor
 from CalibSegLib.models.card import ModelCard
+from CalibSegLib.models.normalization import torch_normalizer
 from CalibSegLib.models.output_kind import to_logits
-
-
-def torch_normalizer(spec: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Per-image preprocessing of a ``(B, 1, …)`` batch, as a card describes it.
-
-    ``spec`` is a card's ``preprocessing`` list (or a card), or a format-1
-    ``normalization`` object (converted with
-    :func:`~CalibSegLib.models.preprocessing.legacy_to_transforms`). Each image runs
-    through the MONAI transforms in order; gradients flow through them.
-    """
-    from CalibSegLib.models.preprocessing import legacy_to_transforms, preprocessor
-
-    if hasattr(spec, "preprocessing"):
-        spec = spec.preprocessing
-    if spec is None:
-        spec = []
-    run = preprocessor(legacy_to_transforms(spec) if isinstance(spec, Mapping) else list(spec))
-
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([run(sample) for sample in x]).to(x.dtype)
-
-    return apply
 
 
 def model_segmenter(model: Any, affine: np.ndarray | None = None,
@@ -57,7 +36,7 @@ def model_segmenter(model: Any, affine: np.ndarray | None = None,
     model : Model
         From :func:`CalibSegLib.models.load_model`.
     affine : numpy.ndarray, optional
-        Voxel-to-RAS matrix of the images to explain. When their spacing or
+        Voxel-to-RAS matrix of the images to explain, array of shape (4, 4). When their spacing or
         orientation differs from the model's, the segmenter resamples to the
         model grid (:func:`CalibSegLib.inference.resample.model_grid`) and back;
         ``shape`` (Z, Y, X) is then needed too, or the segmenter adapts to the
@@ -133,14 +112,3 @@ class _ModelSegmenter(Segmenter):
         elif isinstance(out, (tuple, list)):
             out = out[0]
         return to_logits(from_network_axes(out, order), self.card.output_kind)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.card.axis_order == "ZYX" and self.card.output_kind == "logits":
-            return super().forward(x)
-        shape = tuple(x.shape[2:])
-        prepared = self._prepare(x)
-        if self.sliding:
-            out = torch.as_tensor(self._windowed(prepared, self._network_call))
-        else:
-            out = self._network_call(prepared)
-        return self._restore(out, shape)

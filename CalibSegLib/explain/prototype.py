@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -27,18 +28,34 @@ def is_prototype_network(network: torch.nn.Module) -> bool:
 
 
 def class_weights(network: torch.nn.Module) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(w (C, P), bias (C,) or None)`` of the head's class-connection layer."""
+    """``(weight, bias)`` of the head's class-connection layer.
+
+    ``weight`` is an array of shape (C, P); ``bias`` of shape (C,), or None.
+    """
     layer = getattr(network, "last_layer", None)
     if layer is None:
-        raise CalibSegError("This prototype network has no 'last_layer'; it cannot be explained.")
+        raise TypeError(f"{type(network).__name__} has a prototype head but no 'last_layer' "
+                        "(its class-connection layer).")
     weight = layer.weight.detach().cpu().double().numpy()
     weight = weight.reshape(weight.shape[0], weight.shape[1])
     bias = getattr(layer, "bias", None)
     return weight, None if bias is None else bias.detach().cpu().double().numpy()
 
 
+class PrototypeMaps(TypedDict):
+    """What :func:`prototype_maps` reads off a prototype head for one image."""
+
+    logits: np.ndarray  #: (C, Z, Y, X)
+    similarity: np.ndarray  #: (P, Z, Y, X)
+    weight: np.ndarray  #: (C, P)
+    bias: np.ndarray | None  #: (C,)
+    prototype_class: np.ndarray  #: (P,) int64
+    nearest: np.ndarray  #: (Z, Y, X) int32, index of the most similar prototype
+    nearest_similarity: np.ndarray  #: (Z, Y, X)
+
+
 def prototype_maps(segmenter: Segmenter, image: np.ndarray, device: str | torch.device = "cpu"
-                   ) -> dict[str, np.ndarray]:
+                   ) -> PrototypeMaps:
     """Logits and prototype similarities of one image, on the input grid.
 
     Parameters
@@ -68,9 +85,11 @@ def prototype_maps(segmenter: Segmenter, image: np.ndarray, device: str | torch.
     logits = out["logits"][0].double().cpu().numpy()
     weight, bias = class_weights(network)
     nearest = sim.argmax(0)
+    prototype_class = network.prototype_class
+    assert isinstance(prototype_class, torch.Tensor)  # is_prototype_network checked it
     return {
         "logits": logits, "similarity": sim, "weight": weight, "bias": bias,
-        "prototype_class": network.prototype_class.detach().cpu().numpy().astype(np.int64),
+        "prototype_class": prototype_class.detach().cpu().numpy().astype(np.int64),
         "nearest": nearest.astype(np.int32),
         "nearest_similarity": np.take_along_axis(sim, nearest[None], 0)[0],
     }
@@ -166,7 +185,7 @@ def rank_prototypes(
     else:
         mask = np.asarray(region, dtype=bool)
         if not mask.any():
-            raise CalibSegError("The region is empty; there is nothing to rank prototypes for.")
+            raise ValueError("rank_prototypes needs a non-empty region (see region_mask).")
         sim_r = similarity[:, mask]
     sums = sim_r.sum(1, dtype=np.float64)
     contribution = weight[c] * sums
@@ -199,7 +218,7 @@ def rank_prototypes(
     return ranking
 
 
-def prototype_attribution(maps: Mapping[str, np.ndarray], target_class: int) -> np.ndarray:
+def prototype_attribution(maps: PrototypeMaps, target_class: int) -> np.ndarray:
     """``(Z, Y, X)`` evidence for the class from its own prototypes: ``sum w_cj * sim_j``."""
     c = int(target_class)
     own = np.asarray(maps["prototype_class"]) == c

@@ -13,11 +13,15 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
+from types import EllipsisType
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as nnf
 from torch import nn
+
+from CalibSegLib.models.networks import MapsNetwork, SimilarityNetwork
 
 
 class Segmenter(nn.Module):
@@ -52,7 +56,7 @@ class Segmenter(nn.Module):
         network: nn.Module,
         divisor: int = 1,
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        grid: tuple[np.ndarray, tuple[int, int, int], np.ndarray] | None = None,
+        grid: tuple[np.ndarray, tuple[int, ...], np.ndarray] | None = None,
         window: dict | None = None,
     ) -> None:
         super().__init__()
@@ -81,10 +85,12 @@ class Segmenter(nn.Module):
         from monai.inferers import sliding_window_inference
 
         w = self.window
-        return sliding_window_inference(
+        assert w is not None, "sliding windows need a window"
+        # MONAI types the result loosely (tensor, tuple or dict); a tensor predictor gives a tensor
+        return cast(torch.Tensor, sliding_window_inference(
             x, roi_size=tuple(int(r) for r in w["roi"]),
             sw_batch_size=int(w.get("sw_batch_size", 4)), predictor=predictor,
-            overlap=float(w.get("overlap", 0.25)), mode="gaussian", padding_mode="replicate")
+            overlap=float(w.get("overlap", 0.25)), mode="gaussian", padding_mode="replicate"))
 
     def geometry(self, input_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """``(resampled_shape, padded_shape)`` the network sees for an input of ``input_shape``."""
@@ -93,7 +99,11 @@ class Segmenter(nn.Module):
         return resampled, padded
 
     def to_input_grid(self, maps: torch.Tensor, input_shape: tuple[int, ...]) -> torch.Tensor:
-        """Bring ``(B, K, …)`` maps from the padded network grid to the input grid (trilinear)."""
+        """Bring maps from the padded network grid to the input grid (trilinear).
+
+        ``maps`` of shape (B, K, z, y, x) on the network's grid become a tensor of shape
+        (B, K, Z, Y, X), ``(Z, Y, X)`` being ``input_shape``.
+        """
         _, padded = self.geometry(input_shape)
         if tuple(maps.shape[2:]) != padded:
             maps = nnf.interpolate(maps, size=padded, mode="trilinear", align_corners=False)
@@ -102,12 +112,14 @@ class Segmenter(nn.Module):
     def _to_model(self, x: torch.Tensor) -> torch.Tensor:
         from CalibSegLib.inference.resample import resample
 
+        assert self.grid is not None
         src, shape, dst = self.grid
         return resample(x, src, shape, dst)
 
     def _to_input(self, x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         from CalibSegLib.inference.resample import resample
 
+        assert self.grid is not None
         src, _, dst = self.grid
         return resample(x, dst, shape, src)
 
@@ -125,34 +137,47 @@ class Segmenter(nn.Module):
 
     def _restore(self, out: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         resampled, _ = self.geometry(shape)
-        out = out[(..., *[slice(0, s) for s in resampled])]
+        crop: tuple[EllipsisType | slice, ...] = (..., *[slice(0, s) for s in resampled])
+        out = out[crop]
         if self.grid is not None:
             out = self._to_input(out, shape)
         return out
 
+    def _network_call(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on a prepared ``(B, 1, z, y, x)`` batch: ``(B, C, z, y, x)`` logits."""
+        return self.network(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (B, C, Z, Y, X) for an image batch of shape (B, 1, Z, Y, X)."""
         shape = tuple(x.shape[2:])
         prepared = self._prepare(x)
         if self.sliding:
-            out = torch.as_tensor(self._windowed(prepared, self.network))
+            out = torch.as_tensor(self._windowed(prepared, self._network_call))
         else:
-            out = self.network(prepared)
+            out = self._network_call(prepared)
         return self._restore(out, shape)
 
     def forward_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network's ``forward_maps`` (prototype head), every 3D map on the input grid.
 
+        ``x`` is an image batch of shape (B, 1, Z, Y, X); each map comes back with shape
+        (B, K, Z, Y, X) (``logits``: K = C classes, ``similarity``: K = P prototypes).
         Resampling is linear, so contributions ``w_cj * sim_j`` still sum to the logits.
         """
         shape = tuple(x.shape[2:])
         resampled, padded = self.geometry(shape)
         if self.sliding:
-            sim = torch.as_tensor(self._windowed(self._prepare(x), self.network.similarity))
-            weight = self.network.last_layer.weight
+            network = self.network
+            if not isinstance(network, SimilarityNetwork):
+                raise TypeError(f"{type(network).__name__} has no prototype similarity head")
+            sim = torch.as_tensor(self._windowed(self._prepare(x), network.similarity))
+            weight = network.last_layer.weight
             weight = weight.reshape(weight.shape[0], weight.shape[1]).to(sim.dtype)
             logits = torch.einsum("cp,bp...->bc...", weight, sim)
             return {"logits": self._restore(logits, shape),
                     "similarity": self._restore(sim, shape)}
+        if not isinstance(self.network, MapsNetwork):
+            raise TypeError(f"{type(self.network).__name__} has no forward_maps")
         out = self.network.forward_maps(self._prepare(x))
         return {k: self._restore(v.float(), shape)
                 if isinstance(v, torch.Tensor) and v.is_floating_point() and v.ndim == 5
@@ -174,7 +199,7 @@ def as_segmenter(obj: nn.Module | Segmenter, divisor: int | None = None,
     """A :class:`Segmenter` for a segmenter, a CalibSeg ``Model`` or a bare network.
 
     ``affine`` (the image's voxel-to-RAS matrix) lets a model resample images
-    whose voxel size differs from its own.
+    whose voxel size differs from its own; it is an array of shape (4, 4).
     """
     if isinstance(obj, Segmenter):
         return obj

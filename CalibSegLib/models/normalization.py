@@ -1,4 +1,4 @@
-"""Intensity normalisation of a numpy image as a model card describes it.
+"""Intensity normalisation of an image as a model card describes it (numpy or torch).
 
 The card's ``preprocessing`` transform list
 (:mod:`CalibSegLib.models.preprocessing`) is the one definition; the format-1
@@ -16,6 +16,10 @@ The card's ``preprocessing`` transform list
     ``clip`` (default true): ``ScaleIntensityRange``.
 ``none``
     Cast to float32 only.
+
+:func:`normalizer` (numpy images) and :func:`torch_normalizer` (torch batches, used
+by explanations so that gradients flow) run the same MONAI transforms from
+:func:`transform_list`.
 """
 
 from __future__ import annotations
@@ -24,8 +28,32 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
-from CalibSegLib.models.preprocessing import legacy_to_transforms, preprocess, preprocessor
+from CalibSegLib.models.preprocessing import legacy_to_transforms, preprocessor
+
+NormalizationSpec = Any
+"""A card (anything with ``.preprocessing``), a card's ``preprocessing`` list, a format-1
+``normalization`` mapping, or ``None`` (no transform)."""
+
+
+def transform_list(spec: NormalizationSpec) -> list[Mapping[str, Any]]:
+    """The ``preprocessing`` transform list that ``spec`` stands for.
+
+    Parameters
+    ----------
+    spec : card, list, mapping or None
+        A card (its ``preprocessing``), a ``preprocessing`` list, a format-1
+        ``{"type": "zscore" | "percentile" | "range" | "none", ...}`` object, or
+        ``None`` (an empty list: cast to float32 only).
+    """
+    if hasattr(spec, "preprocessing"):
+        spec = spec.preprocessing
+    if spec is None:
+        return []
+    if isinstance(spec, Mapping):
+        return legacy_to_transforms(spec)
+    return list(spec)
 
 
 def normalize_intensity(image: np.ndarray,
@@ -45,25 +73,30 @@ def normalize_intensity(image: np.ndarray,
     numpy.ndarray
         float32, same shape.
     """
-    items = legacy_to_transforms(spec) if isinstance(spec, Mapping) else list(spec)
-    return preprocess(image, items)
+    return normalizer(spec)(image)
 
 
-def normalizer(card: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """A function ``image -> normalised float32 image`` for a card, a transform list or a
-    format-1 normalisation object."""
-    if hasattr(card, "preprocessing"):
-        items = card.preprocessing
-    elif isinstance(card, Mapping):
-        items = legacy_to_transforms(card)
-    else:
-        items = list(card)
-    run = preprocessor(items)
+def normalizer(spec: NormalizationSpec) -> Callable[[np.ndarray], np.ndarray]:
+    """A function ``image (Z, Y, X) -> normalised float32 image``, for a card, a transform
+    list or a format-1 normalisation object (see :func:`transform_list`)."""
+    run = preprocessor(transform_list(spec))
 
     def apply(image: np.ndarray) -> np.ndarray:
-        import torch
-
         x = torch.from_numpy(np.array(image, dtype=np.float32, copy=True))[None]
         return run(x)[0].numpy()
+
+    return apply
+
+
+def torch_normalizer(spec: NormalizationSpec) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Per-image normalisation of a ``(B, 1, Z, Y, X)`` batch, as :func:`normalizer` does it.
+
+    Each image runs through the same MONAI transforms; gradients flow through them
+    and the batch keeps its dtype.
+    """
+    run = preprocessor(transform_list(spec))
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([run(sample) for sample in x]).to(x.dtype)
 
     return apply

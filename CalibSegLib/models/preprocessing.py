@@ -150,12 +150,6 @@ def preprocessor(items: Sequence[Mapping[str, Any]]) -> Callable[[torch.Tensor],
     return apply
 
 
-def preprocess(image: np.ndarray, items: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """A new float32 array: ``image`` (any 3D shape; not modified) through the transforms."""
-    x = torch.from_numpy(np.array(image, dtype=np.float32, copy=True))[None]
-    return preprocessor(items)(x)[0].numpy()
-
-
 def legacy_to_transforms(spec: Mapping[str, Any], where: str = "normalization"
                          ) -> list[dict[str, Any]]:
     """The ``preprocessing`` list equal to a version-1 ``normalization`` object.
