@@ -24,7 +24,7 @@ from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel,
 
 
 # ---------------------------------------------------------------------------- layers
-def _probe(network: nn.Module, shape: tuple[int, int, int] | None, in_channels: int = 1
+def _probe(network: nn.Module, shape: tuple[int, ...] | None, in_channels: int = 1
            ) -> dict[str, tuple[int, ...]]:
     """Output spatial shape of every module with parameters, in completion order."""
     if shape is None:
@@ -89,7 +89,7 @@ def _bottleneck(shapes: dict[str, tuple[int, ...]]) -> str:
     return [n for n, s in shapes.items() if int(np.prod(s)) == smallest][-1]
 
 
-def default_layer(network: nn.Module, input_shape: tuple[int, int, int] | None = None) -> str:
+def default_layer(network: nn.Module, input_shape: tuple[int, ...] | None = None) -> str:
     """Grad-CAM's default layer: the first decoder stage after the bottleneck.
 
     That is the last layer computed at the first finer scale after the bottleneck that
@@ -175,7 +175,9 @@ def gradcam_map(
     cam = cam_type(nn_module=scorer, target_layers=f"segmenter.network.{layer}")
     x = torch.as_tensor(image, device=device)[None, None]
     # One pass over the whole volume: MONAI's hooks keep one activation per layer.
-    with scorer.segmenter.whole_volume():
+    scored = scorer.segmenter
+    assert isinstance(scored, Segmenter)
+    with scored.whole_volume():
         feature = cam.compute_map(x, class_idx=int(target_class)).detach()
     feature_shape = tuple(int(s) for s in feature.shape[2:])
     with torch.no_grad():
@@ -222,7 +224,7 @@ def occlusion_map(
     image: np.ndarray,
     target_class: int,
     region: np.ndarray,
-    mask_size: tuple[int, int, int] | None = None,
+    mask_size: tuple[int, ...] | None = None,
     overlap: float = 0.0,
     mode: str | float = "mean_patch",
     n_batch: int = 4,

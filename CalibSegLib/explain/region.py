@@ -79,6 +79,8 @@ class RegionScore(nn.Module):
         Pool raw logits (gradient methods) or class probabilities (perturbation methods).
     """
 
+    region: torch.Tensor  #: ``(Z, Y, X)`` bool buffer
+
     def __init__(
         self,
         segmenter: nn.Module,
@@ -98,6 +100,7 @@ class RegionScore(nn.Module):
                              persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Scores of shape (B, C) for an image batch of shape (B, 1, Z, Y, X)."""
         out = self.segmenter(x)
         if self.activation == "softmax":
             out = torch.softmax(out, dim=1)

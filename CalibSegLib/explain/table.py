@@ -103,7 +103,9 @@ def explanation_table(
                             occlusion_options=occlusion_options, device=device, progress=sub,
                             cancel=cancel)
                 f = e.faithfulness
-                keyed = [((method, None, None), f["explanation"])] + [
+                assert f is not None  # explain(..., faithfulness=True) scores it
+                keyed: list[tuple[tuple[str, str | None, str | None], dict]] = [
+                    ((method, None, None), f["explanation"])] + [
                     (("random", method, variant), r) for variant, r in f["random"].items()]
                 for key, scores in keyed:
                     bucket = collected.setdefault(key, {m: [] for m in METRICS} | {

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from flwr.app import Context
+from flwr.app import Context, UserConfigValue
 from flwr.serverapp import Grid, ServerApp
 
 from CalibSegLib.errors import CalibSegError
@@ -29,12 +29,12 @@ server_app = ServerApp()
 TASKS = ("evaluate", "calibrate", "finetune")
 
 
-def expected_sites(config: Mapping[str, object]) -> list[str]:
+def expected_sites(config: Mapping[str, UserConfigValue]) -> list[str]:
     """The ``sites`` run config value as a list of names."""
     return [s.strip() for s in str(config.get("sites", "")).split(",") if s.strip()]
 
 
-def run_task(grid: Grid, config: Mapping[str, object]) -> dict:
+def run_task(grid: Grid, config: Mapping[str, UserConfigValue]) -> dict:
     """Run the task named in ``config`` over ``grid``; write its outputs; return a summary."""
     from CalibSegLib.federated import outputs, server
     from CalibSegLib.models import load_model
@@ -47,24 +47,24 @@ def run_task(grid: Grid, config: Mapping[str, object]) -> dict:
     model = load_model(str(config["model"]))
     output = os.path.abspath(str(config["output"]))
     overwrite = bool(config.get("overwrite", False))
-    common = {"min_sites": int(config.get("min-sites", 1)),  # type: ignore[arg-type]
-              "timeout": float(config.get("timeout", 600.0)),  # type: ignore[arg-type]
-              "expected": expected_sites(config)}
-    n_bins = int(config.get("n-bins", 20))  # type: ignore[arg-type]
+    min_sites = int(config.get("min-sites", 1))
+    timeout = float(config.get("timeout", 600.0))
+    expected = expected_sites(config)
+    n_bins = int(config.get("n-bins", 20))
     if task == "evaluate":
-        result = server.evaluation_round(
-            grid, model, n_bins=n_bins,
-            drift_threshold=float(config.get("drift-threshold", 0.05)),  # type: ignore[arg-type]
-            **common)
-        return outputs.write_evaluation(result, output)
+        evaluation = server.evaluation_round(
+            grid, model, n_bins=n_bins, drift_threshold=float(config.get("drift-threshold", 0.05)),
+            min_sites=min_sites, timeout=timeout, expected=expected)
+        return outputs.write_evaluation(evaluation, output)
     if task == "calibrate":
-        result = server.temperature_round(grid, model, **common)
-        return outputs.write_calibrated_model(model, result, output, overwrite=overwrite)
-    result = server.finetune_rounds(
-        grid, model, rounds=int(config.get("rounds", 1)),  # type: ignore[arg-type]
-        local_steps=int(config.get("local-steps", 2)),  # type: ignore[arg-type]
-        lr=float(config.get("lr", 1e-3)), n_bins=n_bins, **common)  # type: ignore[arg-type]
-    return outputs.write_finetuned_model(model, result, output, overwrite=overwrite)
+        calibration = server.temperature_round(grid, model, min_sites=min_sites, timeout=timeout,
+                                               expected=expected)
+        return outputs.write_calibrated_model(model, calibration, output, overwrite=overwrite)
+    finetuned = server.finetune_rounds(
+        grid, model, rounds=int(config.get("rounds", 1)),
+        local_steps=int(config.get("local-steps", 2)), lr=float(config.get("lr", 1e-3)),
+        n_bins=n_bins, min_sites=min_sites, timeout=timeout, expected=expected)
+    return outputs.write_finetuned_model(model, finetuned, output, overwrite=overwrite)
 
 
 @server_app.main()

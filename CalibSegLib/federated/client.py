@@ -48,7 +48,8 @@ def _site_and_cases(message: Message, context: Context, model):
         LOG.warning("site %s: sample cohort on a %g mm grid while model %s works at %s mm",
                     spec.name, spec.resolution_mm, model.name, "x".join(f"{v:g}" for v in spacing))
     cases = load_cohort(spec, model_spacing_mm=spacing)
-    max_cases = int(message.content["config"].get("max-cases", protocol.DEFAULT_MAX_CASES))
+    config = message.content.config_records["config"]
+    max_cases = int(protocol.scalar(config.get("max-cases", protocol.DEFAULT_MAX_CASES)))
     if len(cases) > max_cases:
         raise CalibSegError(
             f"Site {spec.name} holds {len(cases)} cases; the server accepts at most {max_cases} "
@@ -62,15 +63,15 @@ def handle_stats(message: Message, context: Context) -> Message:
     from CalibSegLib.federated.reliability import encode_stats
     from CalibSegLib.federated.site import site_statistics
 
-    config = message.content["config"]
+    config = message.content.config_records["config"]
     model = model_from_records(str(message.content["model"]["card"]),
-                               message.content["weights"])
+                               message.content.array_records["weights"])
     spec, cases = _site_and_cases(message, context, model)
-    n_bins = int(config["n-bins"])
+    n_bins = int(protocol.scalar(config["n-bins"]))
     stats = site_statistics(model, cases, spec.name, n_bins)
     meta = protocol.SiteMeta(spec.name, model.version, len(cases), n_bins, model.num_classes)
     return Message(RecordDict({"stats": _array_record(encode_stats(stats)),
-                               "meta": ConfigRecord(meta.to_record())}), reply_to=message)
+                               "meta": ConfigRecord(dict(meta.to_record()))}), reply_to=message)
 
 
 def handle_nll(message: Message, context: Context) -> Message:
@@ -78,34 +79,42 @@ def handle_nll(message: Message, context: Context) -> Message:
     from CalibSegLib.federated.site import site_nll
 
     model = model_from_records(str(message.content["model"]["card"]),
-                               message.content["weights"])
+                               message.content.array_records["weights"])
     spec, cases = _site_and_cases(message, context, model)
-    grid = [float(t) for t in message.content["config"]["temperatures"]]
+    temperatures = message.content.config_records["config"]["temperatures"]
+    if not isinstance(temperatures, list):
+        raise TypeError(f"the temperature grid is a {type(temperatures).__name__}, not a list")
+    grid = [float(t) for t in temperatures]
     sums, count = site_nll(model, cases, grid)
     meta = protocol.SiteMeta(spec.name, model.version, len(cases), 0, model.num_classes)
     arrays = {"sums": sums.astype(np.float64), "count": np.array([count], dtype=np.int64)}
     return Message(RecordDict({"nll": _array_record(arrays),
-                               "meta": ConfigRecord(meta.to_record())}), reply_to=message)
+                               "meta": ConfigRecord(dict(meta.to_record()))}), reply_to=message)
 
 
 def handle_train(message: Message, context: Context) -> Message:
     """A few local steps from the global weights; reply with the new weights (FedAvg)."""
     from CalibSegLib.federated.site import local_finetune
 
-    config = message.content["config"]
-    model = model_from_records(str(message.content["model"]["card"]), message.content["arrays"])
+    config = message.content.config_records["config"]
+    model = model_from_records(str(message.content["model"]["card"]),
+                               message.content.array_records["arrays"])
     spec, cases = _site_and_cases(message, context, model)
+
+    def setting(key: str, default: float) -> int | float | str:
+        return protocol.scalar(config.get(key, default))
+
     state, info = local_finetune(
-        model, cases, steps=int(config.get("local-steps", 2)), lr=float(config.get("lr", 1e-3)),
-        calibration_weight=float(config.get("calibration-weight", 1.0)),
-        n_bins=int(config.get("n-bins", 20)),
-        seed=int(config.get("seed", 0)) + 1000 * int(config.get("server-round", 0)),
+        model, cases, steps=int(setting("local-steps", 2)), lr=float(setting("lr", 1e-3)),
+        calibration_weight=float(setting("calibration-weight", 1.0)),
+        n_bins=int(setting("n-bins", 20)),
+        seed=int(setting("seed", 0)) + 1000 * int(setting("server-round", 0)),
     )
     meta = protocol.SiteMeta(spec.name, model.version, len(cases), 0, model.num_classes)
     metrics = MetricRecord({"num-examples": len(cases), "loss": float(info["loss"]),
                             "voxels": int(info["voxels"])})
     return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": metrics,
-                               "meta": ConfigRecord(meta.to_record())}), reply_to=message)
+                               "meta": ConfigRecord(dict(meta.to_record()))}), reply_to=message)
 
 
 def build_client_app(partitions: list[SiteSpec] | None = None) -> ClientApp:
@@ -113,7 +122,8 @@ def build_client_app(partitions: list[SiteSpec] | None = None) -> ClientApp:
 
     ``partitions`` maps Flower simulation partition ids to sites (simulation only).
     """
-    handlers = (handle_stats, handle_nll, handle_train)
+    handlers: tuple[Callable[[Message, Context], Message], ...] = (
+        handle_stats, handle_nll, handle_train)
     if partitions is not None:
         _set_partitions(partitions)
         handlers = tuple(_with_partitions(h, list(partitions)) for h in handlers)

@@ -70,7 +70,7 @@ def _refuse_overwrite(paths: Sequence[str], overwrite: bool) -> None:
 def _subject_alt_names(hosts: Sequence[str]):
     from cryptography import x509
 
-    names = []
+    names: list[x509.GeneralName] = []
     for host in hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))

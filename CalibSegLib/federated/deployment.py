@@ -104,11 +104,13 @@ class DeploymentPlan:
 
     @property
     def address(self) -> str:
+        """``host:port`` of the SuperLink (an IPv6 host in brackets)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{int(self.port)}"
 
     @property
     def ca_certificate(self) -> str:
+        """Path of the certificate authority's certificate the sites trust."""
         return os.path.join(self.credentials, "ca.crt")
 
     def superlink_command(self, bind_host: str | None = None) -> list[str]:

@@ -45,6 +45,7 @@ class DriftFlag:
     reason: str
 
     def to_dict(self) -> dict:
+        """The flag as a JSON-ready dict."""
         return asdict(self)
 
 

@@ -107,6 +107,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
+        """Whether Flower reports the run as completed."""
         return self.status == "finished:completed"
 
 
@@ -220,6 +221,7 @@ class LocalFederation:
 
     # --- sites -------------------------------------------------------------------------------
     def site(self, name: str) -> SiteDeployment:
+        """The deployment of the site called ``name``."""
         for site in self.plan.sites:
             if site.spec.name == name:
                 return site
@@ -315,6 +317,7 @@ class LocalFederation:
             return fh.read()
 
     def alive(self, name: str) -> bool:
+        """Whether the SuperNode process of site ``name`` is running."""
         proc = self._processes.get(name)
         return proc is not None and proc.poll() is None
 

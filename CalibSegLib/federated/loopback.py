@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict, UserConfigValue
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
@@ -84,8 +84,8 @@ class LoopbackGrid(Grid):
     """
 
     client_app: ClientApp
-    node_configs: Sequence[Mapping[str, object]]
-    run_config: Mapping[str, object] = field(default_factory=dict)
+    node_configs: Sequence[Mapping[str, UserConfigValue]]
+    run_config: Mapping[str, UserConfigValue] = field(default_factory=dict)
     faults: Mapping[str, Fault] = field(default_factory=dict)
     run_id: int = 1
     received: list[WireRecord] = field(default_factory=list, init=False)
@@ -110,18 +110,22 @@ class LoopbackGrid(Grid):
         TaskIdentity.node_id = SERVER_NODE_ID
 
     # --- Grid interface ----------------------------------------------------------------------
-    def set_run(self, run: Run) -> None:  # noqa: D102
+    def set_run(self, run: Run) -> None:
+        """Use ``run`` as the grid's run (Flower's ServerApp runner sets it)."""
         self._run = run
 
     @property
-    def run(self) -> Run:  # noqa: D102
+    def run(self) -> Run:
+        """The grid's run."""
         return self._run
 
     def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:  # noqa: D102
+                       group_id: str, ttl: float | None = None) -> Message:
+        """A message from the server to ``dst_node_id``."""
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
-    def get_node_ids(self) -> list[int]:  # noqa: D102
+    def get_node_ids(self) -> list[int]:
+        """The node ids of the in-process sites, sorted."""
         return sorted(self._contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
@@ -136,7 +140,8 @@ class LoopbackGrid(Grid):
                 self._replies[message.metadata.message_id] = reply
         return ids
 
-    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:  # noqa: D102
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        """The replies kept for ``message_ids`` that arrived (each is returned once)."""
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
 
     def send_and_receive(self, messages: Iterable[Message], *,

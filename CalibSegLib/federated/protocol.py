@@ -47,6 +47,13 @@ class PayloadRejected(CalibSegError):
     """A site's reply failed a check; the message says which and why."""
 
 
+def scalar(value: object) -> int | float | str:
+    """A record value that must be one number or string; :class:`TypeError` otherwise."""
+    if isinstance(value, int | float | str):
+        return value
+    raise TypeError(f"expected a number or a string, got {type(value).__name__}")
+
+
 @dataclass(frozen=True)
 class SiteMeta:
     """The ``meta`` record of a reply."""
@@ -58,17 +65,19 @@ class SiteMeta:
     n_classes: int = 0
 
     def to_record(self) -> dict[str, str | int]:
+        """The record's fields by their wire names."""
         return {"site": self.site, "model-version": self.model_version,
                 "n-cases": int(self.n_cases), "n-bins": int(self.n_bins),
                 "n-classes": int(self.n_classes)}
 
     @classmethod
     def from_record(cls, record: Mapping[str, object]) -> SiteMeta:
+        """Parse a ``meta`` record; :class:`PayloadRejected` when a field is missing or bad."""
         try:
             meta = cls(site=str(record["site"]), model_version=str(record["model-version"]),
-                       n_cases=int(record["n-cases"]),  # type: ignore[arg-type]
-                       n_bins=int(record.get("n-bins", 0)),  # type: ignore[arg-type]
-                       n_classes=int(record.get("n-classes", 0)))  # type: ignore[arg-type]
+                       n_cases=int(scalar(record["n-cases"])),
+                       n_bins=int(scalar(record.get("n-bins", 0))),
+                       n_classes=int(scalar(record.get("n-classes", 0))))
         except (KeyError, TypeError, ValueError) as exc:
             raise PayloadRejected(f"the meta record is incomplete ({exc})") from exc
         return meta
@@ -91,7 +100,11 @@ def check_meta(meta: SiteMeta, *, model_version: str, n_bins: int | None = None,
 
 def check_array(name: str, array: np.ndarray, shape: tuple[int, ...], *,
                 integer: bool = False, nonnegative: bool = True) -> np.ndarray:
-    """Check one received array: numeric dtype, exact shape, finite, sign, integrality."""
+    """Check one received array: numeric dtype, exact shape, finite, sign, integrality.
+
+    ``array`` must have exactly the shape ``shape`` (array of shape (*shape)); it is
+    returned as a numpy array of that shape.
+    """
     array = np.asarray(array)
     if array.dtype.kind not in "biuf":
         raise PayloadRejected(f"{name} has non-numeric dtype {array.dtype}")
@@ -109,7 +122,11 @@ def check_array(name: str, array: np.ndarray, shape: tuple[int, ...], *,
 
 def check_nll(arrays: Mapping[str, np.ndarray], n_temperatures: int, max_voxels: int
               ) -> tuple[np.ndarray, int]:
-    """Validate a ``query.calibseg_nll`` reply; return ``(sums (G,), count)``."""
+    """Validate a ``query.calibseg_nll`` reply; return ``(sums, count)``.
+
+    ``sums`` is an array of shape (G,), one NLL sum per grid temperature; ``count`` the
+    number of voxels summed.
+    """
     if set(arrays) != {"sums", "count"}:
         raise PayloadRejected(f"nll record holds {sorted(arrays)}, expected ['count', 'sums']")
     sums = check_array("nll.sums", arrays["sums"], (n_temperatures,)).astype(np.float64)

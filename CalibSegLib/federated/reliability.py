@@ -77,7 +77,11 @@ def payload_bound(n_classes: int, n_bins: int, n_cases: int) -> int:
 
 
 def encode_stats(stats) -> dict[str, np.ndarray]:
-    """The numeric arrays of ``stats.to_arrays()`` (what a site sends)."""
+    """The numeric arrays of ``stats.to_arrays()`` (what a site sends).
+
+    Each array has the shape :func:`wire_schema` lists, e.g. counts of shape
+    (n_cases, C, n_bins) for the per-case bins.
+    """
     out = {}
     for key, value in stats.to_arrays().items():
         a = np.asarray(value)
@@ -89,6 +93,9 @@ def encode_stats(stats) -> dict[str, np.ndarray]:
 def decode_stats(arrays: dict[str, np.ndarray], *, site: str, n_cases: int, n_classes: int,
                  n_bins: int):
     """Check a received statistics payload and rebuild the statistics.
+
+    ``arrays`` maps names to arrays of the shapes :func:`wire_schema` lists, the case
+    axis grown to ``n_cases`` (e.g. counts of shape (n_cases, C, n_bins)).
 
     Raises :class:`PayloadRejected` on unknown or missing arrays, a wrong shape,
     NaN/inf, negative values, non-integer counts, or sums that exceed counts.
@@ -164,7 +171,7 @@ def summary_metrics(stats, reduction: str = "micro") -> dict:
     the mean over cases (the mL1-ACE paper's dataset numbers).
     """
     out = {}
-    for key, value in stats.metrics(reduction).items():
+    for key, value in stats.metrics(reduction).to_dict().items():
         if isinstance(value, int | float | np.integer | np.floating):
             out[key] = float(value)
     return out

@@ -39,7 +39,7 @@ def write_statistics(path: str, stats) -> str:
     import numpy as np
 
     tmp = path + ".tmp.npz"
-    np.savez(tmp, **{k: np.asarray(v) for k, v in stats.to_arrays().items()})
+    np.savez(tmp, allow_pickle=False, **{k: np.asarray(v) for k, v in stats.to_arrays().items()})
     os.replace(tmp, path)
     return path
 

@@ -15,9 +15,17 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    ConfigRecordValues,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -32,6 +40,9 @@ LOG = logging.getLogger("CalibSegLib.federated")
 #: Default temperature grid: 0.25 .. 4 on a log scale (61 values, includes 1.0).
 DEFAULT_TEMPERATURES = tuple(float(t) for t in np.round(np.logspace(-2, 2, 61, base=2), 6))
 
+#: What a round's ``parse`` makes of one valid reply.
+Parsed = TypeVar("Parsed")
+
 
 @dataclass
 class SiteOutcome:
@@ -45,6 +56,7 @@ class SiteOutcome:
     nbytes: int = 0  #: size of the site's reply as Flower encodes it on the wire
 
     def to_dict(self) -> dict:
+        """The outcome as a JSON-ready dict."""
         return asdict(self)
 
 
@@ -121,10 +133,10 @@ def _check_min(outcomes: Sequence[SiteOutcome], min_sites: int, what: str) -> No
 
 
 def query_round(grid: Grid, message_type: str, content: Callable[[], RecordDict],
-                parse: Callable[[RecordDict, SiteMeta], object], *, min_sites: int,
+                parse: Callable[[RecordDict, SiteMeta], Parsed], *, min_sites: int,
                 timeout: float, group: str, cancel: CancelCallback | None = None,
                 expected: Sequence[str] = (),
-                ) -> tuple[dict[str, object], list[SiteOutcome]]:
+                ) -> tuple[dict[str, Parsed], list[SiteOutcome]]:
     """Send one request to every connected site; return parsed valid replies by site.
 
     ``parse(content, meta)`` turns a reply into the value kept for the pool and
@@ -135,7 +147,7 @@ def query_round(grid: Grid, message_type: str, content: Callable[[], RecordDict]
     messages = [Message(content(), node, message_type, group_id=group) for node in nodes]
     replies = {int(r.metadata.src_node_id): r
                for r in grid.send_and_receive(messages, timeout=timeout)}
-    parsed: dict[str, object] = {}
+    parsed: dict[str, Parsed] = {}
     outcomes = [SiteOutcome(name, 0, "absent", f"did not connect within {timeout:g} s")
                 for name in absent]
     for node in nodes:
@@ -151,7 +163,7 @@ def query_round(grid: Grid, message_type: str, content: Callable[[], RecordDict]
             LOG.warning("site %s failed in round %s: %s", name, group, reply.error.reason)
             continue
         try:
-            meta = SiteMeta.from_record(reply.content["meta"]) if "meta" in \
+            meta = SiteMeta.from_record(reply.content.config_records["meta"]) if "meta" in \
                 reply.content.config_records else None
             if meta is None:
                 raise PayloadRejected("the reply has no meta record")
@@ -168,7 +180,8 @@ def query_round(grid: Grid, message_type: str, content: Callable[[], RecordDict]
     return parsed, outcomes
 
 
-def _model_content(model, config: Mapping[str, object]) -> Callable[[], RecordDict]:
+def _model_content(model, config: Mapping[str, ConfigRecordValues]
+                   ) -> Callable[[], RecordDict]:
     card, weights = model_to_records(model)
 
     def make() -> RecordDict:
@@ -222,14 +235,16 @@ def evaluation_round(grid: Grid, model, *, n_bins: int = 20, min_sites: int = 1,
     from CalibSegLib.federated.drift import calibration_drift
 
     report(progress, 0.0, f"evaluation round: sending {model.name} {model.version} to sites")
-    config = {"n-bins": int(n_bins), "max-cases": int(max_cases), "round": group}
+    config: dict[str, ConfigRecordValues] = {"n-bins": int(n_bins), "max-cases": int(max_cases),
+                                             "round": group}
 
     def parse(content: RecordDict, meta: SiteMeta):
         protocol.check_meta(meta, model_version=model.version, n_bins=n_bins,
                             n_classes=model.num_classes, max_cases=max_cases)
         if "stats" not in content.array_records:
             raise PayloadRejected("the reply has no stats record")
-        arrays = {k: content["stats"][k].numpy() for k in content["stats"]}
+        stats = content.array_records["stats"]
+        arrays = {k: stats[k].numpy() for k in stats}
         return statistics.decode_stats(arrays, site=meta.site, n_cases=meta.n_cases,
                                        n_classes=model.num_classes, n_bins=n_bins)
 
@@ -262,6 +277,7 @@ class TemperatureResult:
     outcomes: list[SiteOutcome]
 
     def to_dict(self) -> dict:
+        """The fit as a JSON-ready dict (mean NLL per grid temperature, outcomes)."""
         return {"temperature": self.temperature, "temperatures": list(self.temperatures),
                 "mean_nll": (self.nll_sums / max(self.voxel_count, 1)).tolist(),
                 "voxel_count": self.voxel_count, "site_temperatures": self.site_temperatures,
@@ -284,14 +300,16 @@ def temperature_round(grid: Grid, model, *, temperatures: Sequence[float] = DEFA
     grid_t = tuple(float(t) for t in temperatures)
     if not grid_t or any(not np.isfinite(t) or t <= 0 for t in grid_t):
         raise CalibSegError("Temperatures must be positive finite numbers.")
-    config = {"temperatures": list(grid_t), "max-cases": int(max_cases), "round": group}
+    config: dict[str, ConfigRecordValues] = {"temperatures": list(grid_t),
+                                             "max-cases": int(max_cases), "round": group}
 
     def parse(content: RecordDict, meta: SiteMeta):
         protocol.check_meta(meta, model_version=model.version, n_classes=model.num_classes,
                             max_cases=max_cases)
         if "nll" not in content.array_records:
             raise PayloadRejected("the reply has no nll record")
-        arrays = {k: content["nll"][k].numpy() for k in content["nll"]}
+        nll = content.array_records["nll"]
+        arrays = {k: nll[k].numpy() for k in nll}
         return protocol.check_nll(arrays, len(grid_t), meta.n_cases * max_voxels_per_case)
 
     parsed, outcomes = query_round(grid, protocol.NLL_TYPE, _model_content(model, config), parse,
@@ -344,6 +362,7 @@ class CheckedFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        """FedAvg's training messages, each carrying the model card beside its config."""
         messages = list(super().configure_train(server_round, arrays, config, grid))
         for message in messages:  # the card travels beside the config (not in the logged one)
             message.content["model"] = self._card
@@ -353,15 +372,15 @@ class CheckedFedAvg(FedAvg):
         return messages
 
     def _check(self, content: RecordDict) -> SiteMeta:
-        meta = SiteMeta.from_record(content["meta"])
+        meta = SiteMeta.from_record(content.config_records["meta"])
         protocol.check_meta(meta, model_version=self.model_version, max_cases=self.max_cases)
-        record = content["arrays"]
+        record = content.array_records["arrays"]
         if set(record) != set(self._shapes):
             raise PayloadRejected("the update's tensor names differ from the global model's")
         for key in record:
             protocol.check_array(f"arrays.{key}", record[key].numpy(), self._shapes[key],
                                  nonnegative=False)
-        n = content["metrics"].get("num-examples")
+        n = content.metric_records["metrics"].get("num-examples")
         if not isinstance(n, int | float) or not 0 < n <= self.max_cases:
             raise PayloadRejected(f"num-examples {n!r} is outside 1..{self.max_cases}")
         if int(n) != meta.n_cases:
@@ -370,11 +389,12 @@ class CheckedFedAvg(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = {int(r.metadata.src_node_id): r for r in replies}
+        """Check every sent site's update; average the valid ones in site-name order."""
+        by_node = {int(r.metadata.src_node_id): r for r in replies}
         outcomes, valid = [], []
         for node in self._sent:
             name = self.names.get(node, f"node-{node}")
-            reply = replies.get(node)
+            reply = by_node.get(node)
             if reply is None:
                 outcomes.append(SiteOutcome(name, node, "dropped", "no reply in this round"))
                 LOG.warning("site %s dropped out of training round %d", name, server_round)
@@ -396,7 +416,9 @@ class CheckedFedAvg(FedAvg):
         self.outcomes[server_round] = outcomes
         _check_min(outcomes, self.min_sites, f"training (round {server_round})")
         self.train_metrics[server_round] = {
-            site: {k: float(v) for k, v in r.content["metrics"].items()} for site, r in valid}
+            site: {k: float(protocol.scalar(v))
+                   for k, v in r.content.metric_records["metrics"].items()}
+            for site, r in valid}
         ordered = [r for _, r in sorted(valid, key=lambda x: x[0])]
         return super().aggregate_train(server_round, ordered)
 

@@ -40,7 +40,11 @@ def model_from_records(card_json: str, weights: ArrayRecord, device: str = "cpu"
 
 
 def weights_to_state_dict(weights: ArrayRecord) -> dict[str, torch.Tensor]:
-    """A torch state dict from an ``ArrayRecord`` (NaN/inf weights are refused)."""
+    """A torch state dict from an ``ArrayRecord`` (NaN/inf weights are refused).
+
+    Each tensor keeps its array's shape, e.g. a 3D convolution's weight of shape
+    (C_out, C_in, kZ, kY, kX).
+    """
     tensors = {}
     for key in weights:
         array = weights[key].numpy()

@@ -17,7 +17,7 @@ dict of maps from ``forward_maps``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -25,6 +25,26 @@ from torch import nn
 from CalibSegLib.errors import CalibSegError
 
 DEFAULT_EPSILON = 1e-4
+
+
+@runtime_checkable
+class MapsNetwork(Protocol):
+    """A network that returns its maps beside the logits (both heads here, prototype models)."""
+
+    def forward_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Maps of a ``(B, 1, Z, Y, X)`` batch, each of shape (B, K, Z, Y, X)."""
+        ...
+
+
+@runtime_checkable
+class SimilarityNetwork(Protocol):
+    """A prototype network whose logits are ``last_layer`` applied to its similarities."""
+
+    last_layer: nn.Conv3d
+
+    def similarity(self, x: torch.Tensor) -> torch.Tensor:
+        """Similarity to each prototype: ``(B, 1, Z, Y, X)`` -> ``(B, P, Z, Y, X)``."""
+        ...
 
 
 def build_backbone(network: Mapping[str, Any], out_channels: int) -> nn.Module:
@@ -93,10 +113,11 @@ class LinearSegNet(nn.Module):
         self.head = nn.Conv3d(int(feature_size), int(num_classes), kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (B, C, Z, Y, X) for an image batch of shape (B, 1, Z, Y, X)."""
         return self.head(self.backbone(x))
 
     def forward_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"logits": (B, C, ...), "features": (B, D, ...)}``."""
+        """``logits`` of shape (B, C, Z, Y, X) and ``features`` of shape (B, D, Z, Y, X)."""
         features = self.backbone(x)
         return {"logits": self.head(features), "features": features}
 
@@ -128,6 +149,8 @@ class PrototypeSegNet(nn.Module):
         initialised to +1 (own class) and -0.5 (other classes).
     """
 
+    prototype_class: torch.Tensor  #: ``(P,)`` buffer
+
     def __init__(self, backbone: nn.Module, feature_size: int, num_classes: int,
                  prototypes_per_class: int, epsilon: float = DEFAULT_EPSILON) -> None:
         super().__init__()
@@ -144,10 +167,12 @@ class PrototypeSegNet(nn.Module):
 
     @property
     def num_classes(self) -> int:
+        """``C``, the number of classes."""
         return int(self.last_layer.weight.shape[0])
 
     @property
     def num_prototypes(self) -> int:
+        """``P``, the number of prototypes."""
         return int(self.prototypes.shape[0])
 
     @property
@@ -190,11 +215,13 @@ class PrototypeSegNet(nn.Module):
         return torch.einsum("cp,bp...->bc...", w, similarity)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (B, C, Z, Y, X) for an image batch of shape (B, 1, Z, Y, X)."""
         return self.last_layer(self.similarity(x))
 
     def contributions(self, similarity: torch.Tensor) -> torch.Tensor:
         """``contribution[b, c, j, ...] = w_cj · similarity[b, j, ...]`` (sums over j to logits).
 
+        ``similarity`` of shape (B, P, ...) gives contributions of shape (B, C, P, ...).
         Memory is ``C·P`` times one map; use on crops or single classes.
         """
         w = self.class_weights.to(device=similarity.device, dtype=similarity.dtype)
@@ -228,7 +255,7 @@ class PrototypeSegNet(nn.Module):
                 "top_similarity": top, "winning_class": winner, "winning_contribution": winning}
 
     def forward_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits and explanation maps in one pass; also ``features`` (B, D, ...).
+        """Logits and explanation maps in one pass; also ``features`` of shape (B, D, ...).
 
         See :meth:`maps_from_similarity` for the keys.
         """

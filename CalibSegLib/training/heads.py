@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from CalibSegLib.models.networks import MapsNetwork
+
 
 def is_prototype(network: nn.Module) -> bool:
     """Whether ``network`` has a prototype head."""
@@ -19,18 +21,19 @@ def is_prototype(network: nn.Module) -> bool:
 
 
 def prototypes(network: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(prototype vectors (P, D) parameter, prototype classes (P,))``."""
-    return network.prototypes, network.prototype_class.long()
+    """``(prototype vectors, prototype classes)``, tensors of shape (P, D) and ``(P,)``."""
+    return network.get_parameter("prototypes"), network.get_buffer("prototype_class").long()
 
 
 def last_layer_weight(network: nn.Module) -> torch.Tensor:
-    """The ``(C, P)`` class-connection weight of the last layer."""
-    weight = network.last_layer.weight
+    """The class-connection weight of the last layer, tensor of shape (C, P)."""
+    weight = network.get_parameter("last_layer.weight")
     return weight.reshape(weight.shape[0], weight.shape[1])
 
 
 def last_layer_parameters(network: nn.Module) -> list[nn.Parameter]:
-    return list(network.last_layer.parameters())
+    """The class-connection layer's parameters (trained alone in the last stage)."""
+    return list(network.get_submodule("last_layer").parameters())
 
 
 def head_parameters(network: nn.Module) -> list[nn.Parameter]:
@@ -42,13 +45,17 @@ def head_parameters(network: nn.Module) -> list[nn.Parameter]:
 
 def backbone_parameters(network: nn.Module) -> list[nn.Parameter]:
     """The feature extractor's parameters (frozen during the warm-up stage)."""
-    return list(network.backbone.parameters())
+    return list(network.get_submodule("backbone").parameters())
 
 
 def forward_features(network: nn.Module, x: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(logits (B, C, ...), features (B, D, ...) or None)`` in one forward pass."""
-    if not hasattr(network, "forward_maps"):
+    """``(logits, features)`` in one forward pass.
+
+    Logits are a tensor of shape (B, C, Z, Y, X); features of shape (B, D, Z, Y, X), or
+    None for a network without ``forward_maps``.
+    """
+    if not isinstance(network, MapsNetwork):
         return network(x), None
     maps = network.forward_maps(x)
     return maps["logits"], maps["features"]
