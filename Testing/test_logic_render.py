@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "CalibSeg"))
 
 from CalibSegSlicer.logic import CalibSegLogic  # noqa: E402
-from test_logic_support import add_volume, case4, models_and_predictions, new_scene  # noqa: E402
+from logic_support import add_volume, case4, models_and_predictions, new_scene  # noqa: E402
 
 pytestmark = pytest.mark.mrml
 

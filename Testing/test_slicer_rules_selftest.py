@@ -110,7 +110,7 @@ SELFTEST_SCRIPT = textwrap.dedent('''
     sys.path.insert(0, sys.argv[1])
     import slicer
     sys.path.insert(0, sys.argv[2])
-    from test_logic_support import new_scene
+    from logic_support import new_scene
 
     scene = new_scene()   # real MRML (slicer-core) as slicer.mrmlScene
 

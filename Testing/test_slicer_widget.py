@@ -24,8 +24,8 @@ from CalibSegSlicer.catalog import (  # noqa: E402
 from CalibSegSlicer.logic import CalibSegLogic  # noqa: E402
 from CalibSegSlicer.panel import NO_MODEL, SIGNALS, CalibSegPanel  # noqa: E402
 from CalibSegSlicer.process import InProcessRunner  # noqa: E402
-from test_logic_support import add_volume, case4, model_folders, new_scene  # noqa: E402
-from test_slicer_widget_support import (  # noqa: E402
+from logic_support import add_volume, case4, model_folders, new_scene  # noqa: E402
+from widget_support import (  # noqa: E402
     UI_FILE,
     ManualDebounce,
     count_by_class,

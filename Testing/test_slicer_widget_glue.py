@@ -24,8 +24,8 @@ sys.path.insert(0, os.path.join(ROOT, "CalibSeg"))
 from CalibSegSlicer import layouts  # noqa: E402
 from CalibSegSlicer.catalog import MemorySettings, ModelCatalog  # noqa: E402
 from CalibSegSlicer.process import InProcessRunner  # noqa: E402
-from test_logic_support import add_volume, case4, model_folders, new_scene  # noqa: E402
-from test_slicer_widget_support import fake_ui  # noqa: E402
+from logic_support import add_volume, case4, model_folders, new_scene  # noqa: E402
+from widget_support import fake_ui  # noqa: E402
 
 pytestmark = pytest.mark.mrml
 
