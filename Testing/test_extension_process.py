@@ -138,7 +138,7 @@ def test_cancel_kills_the_process_tree_and_removes_files(tmp_path):
 
 
 def test_prediction_file_round_trip(tmp_path):
-    from test_logic_support import models_and_predictions
+    from logic_support import models_and_predictions
 
     (_, pred), _ = models_and_predictions()
     path = proc.savePrediction(str(tmp_path / "p.npz"), pred)
@@ -152,7 +152,7 @@ def test_prediction_file_round_trip(tmp_path):
 
 
 def test_real_runner_matches_in_process_inference(tmp_path, capsys):
-    from test_logic_support import case4, model_folders
+    from logic_support import case4, model_folders
 
     from CalibSegLib.inference import predict
     from CalibSegLib.models import load_model

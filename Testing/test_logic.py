@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from CalibSegSlicer import arrays, colors, layouts, plots, reference, results  # noqa: E402
 from CalibSegSlicer.catalog import loadModel  # noqa: E402
 from CalibSegSlicer.logic import CalibSegLogic  # noqa: E402
-from test_logic_support import (  # noqa: E402
+from logic_support import (  # noqa: E402
     add_volume,
     calibration_available,
     case4,

@@ -20,8 +20,8 @@ from CalibSegSlicer.catalog import MemorySettings, ModelCatalog  # noqa: E402
 from CalibSegSlicer.logic import CalibSegLogic  # noqa: E402
 from CalibSegSlicer.panel import CalibSegPanel  # noqa: E402
 from CalibSegSlicer.process import InProcessRunner  # noqa: E402
-from test_logic_support import add_volume, case4, model_folders, new_scene  # noqa: E402
-from test_slicer_widget_support import (  # noqa: E402
+from logic_support import add_volume, case4, model_folders, new_scene  # noqa: E402
+from widget_support import (  # noqa: E402
     ManualDebounce,
     count_by_class,
     fake_ui,

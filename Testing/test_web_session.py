@@ -21,7 +21,7 @@ sys.path.insert(0, ROOT)  # CalibSegWeb
 sys.path.insert(0, os.path.join(ROOT, "CalibSeg"))
 
 from CalibSegSlicer import layouts, legends, locations, table_rows, voxel_probe  # noqa: E402
-from test_logic_support import case4, model_folders, new_scene  # noqa: E402
+from logic_support import case4, model_folders, new_scene  # noqa: E402
 
 from CalibSegLib.errors import CalibSegError  # noqa: E402
 from CalibSegWeb.catalogue import ModelCatalogue  # noqa: E402
