@@ -103,11 +103,3 @@ def models_and_predictions():
         model = load_model(folder)
         out.append((model, predict(case.image, case.affine, model, device="cpu")))
     return tuple(out)
-
-
-def calibration_available() -> bool:
-    try:
-        import CalibSegLib.calibration  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -17,7 +17,6 @@ from CalibSegSlicer.catalog import loadModel  # noqa: E402
 from CalibSegSlicer.logic import CalibSegLogic  # noqa: E402
 from logic_support import (  # noqa: E402
     add_volume,
-    calibration_available,
     case4,
     model_folders,
     models_and_predictions,
@@ -29,8 +28,6 @@ from CalibSegLib.errors import CalibSegError  # noqa: E402
 from CalibSegLib.inference import apply_temperature  # noqa: E402
 
 pytestmark = pytest.mark.mrml
-needs_calibration = pytest.mark.skipif(not calibration_available(),
-                                       reason="CalibSegLib.calibration not available yet")
 
 
 @pytest.fixture
@@ -253,7 +250,6 @@ def test_card_temperature_is_the_default(setup):
 
 
 # ------------------------------------------------------------------------------------ reference
-@needs_calibration
 def test_reliability_diagram_and_metrics_equal_the_library(setup):
     from CalibSegLib.calibration import ReliabilityStats
 
@@ -297,7 +293,6 @@ def test_reliability_diagram_and_metrics_equal_the_library(setup):
         assert column["temperature"] == pytest.approx(result.temperature)
 
 
-@needs_calibration
 def test_fit_temperature_to_reference(setup):
     from CalibSegLib.calibration import fit_temperature
 
@@ -310,13 +305,29 @@ def test_fit_temperature_to_reference(setup):
     assert logic.results["A"].temperature == pytest.approx(float(expected))
 
 
-@needs_calibration
 def test_segmentation_node_as_reference(setup):
     scene, volume, logic = setup
     seg = logic.node("A", "segmentation")  # the model's own segmentation: all correct
-    metrics = logic.setReference(seg)
-    assert metrics["A"] is not None
+    metrics = logic.setReference(seg)["A"]
     assert logic.referenceNodeID == seg.GetID()
+    probs = np.asarray(logic.results["A"].current.probs, dtype=np.float64)
+    labels = probs.argmax(0)
+    np.testing.assert_array_equal(logic.referenceLabels, labels)  # read back voxel for voxel
+    # Every top label is right, so each bin's accuracy is 1 and ECE = 1 - mean confidence;
+    # NLL and Brier follow from the probabilities alone; every predicted class has Dice 1.
+    confidence = probs.max(0)
+    assert metrics["ece"] == pytest.approx(1.0 - confidence.mean(), abs=1e-6)
+    assert 0.0 <= metrics["mce"] <= 1.0 - confidence.min() + 1e-6
+    assert metrics["nll"] == pytest.approx(-np.log(np.maximum(confidence, 1e-12)).mean(),
+                                           rel=1e-6)
+    brier = ((probs ** 2).sum(0) - 2.0 * confidence + 1.0).mean()
+    assert metrics["brier"] == pytest.approx(brier, rel=1e-6, abs=1e-9)
+    dice = [entry["dice"] for entry in metrics["per_class"].values()]  # in class order
+    present = [c for c in range(probs.shape[0]) if (labels == c).any()]
+    assert len(dice) == probs.shape[0] and len(present) >= 2
+    for c in present:
+        assert dice[c] == pytest.approx(1.0)
+    assert metrics["mean_dice"] == pytest.approx(1.0)
 
 
 def test_fit_needs_a_reference(setup):
