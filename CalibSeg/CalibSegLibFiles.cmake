@@ -114,5 +114,6 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
 set(CALIBSEGLIB_PYTHON_RESOURCES
   CalibSegLib/federated/calibseg-app/pyproject.toml
   CalibSegLib/inference/predict_compact.py
+  CalibSegLib/inference/prediction_io.py
   CalibSegLib/resources/model_card.schema.json
   )

@@ -26,10 +26,13 @@ _ARRAYS = ("indices", "gaps", "tail")
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # ZIP local file header, 30 bytes
 
 
-def write_topk(path: str, prediction: TopKPrediction, meta: dict | None = None) -> str:
+def write_topk(path: str, prediction: TopKPrediction, meta: dict | None = None,
+               arrays: dict[str, np.ndarray] | None = None) -> str:
     """Write ``prediction`` to ``path`` (``.npz``) atomically; return the path.
 
-    ``meta`` adds JSON-serialisable fields (model name, version ...).
+    ``meta`` adds JSON-serialisable fields (model name, version ...); ``arrays`` adds
+    further per-voxel arrays (e.g. float32 confidence and entropy maps), stored and
+    memory-mapped like the top-k arrays (:func:`read_topk_file`).
     """
     from CalibSegLib.io import atomic_path
 
@@ -38,7 +41,12 @@ def write_topk(path: str, prediction: TopKPrediction, meta: dict | None = None) 
     header = {"format": FORMAT, "num_classes": int(prediction.num_classes),
               "temperature": float(prediction.temperature),
               "class_names": list(prediction.class_names), "meta": dict(meta or {})}
+    extra = dict(arrays or {})
+    reserved = [name for name in extra if name in _ARRAYS + ("meta", "affine")]
+    if reserved:
+        raise CalibSegError(f"Extra arrays may not be named {', '.join(reserved)}.")
     arrays = {name: np.ascontiguousarray(getattr(prediction, name)) for name in _ARRAYS}
+    arrays.update((name, np.ascontiguousarray(value)) for name, value in extra.items())
     arrays["meta"] = np.frombuffer(json.dumps(header).encode("utf-8"), np.uint8)
     if prediction.affine is not None:
         arrays["affine"] = np.asarray(prediction.affine, np.float64)
@@ -84,7 +92,25 @@ def _map_member(path: str, handle, info: zipfile.ZipInfo, mmap: bool) -> np.ndar
 
 
 def read_topk(path: str, mmap: bool = True) -> tuple[TopKPrediction, dict]:
-    """``(prediction, meta)`` from a file of :func:`write_topk`.
+    """``(prediction, meta)`` from a file of :func:`write_topk` (see :func:`read_topk_file`)."""
+    prediction, meta, _ = read_topk_file(path, mmap)
+    return prediction, meta
+
+
+def is_topk_file(path: str) -> bool:
+    """Whether ``path`` is a ZIP archive holding the members of a :func:`write_topk` file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = {os.path.splitext(n)[0] for n in archive.namelist()}
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return all(m in names for m in _ARRAYS + ("meta",))
+
+
+def read_topk_file(path: str, mmap: bool = True
+                   ) -> tuple[TopKPrediction, dict, dict[str, np.ndarray]]:
+    """``(prediction, meta, arrays)`` from a file of :func:`write_topk`; ``arrays`` holds
+    the extra per-voxel arrays written with it.
 
     With ``mmap`` (default) the per-voxel arrays are read-only memory maps of the
     file: nothing is read until a region is used.
@@ -104,7 +130,8 @@ def read_topk(path: str, mmap: bool = True) -> tuple[TopKPrediction, dict]:
                 raise CalibSegError(
                     f"{path} is not a top-k prediction file (no {', '.join(missing)}); "
                     "write it with write_topk.")
-            arrays = {name: _map_member(path, handle, info, mmap and name in _ARRAYS)
+            arrays = {name: _map_member(path, handle, info,
+                                        mmap and name not in ("meta", "affine"))
                       for name, info in members.items()}
     except (zipfile.BadZipFile, OSError, ValueError, struct.error) as exc:
         raise CalibSegError(f"Cannot read the top-k prediction file {path}: {exc}.") from exc
@@ -121,4 +148,6 @@ def read_topk(path: str, mmap: bool = True) -> tuple[TopKPrediction, dict]:
         num_classes=int(header["num_classes"]), temperature=float(header["temperature"]),
         affine=None if affine is None else np.array(affine),
         class_names=tuple(str(c) for c in header.get("class_names", ())))
-    return prediction, dict(header.get("meta", {}))
+    extra = {name: value for name, value in arrays.items()
+             if name not in _ARRAYS + ("meta", "affine")}
+    return prediction, dict(header.get("meta", {})), extra
