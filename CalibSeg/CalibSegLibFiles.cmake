@@ -5,16 +5,21 @@
 set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/__init__.py
   CalibSegLib/calibration/__init__.py
+  CalibSegLib/calibration/accumulators.py
+  CalibSegLib/calibration/backend.py
+  CalibSegLib/calibration/binned_errors.py
   CalibSegLib/calibration/binning.py
   CalibSegLib/calibration/diagram.py
-  CalibSegLib/calibration/errors.py
   CalibSegLib/calibration/kernels.py
   CalibSegLib/calibration/losses.py
   CalibSegLib/calibration/metric.py
+  CalibSegLib/calibration/modes.py
   CalibSegLib/calibration/plots.py
+  CalibSegLib/calibration/reliability_metrics.py
   CalibSegLib/calibration/stats.py
   CalibSegLib/calibration/temperature.py
   CalibSegLib/calibration/topk_stats.py
+  CalibSegLib/calibration/torch_kernel.py
   CalibSegLib/cli.py
   CalibSegLib/cohort.py
   CalibSegLib/commands/__init__.py

@@ -54,7 +54,7 @@ def evaluate_cohort(model, cases, n_bins: int = 20, temperature: float | None = 
                                         class_names=model.class_names)
         stats = s if stats is None else stats.merge(s)
         rows.append({"case": case.case_id, "temperature": pred.temperature,
-                     **s.metrics("macro")})
+                     **s.metrics("macro").to_dict()})
         report(progress, (n + 1) / len(cases), f"evaluated {case.case_id}")
     if stats is None:
         raise CalibSegError("The cohort holds no case.")

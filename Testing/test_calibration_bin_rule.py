@@ -55,24 +55,24 @@ def test_rule_constants_and_thresholds():
 
 def test_mce_leaves_out_sparse_bins_and_keeps_the_raw_value():
     m = hand_made(CASE).metrics(include_background=True)
-    assert m["mce"] == pytest.approx(0.10, abs=1e-12)      # bin 7, not the single voxel
-    assert m["mce_raw"] == pytest.approx(0.55, abs=1e-12)  # the classic definition
-    assert m["per_class"]["tissue"]["mce"] == pytest.approx(0.10, abs=1e-12)
-    assert m["per_class"]["tissue"]["mce_raw"] == pytest.approx(0.55, abs=1e-12)
-    assert (m["min_bin_fraction"], m["min_bin_count"]) == (MIN_BIN_FRACTION, MIN_BIN_COUNT)
+    assert m.mce == pytest.approx(0.10, abs=1e-12)      # bin 7, not the single voxel
+    assert m.mce_raw == pytest.approx(0.55, abs=1e-12)  # the classic definition
+    assert m.per_class["tissue"].mce == pytest.approx(0.10, abs=1e-12)
+    assert m.per_class["tissue"].mce_raw == pytest.approx(0.55, abs=1e-12)
+    assert (m.min_bin_fraction, m.min_bin_count) == (MIN_BIN_FRACTION, MIN_BIN_COUNT)
     # ECE is count-weighted and ACE keeps the paper's definition: both see every bin
     total = 10_501
-    assert m["ece"] == pytest.approx((10_000 * 0.01 + 500 * 0.10 + 0.55) / total, abs=1e-12)
-    assert m["ace"] == pytest.approx((0.01 + 0.10 + 0.55) / 3, abs=1e-12)
+    assert m.ece == pytest.approx((10_000 * 0.01 + 500 * 0.10 + 0.55) / total, abs=1e-12)
+    assert m.ace == pytest.approx((0.01 + 0.10 + 0.55) / 3, abs=1e-12)
     # switching the rule off gives the classic MCE
     off = hand_made(CASE).metrics(min_bin_fraction=0, min_bin_count=0)
-    assert off["mce"] == pytest.approx(0.55, abs=1e-12)
+    assert off.mce == pytest.approx(0.55, abs=1e-12)
 
 
 def test_mce_is_nan_when_no_bin_is_reliable():
     m = hand_made({3: (5, 0.35, 0.0), 9: (40, 0.95, 1.0)}).metrics()
-    assert np.isnan(m["mce"])
-    assert m["mce_raw"] == pytest.approx(0.35)
+    assert np.isnan(m.mce)
+    assert m.mce_raw == pytest.approx(0.35)
 
 
 def test_diagram_bins_is_typed_and_flags_every_bin():
@@ -95,7 +95,7 @@ def test_diagram_bins_is_typed_and_flags_every_bin():
 
 def test_metrics_and_diagram_agree_on_pooled_statistics():
     stats = hand_made(CASE)
-    assert stats.metrics("micro")["mce"] == stats.diagram_bins().mce
+    assert stats.metrics("micro").mce == stats.diagram_bins().mce
 
 
 def test_figure_greys_out_sparse_bins_with_their_count():

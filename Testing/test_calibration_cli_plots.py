@@ -39,7 +39,7 @@ def test_evaluate_npy_json_and_outputs(tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     result = json.loads(text[: text.rindex("}") + 1])
-    expected = ReliabilityStats.from_probs(p, t, 10).metrics()
+    expected = ReliabilityStats.from_probs(p, t, 10).metrics().to_dict()
     for key in ("ece", "ace", "mce_raw", "marginal_ece", "marginal_ace", "marginal_mce_raw"):
         assert result[key] == pytest.approx(expected[key], rel=1e-9)
     # 120 voxels: no bin reaches the minimum bin mass, so MCE is undefined (JSON null)
@@ -61,7 +61,7 @@ def test_evaluate_vector_image(tmp_path, capsys):
     assert main(["evaluate", "--probs", str(tmp_path / "probs.nrrd"), "--reference",
                  str(tmp_path / "ref.nrrd"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["ace"] == pytest.approx(ReliabilityStats.from_probs(p, t).metrics()["ace"],
+    assert result["ace"] == pytest.approx(ReliabilityStats.from_probs(p, t).metrics().ace,
                                           rel=1e-6)
 
 

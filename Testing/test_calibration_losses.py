@@ -39,7 +39,7 @@ def test_hard_loss_equals_marginal_ace_per_image():
     for i in range(2):
         s = ReliabilityStats.from_probs(probs[i].numpy(), labels[i, 0].numpy(), B)
         m = s.metrics(include_background=True, ignore_empty_classes=False)
-        got = [m["per_class"][n]["ace"] for n in s.names()]
+        got = [m.per_class[n].ace for n in s.names()]
         np.testing.assert_allclose(values[i].ravel(), got, rtol=1e-5, atol=1e-6)
     onehot = torch.nn.functional.one_hot(labels[:, 0], 3).permute(0, 4, 1, 2, 3).float()
     metric = CalibrationErrorMetric(num_bins=B, calibration_reduction="average")

@@ -120,10 +120,10 @@ def test_marginal_errors_equal_monai(kind, include_background):
     # the classic MCE (every non-empty bin) is mce_raw; mce applies the minimum-bin-mass rule
     for ours, theirs in (("ece", "expected"), ("ace", "average"), ("mce_raw", "maximum")):
         expected = monai_metric(p, t, theirs, include_background)
-        got = np.array([m["per_class"][n][ours] for n in s.names()[first:]])
+        got = np.array([getattr(m.per_class[n], ours) for n in s.names()[first:]])
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(m[f"marginal_{ours}"], np.nanmean(expected), rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(getattr(m, f"marginal_{ours}"), np.nanmean(expected),
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_macro_over_images_equals_monai_mean():
@@ -139,8 +139,8 @@ def test_macro_over_images_equals_monai_mean():
     for p, t in cases:
         metric(y_pred=torch.from_numpy(p[None]),
                y=torch.from_numpy(np.eye(3, dtype=np.float32)[t].transpose(3, 0, 1, 2)[None]))
-    assert m["reduction"] == "macro"
-    np.testing.assert_allclose(m["marginal_ace"], float(metric.aggregate()), rtol=1e-5)
+    assert m.reduction == "macro"
+    np.testing.assert_allclose(m.marginal_ace, float(metric.aggregate()), rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- plain numpy
@@ -153,19 +153,19 @@ def test_equals_numpy_reference_marginal_top_label_dice_nll_brier(seed, backend)
     m = s.metrics(include_background=True, ignore_empty_classes=False)
     for c, name in enumerate(s.names()):
         ece, ace, mce = ref_errors(p[c], t == c, B)
-        assert m["per_class"][name]["ece"] == pytest.approx(ece, rel=1e-9, abs=1e-12)
-        assert m["per_class"][name]["ace"] == pytest.approx(ace, rel=1e-9, abs=1e-12)
-        assert m["per_class"][name]["mce_raw"] == pytest.approx(mce, rel=1e-9, abs=1e-12)
+        assert m.per_class[name].ece == pytest.approx(ece, rel=1e-9, abs=1e-12)
+        assert m.per_class[name].ace == pytest.approx(ace, rel=1e-9, abs=1e-12)
+        assert m.per_class[name].mce_raw == pytest.approx(mce, rel=1e-9, abs=1e-12)
         pred = p.argmax(0) == c
         dice = 2 * (pred & (t == c)).sum() / (pred.sum() + (t == c).sum())
-        assert m["dice"][name] == pytest.approx(dice, rel=1e-12)
+        assert m.dice[name] == pytest.approx(dice, rel=1e-12)
     ece, ace, mce = ref_errors(p.max(0), p.argmax(0) == t, B)
-    assert (m["ece"], m["ace"], m["mce_raw"]) == pytest.approx((ece, ace, mce), rel=1e-9)
+    assert (m.ece, m.ace, m.mce_raw) == pytest.approx((ece, ace, mce), rel=1e-9)
     p64 = p.astype(np.float64)
     pt = np.take_along_axis(p64, t[None], 0)[0]
-    assert m["nll"] == pytest.approx(-np.log(np.maximum(pt, 1e-12)).mean(), rel=1e-9)
+    assert m.nll == pytest.approx(-np.log(np.maximum(pt, 1e-12)).mean(), rel=1e-9)
     onehot = np.eye(4)[t].transpose(3, 0, 1, 2)
-    assert m["brier"] == pytest.approx(((p64 - onehot) ** 2).sum(0).mean(), rel=1e-9)
+    assert m.brier == pytest.approx(((p64 - onehot) ** 2).sum(0).mean(), rel=1e-9)
 
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])
@@ -181,11 +181,11 @@ def test_soft_reference_equals_numpy(backend):
     m = s.metrics(include_background=True, ignore_empty_classes=False)
     for c, name in enumerate(s.names()):
         ece, ace, mce = ref_errors(probs[c], ref[c], B)
-        assert m["per_class"][name]["soft_ace"] == pytest.approx(ace, rel=1e-6, abs=1e-9)
-        assert m["per_class"][name]["soft_ece"] == pytest.approx(ece, rel=1e-6, abs=1e-9)
+        assert m.per_class[name].soft_ace == pytest.approx(ace, rel=1e-6, abs=1e-9)
+        assert m.per_class[name].soft_ece == pytest.approx(ece, rel=1e-6, abs=1e-9)
     arg = probs.argmax(0)
     soft_y = np.take_along_axis(ref, arg[None], 0)[0]
-    assert m["soft_ece"] == pytest.approx(ref_errors(probs.max(0), soft_y, B)[0], rel=1e-6)
+    assert m.soft_ece == pytest.approx(ref_errors(probs.max(0), soft_y, B)[0], rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- other libraries
@@ -205,11 +205,11 @@ def test_top_label_ece_equals_torchmetrics():
     tm = multiclass_calibration_error(torch.from_numpy(p.reshape(4, -1).T),
                                       torch.from_numpy(t.reshape(-1)), num_classes=4, n_bins=B,
                                       norm="l1")
-    assert s.metrics()["ece"] == pytest.approx(float(tm), rel=1e-5)
+    assert s.metrics().ece == pytest.approx(float(tm), rel=1e-5)
     tm_max = multiclass_calibration_error(torch.from_numpy(p.reshape(4, -1).T),
                                           torch.from_numpy(t.reshape(-1)), num_classes=4,
                                           n_bins=B, norm="max")
-    assert s.metrics()["mce_raw"] == pytest.approx(float(tm_max), rel=1e-5)
+    assert s.metrics().mce_raw == pytest.approx(float(tm_max), rel=1e-5)
 
 
 def test_top_label_ece_equals_netcal():
@@ -219,7 +219,7 @@ def test_top_label_ece_equals_netcal():
     p, t = random_case(rng, 3, (10, 10, 10), sharp=1.0)
     s = ReliabilityStats.from_probs(p, t, B)
     value = ECE(bins=B).measure(p.reshape(3, -1).T.astype(np.float64), t.reshape(-1))
-    assert s.metrics()["ece"] == pytest.approx(float(value), rel=1e-4, abs=1e-6)
+    assert s.metrics().ece == pytest.approx(float(value), rel=1e-4, abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- reductions
@@ -231,15 +231,15 @@ def test_micro_pools_bins_and_reports_reduction():
     micro = s.metrics("micro", include_background=True)
     p = np.concatenate([p1.reshape(3, -1), p2.reshape(3, -1)], 1)
     t = np.concatenate([t1.ravel(), t2.ravel()])
-    assert micro["reduction"] == "micro"
-    assert micro["ace"] == pytest.approx(ref_errors(p.max(0), p.argmax(0) == t, B)[1], rel=1e-9)
+    assert micro.reduction == "micro"
+    assert micro.ace == pytest.approx(ref_errors(p.max(0), p.argmax(0) == t, B)[1], rel=1e-9)
     macro = s.metrics("macro", include_background=True)
     per = [ref_errors(q.reshape(3, -1).max(0), q.reshape(3, -1).argmax(0) == r.ravel(), B)[1]
            for q, r in ((p1, t1), (p2, t2))]
-    assert macro["ace"] == pytest.approx(np.mean(per), rel=1e-9)
+    assert macro.ace == pytest.approx(np.mean(per), rel=1e-9)
     rows = s.per_image_metrics(include_background=True)
-    assert [r["image_id"] for r in rows] == ["a", "b"]
-    assert rows[1]["ace"] == pytest.approx(per[1], rel=1e-9)
+    assert list(rows) == ["a", "b"]
+    assert rows["b"].ace == pytest.approx(per[1], rel=1e-9)
 
 
 def test_ignore_empty_classes_and_background():
@@ -248,12 +248,12 @@ def test_ignore_empty_classes_and_background():
     t = np.where(t == 2, 1, t)
     s = ReliabilityStats.from_probs(p, t, B)
     m = s.metrics(ignore_empty_classes=True)
-    assert np.isnan(m["per_class"]["class 2"]["ace"])
-    assert m["marginal_ace"] == pytest.approx(m["per_class"]["class 1"]["ace"])
+    assert np.isnan(m.per_class["class 2"].ace)
+    assert m.marginal_ace == pytest.approx(m.per_class["class 1"].ace)
     m2 = s.metrics(ignore_empty_classes=False)
-    assert m2["per_class"]["class 2"]["ace"] == pytest.approx(ref_errors(p[2], t == 2, B)[1])
-    assert m2["include_background"] is False
-    assert m2["n_bins"] == B
+    assert m2.per_class["class 2"].ace == pytest.approx(ref_errors(p[2], t == 2, B)[1])
+    assert m2.include_background is False
+    assert m2.n_bins == B
 
 
 # ----------------------------------------------------------------------------- diagrams
@@ -330,7 +330,8 @@ def test_merge_of_image_sets_in_any_order(vols, data):
     b = ReliabilityStats.merge_all([stats[i] for i in order])
     _assert_same(a.select(a.image_ids), b.select(a.image_ids))
     for key in ("ece", "ace", "mce", "marginal_ace", "nll", "brier"):
-        assert a.metrics()[key] == pytest.approx(b.metrics()[key], rel=1e-9, nan_ok=True)
+        assert getattr(a.metrics(), key) == pytest.approx(getattr(b.metrics(), key), rel=1e-9,
+                                                          nan_ok=True)
 
 
 @settings(max_examples=15, deadline=None)
@@ -436,8 +437,8 @@ def test_perfectly_calibrated_data_has_small_ace():
     m = ReliabilityStats.from_probs(p, t, B).metrics(include_background=True,
                                                      ignore_empty_classes=False)
     # per bin ~20000 samples: standard error of the frequency ≤ 0.0036
-    assert m["marginal_ace"] < 0.01
-    assert m["marginal_mce"] < 0.02
+    assert m.marginal_ace < 0.01
+    assert m.marginal_mce < 0.02
 
 
 # ----------------------------------------------------------------------------- errors

@@ -57,7 +57,7 @@ def test_evaluate_cohort_merges_cases(cohort, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     stats = ReliabilityStats.from_dict(json.load(open(out / "stats.json", encoding="utf-8")))
     assert sorted(stats.image_ids) == ["s1011", "s1012"]
-    assert printed["marginal_ace"] == pytest.approx(stats.metrics()["marginal_ace"])
+    assert printed["marginal_ace"] == pytest.approx(stats.metrics().marginal_ace)
     rows = open(out / "cases.csv", encoding="utf-8").read().splitlines()
     assert len(rows) == 3 and rows[0].startswith("case,")
     assert (out / "dataset_reliability_histogram.png").exists()

@@ -86,8 +86,8 @@ def test_metrics_of_compact_storage_within_1e_3(demo_prediction, temperature):
     full = apply_temperature(prediction, temperature)
     compact = apply_temperature(compact_prediction(prediction), temperature)
     assert is_compact(compact) and not is_compact(full)
-    a = ReliabilityStats.from_probs(full.probs, case.labels).metrics()
-    b = ReliabilityStats.from_probs(compact.probs, case.labels).metrics()
+    a = ReliabilityStats.from_probs(full.probs, case.labels).metrics().to_dict()
+    b = ReliabilityStats.from_probs(compact.probs, case.labels).metrics().to_dict()
     for key in METRICS:
         assert abs(a[key] - b[key]) < 1e-3, key
     np.testing.assert_array_equal(compact.confidence, full.confidence)

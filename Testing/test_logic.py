@@ -281,7 +281,7 @@ def test_reliability_diagram_and_metrics_equal_the_library(setup):
         assert series.GetTableNodeID() == table.GetID()
         assert series.GetXColumnName() == plots.CONFIDENCE
         assert series.GetYColumnName() == plots.OBSERVED
-        metrics = stats.metrics()
+        metrics = stats.metrics().to_dict()
         values = plots.readMetricsTable(scene.GetNodeByID(logic.metricsTableID))
         column = values[logic.columnName(slot)]
         for label, key in (("ACE", "ace"), ("ECE", "ece"), ("MCE", "mce"),

@@ -98,7 +98,7 @@ def test_two_patients_two_models_compare_temperature_export_clear(tmp_path):
             result = logic.results[slot]
             assert slicer.util.arrayFromVolume(logic.node(slot, "confidence")).shape == shape
             expected = ReliabilityStats.from_probs(result.current.probs, labels, n_bins=20)
-            assert result.metrics["ece"] == pytest.approx(expected.metrics()["ece"], rel=1e-9)
+            assert result.metrics["ece"] == pytest.approx(expected.metrics().ece, rel=1e-9)
         # Compare: B in the comparison view, A in the others.
         ui.compareCheckBox.checked = True
         panel.onCompare(True)

@@ -101,8 +101,8 @@ def test_demo_models_metrics_within_1e_3_at_every_temperature(mni_case, demo_log
         np.testing.assert_array_equal(compact.labels(), logits.argmax(0))
         for t in TEMPERATURES:
             probs = softmax(logits, t)
-            full = ReliabilityStats.from_probs(probs, target).metrics()
-            fast = ReliabilityStats.from_topk(compact, target, temperature=t).metrics()
+            full = ReliabilityStats.from_probs(probs, target).metrics().to_dict()
+            fast = ReliabilityStats.from_topk(compact, target, temperature=t).metrics().to_dict()
             assert_metrics_close(full, fast)
             confidence, entropy = compact.maps(t)
             assert np.abs(confidence - probs.max(0)).max() < 2e-4, (name, t)
@@ -123,7 +123,7 @@ def test_synthetic_25_classes_metrics_within_1e_3(synthetic, temperature):
     probs = softmax(logits, temperature)
     full = ReliabilityStats.from_probs(probs, target)
     fast = ReliabilityStats.from_topk(compact, target, temperature=temperature)
-    assert_metrics_close(full.metrics(), fast.metrics())
+    assert_metrics_close(full.metrics().to_dict(), fast.metrics().to_dict())
     np.testing.assert_array_equal(fast.count.sum(axis=2), full.count.sum(axis=2))
     np.testing.assert_array_equal(fast.intersection, full.intersection)  # Dice counts exact
     # per-voxel maps: confidence and entropy of the full probabilities
@@ -205,8 +205,9 @@ def test_properties_across_classes_temperatures_and_shapes(logits, temperature):
     np.testing.assert_allclose(expanded.sum(0), 1.0, atol=1e-5)
     # top-label ECE moves by at most the mean |Δp| plus 2/N per voxel that may change bin
     target = np.random.default_rng(num_classes).integers(0, num_classes, logits.shape[1:])
-    full = ReliabilityStats.from_probs(probs.astype(np.float32), target, 10).metrics()
-    fast = ReliabilityStats.from_topk(compact, target, 10, temperature=temperature).metrics()
+    full = ReliabilityStats.from_probs(probs.astype(np.float32), target, 10).metrics().to_dict()
+    fast = ReliabilityStats.from_topk(compact, target, 10,
+                                      temperature=temperature).metrics().to_dict()
     edges = bin_edges(10)[1:-1].astype(np.float64)
     near = np.abs(ranked[0][..., None] - edges).min(-1) <= bound
     # (plus float32 rounding of the reference probabilities and of the maps)

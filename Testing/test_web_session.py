@@ -213,7 +213,7 @@ def test_temperature_reference_metrics_and_diagram(session, image_file):
     def ece_at(T):
         prediction = expected_prediction(model_folders()[0], T)
         return ReliabilityStats.from_probs(prediction.probs, case4().labels,
-                                           n_bins=20).metrics()["ece"]
+                                           n_bins=20).metrics().ece
 
     card_T = session.temperatures()["A"]
     assert float(table["ECE"]) == pytest.approx(ece_at(card_T), abs=2e-3)

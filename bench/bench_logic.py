@@ -91,8 +91,8 @@ def compact_storage_rows() -> list[dict]:
     full = predict(case.image, case.affine, model, device="cpu", temperature=1.0)
     compact = compact_prediction(full)
     assert dataclasses.is_dataclass(compact)
-    a = ReliabilityStats.from_probs(full.probs, case.labels).metrics()
-    b = ReliabilityStats.from_probs(compact.probs, case.labels).metrics()
+    a = ReliabilityStats.from_probs(full.probs, case.labels).metrics().to_dict()
+    b = ReliabilityStats.from_probs(compact.probs, case.labels).metrics().to_dict()
     error = max(abs(a[k] - b[k]) for k in ("ece", "ace", "mce", "marginal_ece",
                                            "marginal_ace", "marginal_mce"))
     return [

@@ -52,7 +52,7 @@ def case_metrics(stats) -> dict[str, float]:
     Marginal (class-wise) errors are means over the foreground classes (GM, WM), the
     library's default; the background's own numbers are kept as ``bg_*``.
     """
-    metrics = stats.metrics()
+    metrics = stats.metrics().to_dict()
     out = {k: float(v) for k, v in metrics.items()
            if isinstance(v, (int, float)) and not isinstance(v, bool)}
     for c, value in enumerate(metrics["dice"].values()):

@@ -252,7 +252,7 @@ class CalibSegLogic:
             result = self.results[slot]
             result.stats = ReliabilityStats.from_probs(result.current.probs,
                                                        self.referenceLabels, n_bins=N_BINS)
-            result.metrics = result.stats.metrics()
+            result.metrics = result.stats.metrics().to_dict()
         self.chart.update(self.results)
         return {slot: r.metrics for slot, r in self.results.items()}
 

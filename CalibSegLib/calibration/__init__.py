@@ -3,6 +3,7 @@
 ACE here is the *Average* Calibration Error (mean gap over non-empty bins).
 """
 
+from CalibSegLib.calibration.binned_errors import compute_calibration_errors, compute_dice
 from CalibSegLib.calibration.binning import bin_centres, bin_edges, bin_index
 from CalibSegLib.calibration.diagram import (
     MIN_BIN_COUNT,
@@ -11,7 +12,6 @@ from CalibSegLib.calibration.diagram import (
     maximum_calibration_error,
     reliable_bins,
 )
-from CalibSegLib.calibration.errors import compute_calibration_errors, compute_dice
 from CalibSegLib.calibration.losses import (
     DiceCEL1ACELoss,
     HardL1ACELoss,

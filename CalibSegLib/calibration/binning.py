@@ -10,23 +10,26 @@ MONAI's ``calibration_binning`` and of the mL1-ACE paper's code.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from CalibSegLib.errors import CalibSegError
 
 EPS32 = float(np.finfo(np.float32).eps)
+#: Most bins supported (the kernels' bin slots are int32, and the compiled kernel's edge
+#: tolerance ``n_bins * 2**-20`` must stay well below half a bin).
+MAX_BINS = 1 << 16
 
 
 def check_n_bins(n_bins: int) -> int:
     """Validate and return ``n_bins`` as an int."""
-    if int(n_bins) != n_bins or n_bins < 1:
-        raise CalibSegError(f"n_bins must be a positive whole number, got {n_bins!r}.")
+    if int(n_bins) != n_bins or not 1 <= n_bins <= MAX_BINS:
+        raise CalibSegError(
+            f"n_bins must be a whole number from 1 to {MAX_BINS}, got {n_bins!r}.")
     return int(n_bins)
 
 
 def bin_edges(n_bins: int) -> np.ndarray:
     """The ``n_bins + 1`` float32 bin edges (identical to MONAI's boundaries)."""
-    import torch
-
     n_bins = check_n_bins(n_bins)
     return torch.linspace(0.0, 1.0 + EPS32, n_bins + 1, dtype=torch.float32).numpy()
 

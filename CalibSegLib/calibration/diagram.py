@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from CalibSegLib.calibration.errors import bin_means
+from CalibSegLib.calibration.binned_errors import bin_means
 
 #: Smallest share of a diagram's voxels a bin must hold to be reliable.
 MIN_BIN_FRACTION = 1e-3

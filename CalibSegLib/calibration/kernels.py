@@ -1,17 +1,16 @@
-"""Fused one-pass accumulation of reliability statistics.
+"""Fused one-pass accumulation of reliability statistics: the compiled CPU kernel.
 
-Two back ends fill the same sufficient statistics:
-
-- :func:`accumulate_numba` (CPU): one pass over the volume in class-major blocks
+:func:`accumulate_numba` (CPU): one pass over the volume in class-major blocks
   of voxels (each block read from memory once, then from cache); bins, counts and
   sums for all classes, the top label, Dice counts, NLL and Brier together, into
   per-thread partial histograms that are summed at the end (no atomics, no
   one-hot, only block-sized temporaries). Each histogram add is one packed
   integer word (count and fixed-point probability sum), so sums of p are exact
   and any split of a volume merges to identical numbers.
-- :func:`accumulate_torch` (any torch device, used for CUDA tensors): bucketize
-  plus ``bincount``/``scatter_add`` per chunk on the tensors' device, float64
-  accumulators.
+
+This module needs numba; :mod:`~CalibSegLib.calibration.backend` imports it only
+when the compiled kernel is used and falls back to
+:mod:`~CalibSegLib.calibration.torch_kernel` when numba cannot load.
 """
 
 from __future__ import annotations
@@ -21,33 +20,16 @@ import math
 import numba
 import numpy as np
 
+from CalibSegLib.calibration.accumulators import (
+    NLL_FLOOR,
+    SUM_TOLERANCE,
+    Accumulators,
+    Scalar,
+    check_kernel_inputs,
+)
 from CalibSegLib.threads import default_threads, guided_bounds, run_tasks
 
-#: Clamp for log(p) in the NLL so a zero probability gives a large finite value.
-NLL_FLOOR = 1e-12
-#: Tolerance on sum_c p_c = 1 per voxel.
-SUM_TOLERANCE = 1e-3
-
-
-class Accumulators:
-    """Float64/int64 sums for one image, filled chunk by chunk."""
-
-    def __init__(self, num_classes: int, n_bins: int, soft: bool) -> None:
-        c, b = num_classes, n_bins
-        self.count = np.zeros((c, b), np.int64)
-        self.sum_p = np.zeros((c, b), np.float64)
-        self.sum_y = np.zeros((c, b), np.float64)
-        self.soft_y = np.zeros((c if soft else 0, b), np.float64)
-        self.top_count = np.zeros(b, np.int64)
-        self.top_sum_p = np.zeros(b, np.float64)
-        self.top_sum_y = np.zeros(b, np.float64)
-        self.top_soft_y = np.zeros(b if soft else 0, np.float64)
-        self.intersection = np.zeros(c, np.int64)
-        self.predicted = np.zeros(c, np.int64)
-        self.reference = np.zeros(c, np.int64)
-        # nll sum, brier sum, voxel count, invalid labels, NaN probabilities, bad sums
-        self.scalars = np.zeros(6, np.float64)
-
+__all__ = ["NLL_FLOOR", "Accumulators", "accumulate_numba"]
 
 #: Voxels per block of the class-major loops (the block's rows and per-voxel buffers
 #: stay in the L1 cache between the loops).
@@ -64,7 +46,7 @@ _COUNT_SHIFT = 52
 _Q_MASK = (1 << _COUNT_SHIFT) - 1
 _COUNT_MASK = (1 << (64 - _COUNT_SHIFT)) - 1
 #: Largest probability summed (a valid voxel has p <= 1 + SUM_TOLERANCE).
-_P_MAX = 1.0 + 2.0 ** -10
+_P_MAX = 1.0 + 2.0 ** -9
 #: Blocks between unpacking the packed words (per-lane count stays <= 2048 < 4096, and
 #: the sum field below 2**46 < 2**52).
 _FLUSH = 8192 // _BLOCK
@@ -74,6 +56,19 @@ _MAX_RANGE = 1 << 30
 _SMALLEST_TASK = 1 << 16
 #: Fewer voxels than this per thread run on one thread.
 _MIN_PER_THREAD = 1 << 16
+
+# The packing invariants the kernel relies on (checked once, at import).
+#: Largest fixed-point word of one probability, round(_P_MAX * 2**_Q_SHIFT).
+_Q_WORD_MAX = math.ceil(_P_MAX * 2.0 ** _Q_SHIFT + 0.5)
+#: Most voxels one lane's histogram slot takes between flushes (a block gives each lane
+#: _BLOCK / _LANES voxels).
+_LANE_VOXELS_PER_FLUSH = _FLUSH * (_BLOCK // _LANES)
+assert _LANES & (_LANES - 1) == 0 and _BLOCK % _LANES == 0  # lane = j & (_LANES - 1)
+assert _P_MAX >= 1.0 + SUM_TOLERANCE  # every valid probability is summed unclamped
+assert _LANE_VOXELS_PER_FLUSH < 1 << (64 - _COUNT_SHIFT)  # the count field cannot overflow
+assert _LANE_VOXELS_PER_FLUSH * _Q_WORD_MAX < 1 << _COUNT_SHIFT  # nor the sum field
+assert -(-_MAX_RANGE // _LANES) * _Q_WORD_MAX < 1 << 63  # exact int64 totals per call
+assert len(Scalar) == 6 and list(Scalar) == list(range(6))  # the kernel fills every slot
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -114,6 +109,11 @@ def _group(arg, label, c, n_bins):  # pragma: no cover - compiled
     by_label = n_bins if label == c else np.int32(0)
     return np.int32(by_arg + by_label)
 
+
+# Scalar slots as plain ints (compile-time constants of the kernel).
+_NLL, _BRIER, _VOXELS = int(Scalar.NLL), int(Scalar.BRIER), int(Scalar.VOXELS)
+_BAD_LABELS, _NAN_VALUES, _BAD_SUMS = (int(Scalar.BAD_LABELS), int(Scalar.NAN_VALUES),
+                                       int(Scalar.BAD_SUMS))
 
 _MANTISSA = (1 << 52) - 1
 _EXPONENT_ONE = 1023 << 52
@@ -339,12 +339,12 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
                         soft_y[c, k] += soft[c, i]
                         if is_arg:
                             top_soft_y[k] += soft[c, i]
-    scalars[0] += nll
-    scalars[1] += sq_sum - 2.0 * pt_sum + voxels
-    scalars[2] += voxels
-    scalars[3] += bad_label
-    scalars[4] += bad_nan
-    scalars[5] += bad_sum
+    scalars[_NLL] += nll
+    scalars[_BRIER] += sq_sum - 2.0 * pt_sum + voxels
+    scalars[_VOXELS] += voxels
+    scalars[_BAD_LABELS] += bad_label
+    scalars[_NAN_VALUES] += bad_nan
+    scalars[_BAD_SUMS] += bad_sum
 
 
 _EMPTY_REF = np.zeros((0, 1), np.float32)
@@ -365,6 +365,7 @@ def accumulate_numba(acc: Accumulators, probs: np.ndarray, p0: int, labels: np.n
     thread pool; a core slowed by other load takes fewer tasks instead of holding up
     the call).
     """
+    check_kernel_inputs(acc, probs, p0, labels, l0, n, edges, ref, r0, mask)
     threads = default_threads() if threads is None else max(1, int(threads))
     if n < threads * _MIN_PER_THREAD:
         threads = 1
@@ -392,71 +393,4 @@ def accumulate_numba(acc: Accumulators, probs: np.ndarray, p0: int, labels: np.n
 
     run_tasks(work, tasks, threads)
     for part in parts[1:]:
-        for name in vars(acc):
-            getattr(acc, name).__iadd__(getattr(part, name))
-
-
-def accumulate_torch(acc: Accumulators, probs, labels, edges: np.ndarray, ref=None,
-                     mask=None) -> None:
-    """Add one chunk to ``acc`` with torch ops on the tensors' device.
-
-    ``probs`` ``(C, n)`` float tensor, ``labels`` ``(n,)`` integer tensor, ``ref``
-    ``(C, n)`` or None, ``mask`` ``(n,)`` bool or None.
-    """
-    import torch
-
-    device = probs.device
-    n_classes = probs.shape[0]
-    n_bins = len(edges) - 1
-    p = probs.float()
-    t = labels.long()
-    if mask is not None:
-        keep = mask.bool()
-        p, t = p[:, keep], t[keep]
-        ref = None if ref is None else ref[:, keep]
-    bad_label = (t < 0) | (t >= n_classes)
-    n_bad_label = int(bad_label.sum())
-    if n_bad_label:
-        keep = ~bad_label
-        p, t = p[:, keep], t[keep]
-        ref = None if ref is None else ref[:, keep]
-    n_nan = int(torch.isnan(p).sum())
-    n_bad_sum = int(((p.double().sum(0) - 1.0).abs() > SUM_TOLERANCE).sum())
-    bounds = torch.as_tensor(edges[1:], device=device)
-    k = torch.bucketize(p, bounds, right=False).clamp_(max=n_bins - 1)
-    flat = (k + torch.arange(n_classes, device=device)[:, None] * n_bins).reshape(-1)
-    size = n_classes * n_bins
-    onehot_y = torch.zeros_like(p, dtype=torch.float64)
-    onehot_y.scatter_(0, t[None], 1.0)
-
-    def binsum(weights):
-        return torch.zeros(size, dtype=torch.float64, device=device).index_add_(
-            0, flat, weights.reshape(-1).double())
-
-    shape = (n_classes, n_bins)
-    acc.count += torch.bincount(flat, minlength=size).reshape(shape).cpu().numpy()
-    acc.sum_p += binsum(p).reshape(shape).cpu().numpy()
-    acc.sum_y += binsum(onehot_y).reshape(shape).cpu().numpy()
-    best, arg = p.max(dim=0)
-    kt = torch.bucketize(best, bounds, right=False).clamp_(max=n_bins - 1)
-    correct = (arg == t)
-    acc.top_count += torch.bincount(kt, minlength=n_bins).cpu().numpy()
-    acc.top_sum_p += torch.zeros(n_bins, dtype=torch.float64, device=device).index_add_(
-        0, kt, best.double()).cpu().numpy()
-    acc.top_sum_y += torch.zeros(n_bins, dtype=torch.float64, device=device).index_add_(
-        0, kt, correct.double()).cpu().numpy()
-    if ref is not None:
-        r = ref.double()
-        acc.soft_y += binsum(r).reshape(shape).cpu().numpy()
-        acc.top_soft_y += torch.zeros(n_bins, dtype=torch.float64, device=device).index_add_(
-            0, kt, r.gather(0, arg[None])[0]).cpu().numpy()
-    acc.intersection += torch.bincount(t[correct], minlength=n_classes).cpu().numpy()
-    acc.predicted += torch.bincount(arg, minlength=n_classes).cpu().numpy()
-    acc.reference += torch.bincount(t, minlength=n_classes).cpu().numpy()
-    pt = p.gather(0, t[None])[0].double()
-    acc.scalars[0] += float(-torch.log(pt.clamp(min=NLL_FLOOR)).sum())
-    acc.scalars[1] += float(((p.double() - onehot_y) ** 2).sum())
-    acc.scalars[2] += t.numel()
-    acc.scalars[3] += n_bad_label
-    acc.scalars[4] += n_nan
-    acc.scalars[5] += n_bad_sum
+        acc.add(part)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from CalibSegLib.calibration.modes import Reduction
+from CalibSegLib.calibration.reliability_metrics import ReliabilityMetrics
 from CalibSegLib.calibration.stats import ReliabilityStats
+from CalibSegLib.errors import CalibSegError
 
 
 def compute_reliability_stats(probs, target, n_bins: int = 20, **kwargs) -> ReliabilityStats:
@@ -15,14 +18,15 @@ class ReliabilityMetric:
 
     ``metric(probs, target)`` adds one image (``(C, ...)``) or a batch
     (``(B, C, ...)`` with ``batch=True``); :meth:`aggregate` returns
-    :meth:`ReliabilityStats.metrics`; :attr:`stats` holds the merged statistics.
+    :meth:`ReliabilityStats.metrics` (a :class:`ReliabilityMetrics`); :attr:`stats`
+    holds the merged statistics.
     """
 
-    def __init__(self, n_bins: int = 20, reduction: str = "macro",
+    def __init__(self, n_bins: int = 20, reduction: Reduction | str = Reduction.MACRO,
                  include_background: bool = False, ignore_empty_classes: bool = True,
                  class_names=None) -> None:
         self.n_bins = n_bins
-        self.reduction = reduction
+        self.reduction = Reduction.parse(reduction, "reduction")
         self.include_background = include_background
         self.ignore_empty_classes = ignore_empty_classes
         self.class_names = class_names
@@ -41,11 +45,10 @@ class ReliabilityMetric:
             self.stats = s if self.stats is None else self.stats.merge(s)
         return self
 
-    def aggregate(self) -> dict:
+    def aggregate(self) -> ReliabilityMetrics:
+        """The metrics of every image added since the last :meth:`reset`."""
         if self.stats is None:
-            from CalibSegLib.errors import CalibSegError
-
-            raise CalibSegError("No image was added to the metric before aggregate().")
+            raise RuntimeError("aggregate() called before any image was added to the metric")
         return self.stats.metrics(self.reduction, self.include_background,
                                   self.ignore_empty_classes)
 

@@ -15,7 +15,20 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
+from CalibSegLib.calibration.accumulators import Accumulators, Scalar
+from CalibSegLib.calibration.backend import (
+    disable_numba,
+    is_compile_error,
+    numba_kernel,
+    resolve_backend,
+)
+from CalibSegLib.calibration.binned_errors import (
+    bin_means,
+    compute_calibration_errors,
+    compute_dice,
+)
 from CalibSegLib.calibration.binning import bin_centres, bin_edges, check_n_bins
 from CalibSegLib.calibration.diagram import (
     MIN_BIN_COUNT,
@@ -24,9 +37,16 @@ from CalibSegLib.calibration.diagram import (
     diagram_bins,
     maximum_calibration_error,
 )
-from CalibSegLib.calibration.errors import bin_means, compute_calibration_errors, compute_dice
-from CalibSegLib.calibration.kernels import Accumulators, accumulate_numba, accumulate_torch
+from CalibSegLib.calibration.modes import Backend, Reduction
+from CalibSegLib.calibration.reliability_metrics import (
+    ERROR_NAMES,
+    ClassMetrics,
+    ReliabilityMetrics,
+)
+from CalibSegLib.calibration.topk_stats import stats_from_topk
+from CalibSegLib.calibration.torch_kernel import accumulate_torch
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.inference.compact import from_fixed_point
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
 
 #: Voxels per chunk: bounds the extra memory of float16 conversion and sets the
@@ -41,7 +61,7 @@ ARRAY_FIELDS = _PER_BIN + _PER_TOP_BIN + _PER_CLASS + _PER_IMAGE
 _INT_FIELDS = ("count", "top_count", "intersection", "predicted", "reference", "n_voxels")
 
 
-@dataclass
+@dataclass(eq=False)
 class ReliabilityStats:
     """Sufficient statistics of calibration for a set of images.
 
@@ -83,7 +103,7 @@ class ReliabilityStats:
         mask=None,
         class_names=None,
         chunk_voxels: int = DEFAULT_CHUNK_VOXELS,
-        backend: str = "auto",
+        backend: Backend | str = Backend.AUTO,
         progress: ProgressCallback | None = None,
         cancel: CancelCallback | None = None,
     ) -> ReliabilityStats:
@@ -113,7 +133,8 @@ class ReliabilityStats:
             Voxels per chunk (progress/cancel granularity; bounds temporary memory).
         backend
             ``"auto"`` (torch on the tensors' device for CUDA tensors, numba otherwise),
-            ``"numba"`` or ``"torch"``.
+            ``"numba"`` or ``"torch"``; without a working numba the torch back end
+            runs (one :class:`~CalibSegLib.calibration.backend.KernelFallbackWarning`).
         """
         n_bins = check_n_bins(n_bins)
         num_classes, spatial, device = _shape_and_device(probs)
@@ -139,14 +160,22 @@ class ReliabilityStats:
                     f"The {name} have type {values.dtype}; pass floating-point probabilities "
                     "(or uint16 fixed point, round(p * 65535))."
                 )
-        if backend == "auto":
-            backend = "torch" if device not in (None, "cpu") else "numba"
-        if backend not in ("numba", "torch"):
-            raise CalibSegError(f"Unknown backend {backend!r}; use 'auto', 'numba' or 'torch'.")
-        acc = Accumulators(num_classes, n_bins, soft=reference_probs is not None)
+        chosen = resolve_backend(backend, device)
         edges = bin_edges(n_bins)
-        run = _run_torch if backend == "torch" else _run_numba
-        run(acc, probs, target, reference_probs, mask, edges, int(chunk_voxels), progress, cancel)
+        args = (probs, target, reference_probs, mask, edges, int(chunk_voxels), progress, cancel)
+        acc = Accumulators(num_classes, n_bins, soft=reference_probs is not None)
+        kernel = numba_kernel() if chosen is Backend.NUMBA else None
+        if kernel is None:
+            _run_torch(acc, *args)
+        else:
+            try:
+                _run_numba(kernel, acc, *args)
+            except Exception as exc:
+                if not is_compile_error(exc):
+                    raise
+                disable_numba(f"the kernel does not compile ({type(exc).__name__})")
+                acc = Accumulators(num_classes, n_bins, soft=reference_probs is not None)
+                _run_torch(acc, *args)
         _raise_on_bad_input(acc.scalars)
         return cls._from_accumulators(str(image_id), n_bins, acc, class_names)
 
@@ -155,8 +184,6 @@ class ReliabilityStats:
         """Statistics of a :class:`~CalibSegLib.inference.topk.TopKPrediction` (no
         ``C × N`` expansion); options as
         :func:`~CalibSegLib.calibration.topk_stats.stats_from_topk`."""
-        from CalibSegLib.calibration.topk_stats import stats_from_topk
-
         return stats_from_topk(prediction, target, n_bins, **options)
 
     @classmethod
@@ -168,8 +195,9 @@ class ReliabilityStats:
             top_sum_p=acc.top_sum_p[None], top_sum_y=acc.top_sum_y[None],
             top_soft_y=acc.top_soft_y[None], intersection=acc.intersection[None],
             predicted=acc.predicted[None], reference=acc.reference[None],
-            nll_sum=acc.scalars[0:1].copy(), brier_sum=acc.scalars[1:2].copy(),
-            n_voxels=acc.scalars[2:3].astype(np.int64),
+            nll_sum=np.array([acc.scalar(Scalar.NLL)]),
+            brier_sum=np.array([acc.scalar(Scalar.BRIER)]),
+            n_voxels=np.array([acc.scalar(Scalar.VOXELS)], dtype=np.int64),
             class_names=None if class_names is None else tuple(str(c) for c in class_names),
         )
 
@@ -196,7 +224,7 @@ class ReliabilityStats:
     def merge(self, other: ReliabilityStats) -> ReliabilityStats:
         """Exact union: equal image ids are summed (chunks), new ids appended (cohorts)."""
         if not isinstance(other, ReliabilityStats):
-            raise CalibSegError("Only ReliabilityStats can be merged with ReliabilityStats.")
+            raise TypeError(f"cannot merge {type(other).__name__} into ReliabilityStats")
         if other.n_bins != self.n_bins or other.num_classes != self.num_classes:
             raise CalibSegError(
                 f"Cannot merge statistics with {other.num_classes} classes × {other.n_bins} bins "
@@ -261,9 +289,10 @@ class ReliabilityStats:
                                 class_names=self.class_names, **arrays)
 
     # ------------------------------------------------------------------ metrics
-    def metrics(self, reduction: str = "macro", include_background: bool = False,
-                ignore_empty_classes: bool = True, min_bin_fraction: float = MIN_BIN_FRACTION,
-                min_bin_count: int = MIN_BIN_COUNT) -> dict:
+    def metrics(self, reduction: Reduction | str = Reduction.MACRO,
+                include_background: bool = False, ignore_empty_classes: bool = True,
+                min_bin_fraction: float = MIN_BIN_FRACTION,
+                min_bin_count: int = MIN_BIN_COUNT) -> ReliabilityMetrics:
         """Calibration and overlap metrics.
 
         Parameters
@@ -285,102 +314,66 @@ class ReliabilityStats:
 
         Returns
         -------
-        dict
-            ``ece``, ``ace``, ``mce`` (top label), ``marginal_ece``, ``marginal_ace``,
-            ``marginal_mce`` (mean over classes), each MCE also as ``*_mce_raw``,
-            ``per_class`` {name: {ece, ace, mce, mce_raw, dice}}, ``dice`` {name: value},
-            ``mean_dice``, ``nll``, ``brier``, the same ``soft_*`` against a soft
-            reference when present, and ``n_bins``, ``reduction``,
-            ``include_background``, ``min_bin_fraction``, ``min_bin_count``,
-            ``n_images``, ``n_voxels``. ACE is the *Average* Calibration Error.
+        ReliabilityMetrics
+            Top-label, marginal and per-class errors, Dice, NLL, Brier (and the
+            ``soft_*`` errors against a soft reference when present); its
+            :meth:`~ReliabilityMetrics.to_dict` is the JSON layout.
         """
-        if reduction not in ("macro", "micro"):
-            raise CalibSegError(f"reduction must be 'macro' or 'micro', got {reduction!r}.")
-        stats = self if reduction == "macro" else self.pooled()
-        names = self.names()
+        reduction = Reduction.parse(reduction, "reduction")
+        stats = self if reduction is Reduction.MACRO else self.pooled()
         first = 0 if include_background else 1
-        rule = {"min_fraction": float(min_bin_fraction), "min_count": int(min_bin_count)}
+        min_fraction, min_count = float(min_bin_fraction), int(min_bin_count)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            ece_c, ace_c, _ = compute_calibration_errors(stats.count, stats.sum_p, stats.sum_y)
-            mce_c, raw_c = maximum_calibration_error(stats.count, stats.sum_p, stats.sum_y,
-                                                     **rule)
+            marginal = _errors_per_class(stats.count, stats.sum_p, stats.sum_y,
+                                         min_fraction, min_count)
             if ignore_empty_classes:
                 absent = stats.reference == 0
-                ece_c, ace_c, mce_c, raw_c = (np.where(absent, np.nan, a)
-                                              for a in (ece_c, ace_c, mce_c, raw_c))
-            ece_t, ace_t, _ = compute_calibration_errors(
-                stats.top_count, stats.top_sum_p, stats.top_sum_y)
-            mce_t, raw_t = maximum_calibration_error(stats.top_count, stats.top_sum_p,
-                                                     stats.top_sum_y, **rule)
-            dice_c = compute_dice(stats.intersection, stats.predicted, stats.reference)
-            per_class_mean = {k: np.nanmean(v, axis=0) for k, v in
-                              (("ece", ece_c), ("ace", ace_c), ("mce", mce_c),
-                               ("mce_raw", raw_c), ("dice", dice_c))}
-            n = np.maximum(stats.n_voxels, 1)
-            out: dict = {
-                "reduction": reduction,
-                "include_background": bool(include_background),
-                "ignore_empty_classes": bool(ignore_empty_classes),
-                "n_bins": self.n_bins,
-                "min_bin_fraction": rule["min_fraction"],
-                "min_bin_count": rule["min_count"],
-                "n_images": self.num_images,
-                "n_voxels": int(self.n_voxels.sum()),
-                "ece": _f(np.nanmean(ece_t)),
-                "ace": _f(np.nanmean(ace_t)),
-                "mce": _f(np.nanmean(mce_t)),
-                "mce_raw": _f(np.nanmean(raw_t)),
-                "marginal_ece": _f(np.nanmean(per_class_mean["ece"][first:])),
-                "marginal_ace": _f(np.nanmean(per_class_mean["ace"][first:])),
-                "marginal_mce": _f(np.nanmean(per_class_mean["mce"][first:])),
-                "marginal_mce_raw": _f(np.nanmean(per_class_mean["mce_raw"][first:])),
-                "per_class": {
-                    name: {k: _f(per_class_mean[k][c])
-                           for k in ("ece", "ace", "mce", "mce_raw", "dice")}
-                    for c, name in enumerate(names)
-                },
-                "dice": {name: _f(per_class_mean["dice"][c]) for c, name in enumerate(names)},
-                "mean_dice": _f(np.nanmean(per_class_mean["dice"][first:])),
-                "nll": _f(np.nanmean(stats.nll_sum / n)),
-                "brier": _f(np.nanmean(stats.brier_sum / n)),
-            }
+                marginal = {k: np.where(absent, np.nan, v) for k, v in marginal.items()}
+            top = _errors_per_class(stats.top_count, stats.top_sum_p, stats.top_sum_y,
+                                    min_fraction, min_count)
+            dice = compute_dice(stats.intersection, stats.predicted, stats.reference)
+            class_mean = {k: np.nanmean(v, axis=0) for k, v in marginal.items()}
+            class_mean["dice"] = np.nanmean(dice, axis=0)
+            soft_top: dict[str, float] = {}
+            soft_marginal: dict[str, float] = {}
+            soft_class: dict[str, np.ndarray] = {}
             if self.has_soft_reference:
-                s_ece, s_ace, _ = compute_calibration_errors(stats.count, stats.sum_p,
-                                                             stats.soft_y)
-                s_mce, s_raw = maximum_calibration_error(stats.count, stats.sum_p,
-                                                         stats.soft_y, **rule)
-                t_ece, t_ace, _ = compute_calibration_errors(
-                    stats.top_count, stats.top_sum_p, stats.top_soft_y)
-                t_mce, t_raw = maximum_calibration_error(stats.top_count, stats.top_sum_p,
-                                                         stats.top_soft_y, **rule)
-                soft_class = {k: np.nanmean(v, axis=0) for k, v in
-                              (("ece", s_ece), ("ace", s_ace), ("mce", s_mce),
-                               ("mce_raw", s_raw))}
-                out.update({
-                    "soft_ece": _f(np.nanmean(t_ece)),
-                    "soft_ace": _f(np.nanmean(t_ace)),
-                    "soft_mce": _f(np.nanmean(t_mce)),
-                    "soft_mce_raw": _f(np.nanmean(t_raw)),
-                    "soft_marginal_ece": _f(np.nanmean(soft_class["ece"][first:])),
-                    "soft_marginal_ace": _f(np.nanmean(soft_class["ace"][first:])),
-                    "soft_marginal_mce": _f(np.nanmean(soft_class["mce"][first:])),
-                    "soft_marginal_mce_raw": _f(np.nanmean(soft_class["mce_raw"][first:])),
-                })
-                for c, name in enumerate(names):
-                    out["per_class"][name].update(
-                        {f"soft_{k}": _f(soft_class[k][c])
-                         for k in ("ece", "ace", "mce", "mce_raw")})
-        return out
+                soft_class = {k: np.nanmean(v, axis=0) for k, v in _errors_per_class(
+                    stats.count, stats.sum_p, stats.soft_y, min_fraction, min_count).items()}
+                soft_top = {k: _f(np.nanmean(v)) for k, v in _errors_per_class(
+                    stats.top_count, stats.top_sum_p, stats.top_soft_y, min_fraction,
+                    min_count).items()}
+                soft_marginal = {k: _f(np.nanmean(v[first:])) for k, v in soft_class.items()}
+            per_class = {
+                name: ClassMetrics(
+                    **{k: _f(class_mean[k][c]) for k in ERROR_NAMES + ("dice",)},
+                    **{f"soft_{k}": _f(v[c]) for k, v in soft_class.items()})
+                for c, name in enumerate(self.names())
+            }
+            n = np.maximum(stats.n_voxels, 1)
+            return ReliabilityMetrics(
+                reduction=reduction,
+                include_background=bool(include_background),
+                ignore_empty_classes=bool(ignore_empty_classes),
+                n_bins=self.n_bins, min_bin_fraction=min_fraction, min_bin_count=min_count,
+                n_images=self.num_images, n_voxels=int(self.n_voxels.sum()),
+                **{k: _f(np.nanmean(v)) for k, v in top.items()},
+                **{f"marginal_{k}": _f(np.nanmean(class_mean[k][first:])) for k in ERROR_NAMES},
+                per_class=per_class,
+                mean_dice=_f(np.nanmean(class_mean["dice"][first:])),
+                nll=_f(np.nanmean(stats.nll_sum / n)),
+                brier=_f(np.nanmean(stats.brier_sum / n)),
+                **{f"soft_{k}": v for k, v in soft_top.items()},
+                **{f"soft_marginal_{k}": v for k, v in soft_marginal.items()},
+            )
 
     def per_image_metrics(self, include_background: bool = False,
-                          ignore_empty_classes: bool = True) -> list[dict]:
-        """:meth:`metrics` of each image on its own, with its ``image_id``."""
-        rows = []
-        for image_id in self.image_ids:
-            m = self.select([image_id]).metrics("macro", include_background, ignore_empty_classes)
-            rows.append({"image_id": image_id, **m})
-        return rows
+                          ignore_empty_classes: bool = True) -> dict[str, ReliabilityMetrics]:
+        """:meth:`metrics` of each image on its own, by image id (in image order)."""
+        return {image_id: self.select([image_id]).metrics(Reduction.MACRO, include_background,
+                                                           ignore_empty_classes)
+                for image_id in self.image_ids}
 
     # ------------------------------------------------------------------ diagrams
     def diagram_bins(self, class_index: int | None = None,
@@ -545,6 +538,14 @@ def _f(value) -> float:
     return float(value)
 
 
+def _errors_per_class(count, sum_p, sum_y, min_fraction: float,
+                      min_count: int) -> dict[str, np.ndarray]:
+    """``{ece, ace, mce, mce_raw}`` over the last (bin) axis of binned sums ``(..., B)``."""
+    ece, ace, _ = compute_calibration_errors(count, sum_p, sum_y)
+    mce, mce_raw = maximum_calibration_error(count, sum_p, sum_y, min_fraction, min_count)
+    return {"ece": ece, "ace": ace, "mce": mce, "mce_raw": mce_raw}
+
+
 def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
 
@@ -566,8 +567,6 @@ def _shape_and_device(probs):
 
 def _is_probability_dtype(x) -> bool:
     if _is_torch(x):
-        import torch
-
         return x.is_floating_point() or x.dtype == torch.uint16
     dtype = np.asarray(x).dtype
     return dtype.kind == "f" or dtype == np.uint16
@@ -575,8 +574,6 @@ def _is_probability_dtype(x) -> bool:
 
 def _float_block(x, start: int, stop: int) -> np.ndarray:
     """float32 C-contiguous ``x[:, start:stop]``; uint16 read as fixed point."""
-    from CalibSegLib.inference.compact import from_fixed_point
-
     return np.ascontiguousarray(from_fixed_point(x[:, start:stop]))
 
 
@@ -600,7 +597,8 @@ def _flat_labels(target) -> np.ndarray:
     return np.ascontiguousarray(labels)
 
 
-def _run_numba(acc, probs, target, reference, mask, edges, chunk, progress, cancel) -> None:
+def _run_numba(kernel, acc, probs, target, reference, mask, edges, chunk, progress,
+               cancel) -> None:
     p = _as_numpy(probs)
     num_classes = p.shape[0]
     p = p.reshape(num_classes, -1)
@@ -627,15 +625,11 @@ def _run_numba(acc, probs, target, reference, mask, edges, chunk, progress, canc
             rblock, r0 = ref, start
         else:
             rblock, r0 = _float_block(ref, start, stop), 0
-        accumulate_numba(acc, block, p0, labels, start, stop - start, edges, rblock, r0, m)
+        kernel(acc, block, p0, labels, start, stop - start, edges, rblock, r0, m)
         report(progress, stop / max(n, 1), "calibration statistics")
 
 
 def _run_torch(acc, probs, target, reference, mask, edges, chunk, progress, cancel) -> None:
-    import torch
-
-    from CalibSegLib.inference.compact import from_fixed_point
-
     p = probs if _is_torch(probs) else torch.from_numpy(np.ascontiguousarray(probs))
     device = p.device
     num_classes = p.shape[0]
@@ -658,7 +652,10 @@ def _run_torch(acc, probs, target, reference, mask, edges, chunk, progress, canc
         if x is None:
             return None
         x = x[:, start:stop]
-        return from_fixed_point(x) if x.dtype == torch.uint16 else x
+        if x.dtype != torch.uint16:
+            return x
+
+        return from_fixed_point(x)
 
     for start in range(0, max(n, 1), chunk):
         check_cancel(cancel, "calibration statistics computation")
@@ -669,7 +666,8 @@ def _run_torch(acc, probs, target, reference, mask, edges, chunk, progress, canc
 
 
 def _raise_on_bad_input(scalars: np.ndarray) -> None:
-    bad_label, bad_nan, bad_sum = (int(v) for v in scalars[3:6])
+    bad_label, bad_nan, bad_sum = (int(scalars[slot]) for slot in (
+        Scalar.BAD_LABELS, Scalar.NAN_VALUES, Scalar.BAD_SUMS))
     if bad_nan:
         raise CalibSegError(
             f"The probabilities hold NaN at {bad_nan} values; check the model output "

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             stats[name] = ReliabilityStats.from_probs(pred.probs, reference, args.bins,
                                                       image_id="image",
                                                       class_names=model.class_names)
-            entry["metrics"] = stats[name].metrics("macro")
+            entry["metrics"] = stats[name].metrics("macro").to_dict()
         result["models"][name] = entry
     a, b = predictions
     result["agreement"] = {"voxels_same_label": float((a.labels == b.labels).mean())}

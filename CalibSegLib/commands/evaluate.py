@@ -180,7 +180,7 @@ def evaluate_files(probs_path: str, reference_path: str, n_bins: int = 20, progr
 
 def summary(stats, reduction: str = "macro", include_background: bool = False) -> dict:
     """The JSON summary: top-label and marginal ECE/ACE/MCE, per-class values, Dice."""
-    metrics = stats.metrics(reduction, include_background=include_background)
+    metrics = stats.metrics(reduction, include_background=include_background).to_dict()
     return {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
 
 

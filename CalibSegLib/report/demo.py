@@ -109,7 +109,7 @@ def run_report(folders, cases, output: str, focus_index: int = 0, faithfulness: 
                     reference_probs=case.reference_probs, class_names=model.class_names)
                 entry[label] = stats if entry[label] is None else entry[label].merge(stats)
                 entry["rows"].append((case.name, label, pred.temperature,
-                                      stats.metrics("macro")))
+                                      stats.metrics("macro").to_dict()))
             if case is focus:
                 entry["focus"] = prediction
             done += 1
@@ -149,7 +149,7 @@ def run_report(folders, cases, output: str, focus_index: int = 0, faithfulness: 
         "seconds": round(time.perf_counter() - start, 1),
         "cases": [c.name for c in cases],
         "models": {
-            name: {label: {k: v for k, v in r[label].metrics("macro").items()
+            name: {label: {k: v for k, v in r[label].metrics("macro").to_dict().items()
                            if k in ("mean_dice", "marginal_ace", "marginal_ece", "ece",
                                     "mce", "mce_raw", "soft_marginal_ace", "nll")}
                    | {"temperature": 1.0 if label == "T=1" else results[name]["focus"].temperature}
@@ -182,7 +182,7 @@ def _build_report(models, cases, focus, results, explanation, explainer, plots,
     # key numbers
     kpis = []
     for name, r in results.items():
-        m1, mf = r["T=1"].metrics(), r["fitted"].metrics()
+        m1, mf = r["T=1"].metrics().to_dict(), r["fitted"].metrics().to_dict()
         text = (f"<b>{esc(name)}</b>: Dice {fmt(m1['mean_dice'])} · marginal ACE "
                 f"{fmt(m1['marginal_ace'])} → {fmt(mf['marginal_ace'])} · top-label ECE "
                 f"{fmt(m1['ece'])} → {fmt(mf['ece'])} after T")
@@ -222,7 +222,7 @@ def _build_report(models, cases, focus, results, explanation, explainer, plots,
                         [_value(metrics, key, cls) for _, key, cls in columns])
     for name, r in results.items():
         for label in ("T=1", "fitted"):
-            m = r[label].metrics("macro")
+            m = r[label].metrics("macro").to_dict()
             rows.append([name, f"mean over {len(cases)} cases", label] +
                         [_value(m, key, cls) for _, key, cls in columns])
     foreground = list(models[0].class_names[1:])
