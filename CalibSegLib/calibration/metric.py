@@ -5,7 +5,6 @@ from __future__ import annotations
 from CalibSegLib.calibration.modes import Reduction
 from CalibSegLib.calibration.reliability_metrics import ReliabilityMetrics
 from CalibSegLib.calibration.stats import ReliabilityStats
-from CalibSegLib.errors import CalibSegError
 
 
 def compute_reliability_stats(probs, target, n_bins: int = 20, **kwargs) -> ReliabilityStats:

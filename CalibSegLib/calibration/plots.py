@@ -13,7 +13,6 @@ import numpy as np
 
 from CalibSegLib.calibration.diagram import DiagramBins
 from CalibSegLib.calibration.stats import ReliabilityStats
-from CalibSegLib.errors import CalibSegError
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 #: Colour of bins below the minimum bin mass.
@@ -27,7 +26,7 @@ def _models(stats_or_models) -> list[tuple[str, ReliabilityStats]]:
         return list(stats_or_models.items())
     models = list(stats_or_models)
     if not models or not all(isinstance(m, tuple) and len(m) == 2 for m in models):
-        raise CalibSegError("Pass ReliabilityStats, a dict {label: stats} or [(label, stats)].")
+        raise TypeError("pass ReliabilityStats, a dict {label: stats} or [(label, stats)]")
     return models
 
 

@@ -161,7 +161,7 @@ def fit_temperature_from_grid(nll_sums, grid=None) -> float:
     grid = default_temperature_grid() if grid is None else np.asarray(grid, dtype=np.float64)
     sums = np.asarray(nll_sums, dtype=np.float64)
     if sums.shape != grid.shape:
-        raise CalibSegError(f"{sums.size} NLL sums for a grid of {grid.size} temperatures.")
+        raise ValueError(f"{sums.size} NLL sums for a grid of {grid.size} temperatures")
     if not np.all(np.isfinite(sums)):
         raise CalibSegError("The NLL sums hold NaN or Inf.")
     i = int(np.argmin(sums))
