@@ -185,7 +185,7 @@ class LocalFederation:
     def add_site(self, spec: SiteSpec, *, register: bool = True) -> SiteDeployment:
         """A further site with its own key pair; registered with the SuperLink unless told."""
         if any(s.spec.name == spec.name for s in self.plan.sites):
-            raise CalibSegError(f"Site {spec.name} is already part of this federation.")
+            raise ValueError(f"site {spec.name} is already part of this federation")
         (keys,) = create_supernode_keys(os.path.join(self.workdir, "keys"), [spec.name],
                                         overwrite=True)
         site = SiteDeployment(spec, keys.private_key, keys.public_key)
@@ -225,7 +225,7 @@ class LocalFederation:
         for site in self.plan.sites:
             if site.spec.name == name:
                 return site
-        raise CalibSegError(f"No site named {name!r} in this federation.")
+        raise KeyError(f"no site named {name!r} in this federation")
 
     def start_site(self, name: str, *, credentials: str | None = None,
                    max_wait_s: float | None = None) -> subprocess.Popen:
@@ -249,7 +249,7 @@ class LocalFederation:
         """Kill site ``name``'s SuperNode at once (as when a hospital's machine goes down)."""
         proc = self._processes.get(f"supernode-{name}")
         if proc is None:
-            raise CalibSegError(f"Site {name} has no running SuperNode.")
+            raise RuntimeError(f"site {name} has no running SuperNode")
         _signal(_processes_below(proc.pid), signal.SIGKILL)
         proc.wait(timeout=10.0)
 
@@ -334,7 +334,7 @@ class LocalFederation:
     def _spawn(self, name: str, command: Sequence[str]) -> subprocess.Popen:
         old = self._processes.get(name)
         if old is not None and old.poll() is None:
-            raise CalibSegError(f"{name} is already running.")
+            raise RuntimeError(f"{name} is already running")
         log = open(os.path.join(self.logs, f"{name}.log"), "ab")  # noqa: SIM115
         try:
             proc = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT,
