@@ -54,7 +54,8 @@ def safe_torch_load(path: str) -> dict[str, torch.Tensor]:
     """A state dict from a ``.pt``/``.pth`` file, loaded with ``weights_only=True``.
 
     Accepts a bare state dict or a dict holding one under ``model``,
-    ``state_dict`` or ``network``.
+    ``state_dict`` or ``network``. Tensors keep their stored shapes, e.g. a 3D
+    convolution's weight of shape (C_out, C_in, kZ, kY, kX).
 
     Raises
     ------

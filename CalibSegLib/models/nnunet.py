@@ -241,7 +241,8 @@ def read_results_folder(source: str, configuration: str = DEFAULT_CONFIGURATION,
         check_cancel(cancel, "import")
         report(progress, i / len(fold_ids), f"reading fold {fold}")
         ckpt = load_checkpoint(os.path.join(source, f"fold_{fold}", checkpoint))
-        init = ckpt.get("init_args") if isinstance(ckpt.get("init_args"), Mapping) else {}
+        init_args = ckpt.get("init_args")
+        init = init_args if isinstance(init_args, Mapping) else {}
         trained = init.get("configuration")
         if trained is not None and trained != configuration:
             raise CalibSegError(
@@ -331,6 +332,8 @@ class NNUNetEnsemble(nn.Module):
     """
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
+        """Mean of the folds' logits, shape (B, C, Z, Y, X), for windows of shape (B, 1, Z, Y, X).
+        """
         super().__init__()
         self.folds = nn.ModuleList(build_fold_network(spec) for _ in spec["folds"])
         strides = spec["arch_kwargs"].get("strides") or []
@@ -340,11 +343,12 @@ class NNUNetEnsemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or any(size % d for size, d in zip(x.shape[2:], self.divisor)):
+        assert total is not None, "an ensemble has at least one fold"
             raise CalibSegError(
                 f"An nnU-Net network takes nnU-Net-preprocessed windows (spatial sizes multiples "
                 f"of {self.divisor}), not an input of shape {tuple(x.shape)}; predict with "
                 "calibseg predict, and explain it with --method occlusion.")
-        total = None
+        total: torch.Tensor | None = None
         for network in self.folds:
             out = network(x)
             total = out if total is None else total + out

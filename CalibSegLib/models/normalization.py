@@ -37,7 +37,7 @@ NormalizationSpec = Any
 ``normalization`` mapping, or ``None`` (no transform)."""
 
 
-def transform_list(spec: NormalizationSpec) -> list[Mapping[str, Any]]:
+def transform_list(spec: NormalizationSpec) -> Sequence[Mapping[str, Any]]:
     """The ``preprocessing`` transform list that ``spec`` stands for.
 
     Parameters
@@ -63,7 +63,7 @@ def normalize_intensity(image: np.ndarray,
     Parameters
     ----------
     image : numpy.ndarray
-        A 3D image; not modified.
+        A 3D image, array of shape (Z, Y, X); not modified.
     spec : mapping or list
         A format-1 ``{"type": "zscore" | "percentile" | "range" | "none", ...}`` or a
         card's ``preprocessing`` list.
@@ -78,7 +78,10 @@ def normalize_intensity(image: np.ndarray,
 
 def normalizer(spec: NormalizationSpec) -> Callable[[np.ndarray], np.ndarray]:
     """A function ``image (Z, Y, X) -> normalised float32 image``, for a card, a transform
-    list or a format-1 normalisation object (see :func:`transform_list`)."""
+    list or a format-1 normalisation object (see :func:`transform_list`).
+
+    The function takes an array of shape (Z, Y, X) and returns a new one of that shape.
+    """
     run = preprocessor(transform_list(spec))
 
     def apply(image: np.ndarray) -> np.ndarray:

@@ -137,7 +137,8 @@ def to_logits(out: torch.Tensor, kind: str) -> torch.Tensor:
     """Logits (values whose softmax is the class probabilities) from network output.
 
     ``logits`` pass through; probabilities become ``log(max(p, PROBABILITY_FLOOR))``;
-    log-probabilities are clamped below at ``log(PROBABILITY_FLOOR)``. Shape unchanged.
+    log-probabilities are clamped below at ``log(PROBABILITY_FLOOR)``. Shape unchanged:
+    ``out`` of shape (B, C, Z, Y, X) gives logits of shape (B, C, Z, Y, X).
     """
     if kind == "logits":
         return out

@@ -48,30 +48,37 @@ class Model:
     def class_names(self) -> tuple[str, ...]:
         return self.card.class_names
 
+        """The card's class names, background first."""
     @property
     def class_colors(self) -> tuple[tuple[float, float, float], ...]:
         return self.card.class_colors
 
+        """The card's RGB colour per class, components in [0, 1]."""
     @property
     def num_classes(self) -> int:
         return self.card.num_classes
 
+        """``C``, the number of classes (background included)."""
     @property
     def temperature(self) -> float:
         return self.card.temperature
 
+        """The card's calibration temperature."""
     @property
     def is_prototype(self) -> bool:
         return self.card.is_prototype
 
+        """Whether the network has a prototype head."""
     @property
     def name(self) -> str:
         return self.card.name
 
+        """The card's model name."""
     @property
     def version(self) -> str:
         return self.card.version
 
+        """The card's model version."""
     @property
     def device(self) -> torch.device:
         """Device of the network's parameters (CPU for a parameter-free network)."""
@@ -103,7 +110,11 @@ def _read_safetensors(path: str, device: str) -> dict[str, torch.Tensor]:
 
 def check_state_dict(network: nn.Module, tensors: Mapping[str, torch.Tensor],
                      source: str) -> None:
-    """Raise :class:`CalibSegError` naming missing, unexpected or mis-shaped tensors."""
+    """Raise :class:`CalibSegError` naming missing, unexpected or mis-shaped tensors.
+
+    Each tensor must have the shape of the network's own, e.g. a 3D convolution's
+    weight of shape (C_out, C_in, kZ, kY, kX).
+    """
     expected = network.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))

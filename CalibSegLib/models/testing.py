@@ -33,7 +33,7 @@ def tiny_model(folder: str, head: str = "prototype", num_classes: int = 3, seed:
     """
     names = list(class_names) if class_names is not None else (
         ["background"] + [f"class {i}" for i in range(1, num_classes)])
-    defaults = {"channels": (4, 8, 16), "strides": (2, 2), "num_res_units": 1,
+    defaults: dict[str, Any] = {"channels": (4, 8, 16), "strides": (2, 2), "num_res_units": 1,
                 "feature_size": 8, "prototypes_per_class": 2}
     defaults.update(card_fields)
     card = new_card(f"tiny-{head}", names, head=head, spacing_mm=spacing_mm,

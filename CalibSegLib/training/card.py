@@ -35,7 +35,10 @@ COMMAND_FILE = "training_command.txt"
 
 
 def orientation_code(affine: np.ndarray) -> str:
-    """Three-letter RAS-style code of the direction of increasing ``i, j, k``."""
+    """Three-letter RAS-style code of the direction of increasing ``i, j, k``.
+
+    ``affine`` is the voxel-to-RAS matrix, an array of shape (4, 4).
+    """
     letters = (("L", "R"), ("P", "A"), ("I", "S"))
     code = ""
     for column in np.asarray(affine, dtype=np.float64)[:3, :3].T:
@@ -126,6 +129,7 @@ def validation_metrics(logits: Sequence[torch.Tensor], cases, temperature: float
         metrics = stats.metrics().to_dict()
         out[label] = {k: _plain(v) for k, v in metrics.items()
                       if k in ("ece", "ace", "mce", "marginal_ace", "marginal_ece",
+        assert stats is not None, "validation needs at least one case"
                                "marginal_mce", "dice", "mean_dice", "nll", "brier")}
         out[label]["temperature"] = float(t)
     return out

@@ -39,7 +39,11 @@ def _load_tensors(path: str) -> dict[str, torch.Tensor]:
 
 
 def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimiser state dict into tensors (``state.<param>.<key>``) and JSON data."""
+    """Split an optimiser state dict into tensors (``state.<param>.<key>``) and JSON data.
+
+    Each tensor keeps its shape, that of its parameter (e.g. Adam's ``exp_avg`` of a 3D
+    convolution's weight has shape (C_out, C_in, kZ, kY, kX)).
+    """
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
@@ -54,7 +58,11 @@ def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
 
 
 def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    """Rebuild an optimiser state dict from :func:`optimizer_to_flat` output."""
+    """Rebuild an optimiser state dict from :func:`optimizer_to_flat` output.
+
+    ``tensors`` keep the shapes of their parameters (a 3D convolution's weight: shape
+    (C_out, C_in, kZ, kY, kX)).
+    """
     state: dict[int, dict[str, Any]] = {}
     for name, value in list(tensors.items()) + list(meta.get("scalars", {}).items()):
         _, index, key = name.split(".", 2)
@@ -105,7 +113,11 @@ def has_checkpoint(folder: str) -> bool:
 
 
 def load_checkpoint(folder: str) -> tuple[dict, dict[str, torch.Tensor], dict | None]:
-    """Read a checkpoint: ``(state, network state dict, optimiser state dict or None)``."""
+    """Read a checkpoint: ``(state, network state dict, optimiser state dict or None)``.
+
+    The state dict's tensors have their parameters' shapes (a 3D convolution's weight:
+    shape (C_out, C_in, kZ, kY, kX)).
+    """
     path = os.path.join(folder, STATE_FILE)
     if not os.path.isfile(path):
         raise CalibSegError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from CalibSegLib.errors import CalibSegError
 
@@ -109,6 +110,7 @@ class TrainConfig:
 
     @property
     def num_classes(self) -> int:
+        """``C``, the number of classes (background included)."""
         return len(self.class_names)
 
     def stages(self) -> list[tuple[str, int]]:
@@ -120,9 +122,11 @@ class TrainConfig:
 
     @property
     def total_steps(self) -> int:
+        """Optimiser steps over all stages."""
         return sum(n for _, n in self.stages())
 
     def to_dict(self) -> dict:
+        """The settings as a JSON-ready dict (tuples as lists)."""
         d = dataclasses.asdict(self)
         for key, value in d.items():
             if isinstance(value, tuple):
@@ -131,7 +135,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """Settings from :meth:`to_dict` output; unknown keys are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: (tuple(v) if isinstance(v, list) and k != "class_names" else v)
-                  for k, v in d.items() if k in names}
+        kwargs: dict[str, Any] = {  # values as read from JSON
+            k: (tuple(v) if isinstance(v, list) and k != "class_names" else v)
+            for k, v in d.items() if k in names}
         return cls(**kwargs)

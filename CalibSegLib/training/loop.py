@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,6 +96,7 @@ def make_optimizer(config: TrainConfig, params: Sequence[nn.Parameter]) -> torch
 
 def _set_determinism(seed: int) -> None:
     from monai.utils import set_determinism
+    """Adam over ``params`` with the configured learning rate and weight decay."""
 
     torch.manual_seed(seed)
     set_determinism(seed=seed)
@@ -137,7 +139,11 @@ def validation_logits(network: nn.Module, card, cases: Sequence[TrainingCase],
 def quick_dice(network: nn.Module, case: TrainingCase,
                normalise: Callable[[np.ndarray], np.ndarray], patch_size: Sequence[int],
                device: str | torch.device = "cpu") -> list[float]:
-    """Per-class Dice of a whole-volume forward pass on one case (training diagnostics)."""
+    """Per-class Dice of a whole-volume forward pass on one case (training diagnostics).
+
+    ``normalise`` maps the case's image, an array of shape (Z, Y, X), to the network's
+    intensity scale.
+    """
     logits, _ = case_features(network, normalise(case.image), patch_size, device)
     pred = logits.argmax(0).cpu().numpy()
     out = []
@@ -243,7 +249,8 @@ def train(
     normalise = card_mod.normaliser(card)
 
     step, catalogue, history, checks, elapsed = 0, [], [], [], 0.0
-    optim_state, optim_stage, saved_interval = None, None, {}
+    optim_state, optim_stage = None, None
+    saved_interval: dict[str, Any] = {}
     if resume:
         state, weights, optim_state = load_checkpoint(ckpt_dir)
         if TrainConfig.from_dict(state["config"]).to_dict() != config.to_dict():
@@ -306,6 +313,7 @@ def train(
                 optimizer = make_optimizer(config, params)
                 if optim_state is not None and optim_stage == stage:
                     optimizer.load_state_dict(optim_state)
+            assert optimizer is not None  # made when the stage began
                 optim_state, current = None, stage
             check_cancel(cancel, "training")
             t0 = time.perf_counter()

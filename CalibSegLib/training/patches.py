@@ -7,7 +7,7 @@ uninterrupted run would have drawn.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -73,11 +73,11 @@ class PatchSampler:
         indices = FgBgToIndicesd(keys="label", fg_postfix="fg", bg_postfix="bg")
         self.items = []
         for case in cases:
-            item = {
+            tensors: dict[Hashable, torch.Tensor] = {
                 "image": torch.from_numpy(normalise(case.image).astype(np.float32))[None],
                 "label": torch.from_numpy(case.labels.astype(np.int64))[None],
             }
-            item = indices(pad(item))
+            item = indices(pad(tensors))
             item["fg"], item["bg"] = item.pop("labelfg"), item.pop("labelbg")
             self.items.append(item)
 
@@ -95,5 +95,6 @@ class PatchSampler:
             torch.Tensor)
 
     @property
+        """Voxels in one batch of patches."""
     def voxels_per_batch(self) -> int:
         return self.batch_size * int(np.prod(self.patch_size))

@@ -112,11 +112,12 @@ def push_prototypes(
     protos, proto_class = heads.prototypes(network)
     count = protos.shape[0]
     best = torch.full((count,), float("inf"), dtype=torch.float64)
-    where: list[tuple[int, tuple[int, int, int]] | None] = [None] * count
+    where: list[tuple[int, tuple[int, ...]] | None] = [None] * count
     vectors = protos.detach().clone()
     for n, case in enumerate(cases):
         check_cancel(cancel, "prototype push")
         _, features = case_features(network, normalise(case.image), patch_size, device)
+        assert features is not None  # a prototype network returns its features
         dim = features.shape[0]
         flat = features.reshape(dim, -1).T.double()  # (N, D)
         labels = torch.from_numpy(case.labels.reshape(-1).astype(np.int64))
@@ -138,8 +139,8 @@ def push_prototypes(
                 if nearest_d[slot] < best[proto]:
                     best[proto] = nearest_d[slot]
                     flat_index = int(nearest_i[slot])
-                    zyx = np.unravel_index(flat_index, case.labels.shape)
-                    where[proto] = (n, tuple(int(v) for v in zyx))
+                    where[proto] = (n, tuple(int(v) for v in np.unravel_index(
+                        flat_index, case.labels.shape)))
                     vectors[proto] = features.reshape(dim, -1)[:, flat_index].to(vectors.dtype)
         report(progress, (n + 1) / max(len(cases), 1), f"push: searched {case.case_id}")
     protos.data.copy_(vectors)
@@ -150,11 +151,12 @@ def push_prototypes(
         cls = int(proto_class[proto])
         entry: dict = {"index": proto, "class": cls,
                        "class_name": class_names[cls] if class_names else str(cls)}
-        if where[proto] is None:  # no voxel of this class in the cases searched
+        located = where[proto]
+        if located is None:  # no voxel of this class in the cases searched
             entry.update(case=None, gallery=None)
             catalogue.append(entry)
             continue
-        n, zyx = where[proto]
+        n, zyx = located
         case = cases[n]
         crop, affine, lo, hi = gallery_crop(case, zyx, gallery_size)
         gallery = None
