@@ -74,9 +74,9 @@ def write_series(array: np.ndarray, affine: np.ndarray, folder: str, *, modality
 
     array = np.asarray(array)
     if array.ndim != 3:
-        raise CalibSegError(f"write_series needs a 3D (Z, Y, X) array, got shape {array.shape}.")
+        raise ValueError(f"write_series needs a 3D (Z, Y, X) array, got shape {array.shape}")
     if modality not in ("MR", "CT"):
-        raise CalibSegError(f"modality must be MR or CT, got {modality!r}.")
+        raise ValueError(f"modality must be MR or CT, got {modality!r}")
     if not np.all(np.isfinite(array)):
         raise CalibSegError("The volume holds NaN or infinite values; DICOM cannot store them.")
     if os.path.isdir(folder) and any(n.lower().endswith(".dcm") for n in os.listdir(folder)):
