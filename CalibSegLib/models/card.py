@@ -262,48 +262,48 @@ class ModelCard:
     def __repr__(self) -> str:
         return (f"ModelCard(name={self.name!r}, version={self.version!r}, "
                 f"classes={list(self.class_names)}, head={self.head_type!r})")
-        """The model's name."""
 
     # -- convenient views ----------------------------------------------------------------------
     @property
     def name(self) -> str:
-        """The model's version string."""
+        """The model's name."""
         return str(self._data["name"])
 
     @property
     def version(self) -> str:
-        """What the model segments, in a sentence or two."""
+        """The model's version string."""
         return str(self._data["version"])
 
     @property
     def description(self) -> str:
-        """The class names, background first."""
+        """What the model segments, in a sentence or two."""
         return str(self._data.get("description", ""))
 
     @property
     def class_names(self) -> tuple[str, ...]:
+        """The class names, background first."""
         return tuple(c["name"] for c in self._data["classes"])
 
     @property
     def class_colors(self) -> tuple[tuple[float, float, float], ...]:
         """Each class's RGB colour, components in [0, 1] (the schema holds three)."""
         return tuple((float(r), float(g), float(b))
-        """``C``, the number of classes (background included)."""
                      for r, g, b in (c["color"] for c in self._data["classes"]))
 
     @property
     def num_classes(self) -> int:
+        """``C``, the number of classes (background included)."""
         return len(self._data["classes"])
 
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
         """Voxel size the network works at, ``(X, Y, Z)`` in mm."""
         x, y, z = self._data["spacing_mm"]  # the schema holds three
-        """Axis code of the model grid (e.g. ``"RAS"``)."""
         return float(x), float(y), float(z)
 
     @property
     def orientation(self) -> str:
+        """Axis code of the model grid (e.g. ``"RAS"``)."""
         return str(self._data["orientation"])
 
     @property
@@ -371,60 +371,60 @@ class ModelCard:
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
-        """The network settings (a copy)."""
         """Sliding-window size in voxels, ``(X, Y, Z)``."""
         x, y, z = self._data["patch_size"]  # the schema holds three
         return int(x), int(y), int(z)
 
-        """The backbone architecture's name."""
     @property
     def network(self) -> dict[str, Any]:
+        """The network settings (a copy)."""
         return copy.deepcopy(self._data["network"])
 
-        """The head settings (a copy)."""
     @property
     def architecture(self) -> str:
+        """The backbone architecture's name."""
         return str(self._data["network"]["architecture"])
 
-        """``"linear"`` or ``"prototype"``."""
     @property
     def head(self) -> dict[str, Any]:
+        """The head settings (a copy)."""
         return copy.deepcopy(self._data["head"])
 
-        """Whether the network has a prototype head."""
     @property
     def head_type(self) -> str:
+        """``"linear"`` or ``"prototype"``."""
         return str(self._data["head"]["type"])
 
     @property
     def is_prototype(self) -> bool:
+        """Whether the network has a prototype head."""
         return self.head_type == "prototype"
 
     @property
     def num_prototypes(self) -> int:
         """``P = C * M`` for a prototype head, else 0."""
-        """The calibration temperature (1.0 when uncalibrated)."""
         if not self.is_prototype:
             return 0
         return self.num_classes * int(self._data["head"]["prototypes_per_class"])
 
-        """How the model was trained (a copy; empty if unknown)."""
     @property
     def temperature(self) -> float:
+        """The calibration temperature (1.0 when uncalibrated)."""
         return float(self._data.get("temperature", 1.0))
 
-        """What the model is meant for."""
     @property
     def training(self) -> dict[str, Any]:
+        """How the model was trained (a copy; empty if unknown)."""
         return copy.deepcopy(self._data.get("training", {}))
 
-        """Known limitations."""
     @property
     def intended_use(self) -> str:
+        """What the model is meant for."""
         return str(self._data.get("intended_use", ""))
 
     @property
     def limitations(self) -> str:
+        """Known limitations."""
         return str(self._data.get("limitations", ""))
 
     @property

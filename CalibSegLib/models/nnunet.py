@@ -332,8 +332,6 @@ class NNUNetEnsemble(nn.Module):
     """
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
-        """Mean of the folds' logits, shape (B, C, Z, Y, X), for windows of shape (B, 1, Z, Y, X).
-        """
         super().__init__()
         self.folds = nn.ModuleList(build_fold_network(spec) for _ in spec["folds"])
         strides = spec["arch_kwargs"].get("strides") or []
@@ -342,8 +340,9 @@ class NNUNetEnsemble(nn.Module):
                              for axis in range(3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of the folds' logits, shape (B, C, Z, Y, X), for windows of shape (B, 1, Z, Y, X).
+        """
         if x.dim() != 5 or any(size % d for size, d in zip(x.shape[2:], self.divisor)):
-        assert total is not None, "an ensemble has at least one fold"
             raise CalibSegError(
                 f"An nnU-Net network takes nnU-Net-preprocessed windows (spatial sizes multiples "
                 f"of {self.divisor}), not an input of shape {tuple(x.shape)}; predict with "
@@ -352,6 +351,7 @@ class NNUNetEnsemble(nn.Module):
         for network in self.folds:
             out = network(x)
             total = out if total is None else total + out
+        assert total is not None, "an ensemble has at least one fold"
         return total / len(self.folds)
 
 

@@ -46,39 +46,39 @@ class Model:
 
     @property
     def class_names(self) -> tuple[str, ...]:
+        """The card's class names, background first."""
         return self.card.class_names
 
-        """The card's class names, background first."""
     @property
     def class_colors(self) -> tuple[tuple[float, float, float], ...]:
+        """The card's RGB colour per class, components in [0, 1]."""
         return self.card.class_colors
 
-        """The card's RGB colour per class, components in [0, 1]."""
     @property
     def num_classes(self) -> int:
+        """``C``, the number of classes (background included)."""
         return self.card.num_classes
 
-        """``C``, the number of classes (background included)."""
     @property
     def temperature(self) -> float:
+        """The card's calibration temperature."""
         return self.card.temperature
 
-        """The card's calibration temperature."""
     @property
     def is_prototype(self) -> bool:
+        """Whether the network has a prototype head."""
         return self.card.is_prototype
 
-        """Whether the network has a prototype head."""
     @property
     def name(self) -> str:
+        """The card's model name."""
         return self.card.name
 
-        """The card's model name."""
     @property
     def version(self) -> str:
+        """The card's model version."""
         return self.card.version
 
-        """The card's model version."""
     @property
     def device(self) -> torch.device:
         """Device of the network's parameters (CPU for a parameter-free network)."""
@@ -265,8 +265,8 @@ def _umask() -> int:
 def _write_weights(tmp: str, card: ModelCard, network: nn.Module) -> None:
     if card.architecture == "torchscript":
         if not isinstance(network, torch.jit.ScriptModule):
-            raise TypeError(
-                "a card with architecture 'torchscript' needs a torch.jit.ScriptModule"
+            raise CalibSegError(
+                "A card with architecture 'torchscript' needs a TorchScript module."
             )
         torch.jit.save(network, os.path.join(tmp, card.network["file"]))
         return

@@ -126,10 +126,10 @@ def validation_metrics(logits: Sequence[torch.Tensor], cases, temperature: float
             s = ReliabilityStats.from_probs(probs.numpy(), case.labels.astype(np.int64),
                                             n_bins=config.bins, image_id=case.case_id)
             stats = s if stats is None else stats.merge(s)
+        assert stats is not None, "validation needs at least one case"
         metrics = stats.metrics().to_dict()
         out[label] = {k: _plain(v) for k, v in metrics.items()
                       if k in ("ece", "ace", "mce", "marginal_ace", "marginal_ece",
-        assert stats is not None, "validation needs at least one case"
                                "marginal_mce", "dice", "mean_dice", "nll", "brier")}
         out[label]["temperature"] = float(t)
     return out

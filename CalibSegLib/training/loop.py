@@ -91,12 +91,12 @@ def stage_parameters(network: nn.Module, stage: str) -> list[nn.Parameter]:
 
 
 def make_optimizer(config: TrainConfig, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
+    """Adam over ``params`` with the configured learning rate and weight decay."""
     return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
 def _set_determinism(seed: int) -> None:
     from monai.utils import set_determinism
-    """Adam over ``params`` with the configured learning rate and weight decay."""
 
     torch.manual_seed(seed)
     set_determinism(seed=seed)
@@ -313,11 +313,11 @@ def train(
                 optimizer = make_optimizer(config, params)
                 if optim_state is not None and optim_stage == stage:
                     optimizer.load_state_dict(optim_state)
-            assert optimizer is not None  # made when the stage began
                 optim_state, current = None, stage
             check_cancel(cancel, "training")
             t0 = time.perf_counter()
             lr = learning_rate(config, stage, local, length)
+            assert optimizer is not None  # made when the stage began
             for group in optimizer.param_groups:
                 group["lr"] = lr
             terms = _train_step(config, network, optimizer, objective, sampler, step, stage,

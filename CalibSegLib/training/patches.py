@@ -95,6 +95,6 @@ class PatchSampler:
             torch.Tensor)
 
     @property
-        """Voxels in one batch of patches."""
     def voxels_per_batch(self) -> int:
+        """Voxels in one batch of patches."""
         return self.batch_size * int(np.prod(self.patch_size))
