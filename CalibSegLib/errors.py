@@ -3,9 +3,10 @@
 The policy (docs/design.md, "Errors"): :class:`CalibSegError` means the *input*
 is wrong (a file, an option, a model that does not fit the image) and its
 message is one line that says what to do. A caller's mistake (a wrong argument
-type, an impossible state, a broken invariant) raises Python's own
-``TypeError`` / ``ValueError`` / ``AssertionError`` instead, so it is never
-shown as a one-line user error and keeps its traceback.
+type, a call out of order, an impossible state, a broken invariant) raises
+Python's own ``TypeError`` / ``ValueError`` / ``KeyError`` / ``RuntimeError`` /
+``AssertionError`` instead, so it is never shown as a one-line user error and
+keeps its traceback.
 """
 
 
