@@ -41,7 +41,6 @@ def evaluate_cohort(model, cases, n_bins: int = 20, temperature: float | None = 
     Returns ``(stats, rows)``: the merged :class:`ReliabilityStats` (one image per
     case) and one metrics dict per case (``case`` key added).
     """
-    from CalibSegLib.calibration import ReliabilityStats
     from CalibSegLib.inference import predict
 
     stats = None
@@ -50,8 +49,8 @@ def evaluate_cohort(model, cases, n_bins: int = 20, temperature: float | None = 
         check_cancel(cancel, "cohort evaluation")
         _check_labels(case, model)
         pred = predict(case.image, case.affine, model, device=device, temperature=temperature)
-        s = ReliabilityStats.from_probs(pred.probs, case.labels, n_bins, image_id=case.case_id,
-                                        class_names=model.class_names)
+        s = pred.reliability_stats(case.labels, n_bins, image_id=case.case_id,
+                                   class_names=model.class_names)
         stats = s if stats is None else stats.merge(s)
         rows.append({"case": case.case_id, "temperature": pred.temperature,
                      **s.metrics("macro").to_dict()})
@@ -61,30 +60,67 @@ def evaluate_cohort(model, cases, n_bins: int = 20, temperature: float | None = 
     return stats, rows
 
 
+def saved_prediction(folder: str | None, case):
+    """The prediction ``calibseg predict`` saved for ``case``'s image in ``folder``
+    (``<image stem>_prediction.npz``), or None when there is none.
+
+    Raises
+    ------
+    CalibSegError
+        A saved prediction that is not on the case's grid.
+    """
+    if not folder or "image" not in getattr(case, "source", {}):
+        return None
+    from CalibSegLib.inference import load_prediction
+    from CalibSegLib.io import image_suffix
+
+    name = os.path.basename(case.source["image"])
+    suffix = image_suffix(name)
+    stem = name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
+    path = os.path.join(folder, f"{stem}_prediction.npz")
+    if not os.path.isfile(path):
+        return None
+    prediction = load_prediction(path)
+    if prediction.shape != case.labels.shape or not np.allclose(prediction.affine, case.affine,
+                                                                atol=1e-3):
+        raise CalibSegError(f"{path}: the saved prediction is not on the grid of "
+                            f"{case.source['image']}; predict that image again.")
+    return prediction
+
+
 def fit_cohort_temperature(model, cases, grid=None, device: str = "auto",
                            progress: ProgressCallback | None = None,
-                           cancel: CancelCallback | None = None) -> tuple[float, dict]:
-    """Temperature minimising the NLL over all voxels of all cases (grid sums, mergeable)."""
-    from CalibSegLib.calibration import (
-        default_temperature_grid,
-        fit_temperature_from_grid,
-        nll_over_temperature_grid,
-    )
+                           cancel: CancelCallback | None = None,
+                           predictions: str | None = None) -> tuple[float, dict]:
+    """Temperature minimising the NLL over all voxels of all cases (grid sums, mergeable).
+
+    ``predictions``: a folder of predictions ``calibseg predict`` saved for the
+    cohort's images (either form, see :func:`saved_prediction`); those cases are
+    not run again. ``info["saved"]`` counts them.
+    """
+    from CalibSegLib.calibration import default_temperature_grid, fit_temperature_from_grid
     from CalibSegLib.inference import predict
 
     grid = default_temperature_grid() if grid is None else np.asarray(grid, dtype=np.float64)
     sums = np.zeros(grid.size)
-    voxels = 0
+    voxels = saved = 0
     for n, case in enumerate(cases):
         check_cancel(cancel, "temperature fitting")
         _check_labels(case, model)
-        pred = predict(case.image, case.affine, model, device=device, maps=False)
-        s, count = nll_over_temperature_grid(pred.logits, case.labels, grid)
+        pred = saved_prediction(predictions, case)
+        if pred is not None and pred.class_names != tuple(model.class_names):
+            raise CalibSegError(f"{case.case_id}: the saved prediction has classes "
+                                f"{', '.join(pred.class_names)}, not the model's; predict again.")
+        saved += pred is not None
+        if pred is None:
+            pred = predict(case.image, case.affine, model, device=device, maps=False)
+        s, count = pred.nll_over_temperatures(case.labels, grid)
         sums += s
         voxels += count
         report(progress, (n + 1) / len(cases), f"logits of {case.case_id}")
     temperature = fit_temperature_from_grid(sums, grid)
     at_one = float(np.interp(0.0, np.log(grid), sums)) / voxels
     best = float(sums.min()) / voxels
-    return temperature, {"cases": len(cases), "voxels": voxels, "nll_at_T1": at_one,
+    return temperature, {"cases": len(cases), "voxels": voxels, "saved": saved,
+                         "nll_at_T1": at_one,
                          "nll_at_fitted_grid_point": best}

@@ -65,7 +65,6 @@ def case_metrics(stats) -> dict[str, float]:
 def evaluate(models_dir: str, seeds: list[int], progress=print) -> dict:
     import torch
 
-    from CalibSegLib.calibration import ReliabilityStats
     from CalibSegLib.data import sample_case
     from CalibSegLib.inference import apply_temperature, predict
     from CalibSegLib.models import load_model
@@ -84,12 +83,12 @@ def evaluate(models_dir: str, seeds: list[int], progress=print) -> dict:
         for case in cases:
             start = time.perf_counter()
             pred = predict(case.image, case.affine, model, device="cpu", maps=False,
-                           temperature=1.0)
+                           temperature=1.0, form="full")  # soft references need full precision
             entry["seconds"] += time.perf_counter() - start
             for label, prediction in (("T=1", pred),
                                       ("fitted", apply_temperature(pred, model.temperature))):
-                stats = ReliabilityStats.from_probs(
-                    prediction.probs, case.labels.astype(np.int64), n_bins=N_BINS,
+                stats = prediction.reliability_stats(
+                    case.labels.astype(np.int64), n_bins=N_BINS,
                     reference_probs=case.reference_probs, image_id=case.name)
                 entry["per_case"][label].append(case_metrics(stats))
                 merged = entry["stats"][label]

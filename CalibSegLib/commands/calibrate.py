@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="update the model folder's card instead of writing a copy")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto: CUDA when available")
+    parser.add_argument("--predictions", default=None, metavar="DIR",
+                        help="folder of <image stem>_prediction.npz files that predict "
+                             "--save-prediction (or a compact predict) wrote for the cohort's "
+                             "images; those cases are not run again")
     add_overwrite_argument(parser)
 
 
@@ -39,6 +43,8 @@ def check(args: argparse.Namespace) -> None:
         raise CalibSegError("Give either -o NEW_FOLDER (a calibrated copy) or --in-place.")
     _checks.model_card(args.model)
     _checks.input_file(args.cohort, "--cohort")
+    if args.predictions and not os.path.isdir(args.predictions):
+        raise CalibSegError(f"--predictions {args.predictions}: no such folder.")
     if args.output:
         if os.path.abspath(args.output) == os.path.abspath(args.model):
             raise CalibSegError("-o is the model folder itself; use --in-place to update it.")
@@ -60,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                desc="calibrate")
     temperature, info = fit_cohort_temperature(
         model, cases, device=args.device, progress=lambda f, m: bar.update(
-            round(f * len(cases)) - bar.n))
+            round(f * len(cases)) - bar.n), predictions=args.predictions)
     bar.close()
     card = model.card.replace(temperature=float(temperature))
     if args.in_place:
@@ -84,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         target = args.output
+    saved = f" ({info['saved']} from saved predictions)" if info.get("saved") else ""
     print(f"temperature {temperature:.4f} (was {model.temperature:.4f}) fitted on "
-          f"{info['cases']} cases, {info['voxels']} voxels; NLL per voxel at T=1 "
+          f"{info['cases']} cases{saved}, {info['voxels']} voxels; NLL per voxel at T=1 "
           f"{info['nll_at_T1']:.4f}, at the fitted grid point "
           f"{info['nll_at_fitted_grid_point']:.4f}")
     print(f"model: {target}")

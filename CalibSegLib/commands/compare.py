@@ -1,4 +1,8 @@
-"""``calibseg compare``: two models on one image, metrics and overlaid diagrams."""
+"""``calibseg compare``: two models on one image, metrics and overlaid diagrams.
+
+Each ``--model`` is a model folder (run on the image) or a prediction file that
+``predict`` wrote for the image (``<stem>_prediction.npz``, either form; not run again).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ EXAMPLE = ("calibseg compare out/sample/mni-t1_image.nii.gz --model Resources/Mo
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="image file or DICOM series folder")
     parser.add_argument("--model", action="append", required=True,
-                        help="model folder (give two)")
+                        help="model folder, or a <stem>_prediction.npz file predict wrote for "
+                             "the image (give two)")
     parser.add_argument("--reference", help="reference label map on the image grid")
     parser.add_argument("--bins", type=int, default=20, help="confidence bins")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -27,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default="out/compare", help="output folder")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     add_overwrite_argument(parser)
+
+
+def _is_saved(spec: str) -> bool:
+    """Whether a ``--model`` entry is a saved prediction file rather than a model folder."""
+    return spec.lower().endswith(".npz") and os.path.isfile(spec)
 
 
 def _names(card_names: list[str]) -> list[str]:
@@ -45,12 +55,14 @@ def check(args: argparse.Namespace) -> list[str]:
         _checks.input_image(args.reference)
     if args.bins < 1:
         raise CalibSegError(f"--bins {args.bins}: give at least 1 bin.")
-    classes = [_checks.model_class_names(m) for m in args.model]
-    if classes[0] != classes[1]:
+    folders = [m for m in args.model if not _is_saved(m)]
+    classes = [_checks.model_class_names(m) for m in folders]
+    if len(classes) == 2 and classes[0] != classes[1]:
         raise CalibSegError("The two models have different classes; compare models of the "
                             "same task.")
-    names = _names([str(_checks.model_card(m).get("name", os.path.basename(
-        os.path.normpath(m)))) for m in args.model])
+    names = _names([os.path.basename(m)[: -len(".npz")] if _is_saved(m) else str(
+        _checks.model_card(m).get("name", os.path.basename(os.path.normpath(m))))
+        for m in args.model])
     planned = [os.path.join(args.output, f"{n}_{k}.nii.gz") for n in names
                for k in ("labels", "confidence")]
     planned += [os.path.join(args.output, f) for f in ("compare.json", "reliability.png")]
@@ -73,23 +85,37 @@ def run(args: argparse.Namespace) -> int:
         if reference.shape != image.shape or not np.allclose(ref_affine, affine, atol=1e-3):
             raise CalibSegError(f"{args.reference}: geometry differs from {args.image}; "
                                 "resample the reference onto the image grid.")
-    from CalibSegLib.calibration import ReliabilityStats, plots
-    from CalibSegLib.inference import predict
+    from CalibSegLib.calibration import plots
+    from CalibSegLib.inference import load_prediction, predict
     from CalibSegLib.models import load_model
 
-    models = [load_model(m) for m in args.model]
-    predictions = [predict(image, affine, m, device=args.device) for m in models]
+    predictions, sources = [], []
+    for spec in args.model:
+        if _is_saved(spec):
+            pred = load_prediction(spec)
+            if pred.shape != image.shape or not np.allclose(pred.affine, affine, atol=1e-3):
+                raise CalibSegError(f"{spec}: the prediction is not on the grid of {args.image}; "
+                                    "pass the image it was predicted on.")
+            sources.append(os.path.abspath(spec))
+        else:
+            model = load_model(spec)
+            pred = predict(image, affine, model, device=args.device)
+            sources.append(os.path.abspath(model.folder or ""))
+        predictions.append(pred)
+    if predictions[0].class_names != predictions[1].class_names:
+        raise CalibSegError("The two predictions have different classes; compare models of "
+                            "the same task.")
     result: dict = {"image": os.path.abspath(args.image), "models": {}}
     stats = {}
-    for name, model, pred in zip(names, models, predictions):
-        entry = {"folder": os.path.abspath(model.folder or ""), "temperature": pred.temperature,
+    for name, source, pred in zip(names, sources, predictions):
+        entry = {"folder": source, "temperature": pred.temperature,
+                 "form": "compact" if pred.is_compact else "full",
                  "volume_ml": {c: float((pred.labels == k).sum() * abs(np.linalg.det(
-                     affine[:3, :3])) / 1000.0) for k, c in enumerate(model.class_names)},
+                     affine[:3, :3])) / 1000.0) for k, c in enumerate(pred.class_names)},
                  "mean_confidence": float(pred.confidence.mean())}
         if reference is not None:
-            stats[name] = ReliabilityStats.from_probs(pred.probs, reference, args.bins,
-                                                      image_id="image",
-                                                      class_names=model.class_names)
+            stats[name] = pred.reliability_stats(reference, args.bins, image_id="image",
+                                                 class_names=pred.class_names)
             entry["metrics"] = stats[name].metrics("macro").to_dict()
         result["models"][name] = entry
     a, b = predictions

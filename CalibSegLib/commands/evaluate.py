@@ -1,7 +1,9 @@
 """``calibseg evaluate``: calibration (ECE / ACE / MCE) and Dice of saved probabilities.
 
-The probabilities are a ``.npy`` / ``.npz`` array ``(C, Z, Y, X)`` or a vector image
-(NIfTI, NRRD, MetaImage) with one component per class; the reference is a label
+The probabilities are a ``.npy`` / ``.npz`` array ``(C, Z, Y, X)``, a vector image
+(NIfTI, NRRD, MetaImage) with one component per class, or a prediction file of
+``predict`` (``<stem>_prediction.npz``, either form: the statistics of a compact one
+come from its top-k scores without expanding them); the reference is a label
 image on the same grid. Class names come from ``--classes``, else from the
 sidecar ``predict`` (``<stem>_prediction.json``) or ``sample-data`` (``<stem>.json``)
 wrote beside the probabilities. Everything is computed before anything is
@@ -38,7 +40,8 @@ COHORT_FILES = ("cases.csv", "dataset_reliability_histogram.png")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probs",
-                        help="class probabilities: .npy/.npz (C, Z, Y, X) or a vector image")
+                        help="class probabilities: .npy/.npz (C, Z, Y, X), a vector image, or "
+                             "the <stem>_prediction.npz file predict writes")
     parser.add_argument("--reference", help="reference label image (with --probs)")
     parser.add_argument("--model", help="model folder (with --cohort)")
     parser.add_argument("--cohort",
@@ -67,8 +70,10 @@ def sidecar_class_names(probs_path: str) -> tuple[str, ...] | None:
     folder, name = os.path.split(os.path.abspath(probs_path))
     suffix = image_suffix(name)
     stem = name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
-    if stem.endswith("_probs"):
-        stem = stem[: -len("_probs")]
+    for tail in ("_probs", "_prediction"):
+        if stem.endswith(tail):
+            stem = stem[: -len(tail)]
+            break
     for candidate in (f"{stem}_prediction.json", f"{stem}.json"):
         path = os.path.join(folder, candidate)
         if not os.path.isfile(path):
@@ -162,10 +167,20 @@ def read_reference(path: str, shape: tuple[int, ...], affine: np.ndarray | None)
 
 def evaluate_files(probs_path: str, reference_path: str, n_bins: int = 20, progress=None,
                    cancel=None, class_names=None):
-    """ReliabilityStats of a probability file against a reference label file.
+    """ReliabilityStats of a probability or prediction file against a reference label file.
 
-    ``class_names``: a sequence, or a callable ``(num_classes) -> names or None``.
+    ``class_names``: a sequence, or a callable ``(num_classes) -> names or None``
+    (a prediction file brings its own names when that gives none).
     """
+    from CalibSegLib.inference.prediction_io import is_prediction_file, load_prediction
+
+    if probs_path.lower().endswith(".npz") and is_prediction_file(probs_path):
+        prediction = load_prediction(probs_path)
+        labels = read_reference(reference_path, prediction.shape, prediction.affine)
+        names = class_names(prediction.num_classes) if callable(class_names) else class_names
+        return prediction.reliability_stats(
+            labels, n_bins, image_id=os.path.basename(probs_path),
+            class_names=names or prediction.class_names, progress=progress, cancel=cancel)
     probs, affine = read_probabilities(probs_path)
     labels = read_reference(reference_path, probs.shape[1:], affine)
     from CalibSegLib.calibration import ReliabilityStats

@@ -1,4 +1,11 @@
-"""``calibseg predict``: segment an image and write probability, confidence and explanation maps."""
+"""``calibseg predict``: segment an image and write probability, confidence and explanation maps.
+
+A full-precision prediction writes the probability map (one component per class);
+a compact one (``--form compact``, or ``auto`` beyond the full form's memory budget)
+writes the prediction file ``<stem>_prediction.npz`` instead (top-k scores, at most
+16 bytes per voxel, memory-mappable; read by ``evaluate --probs``), and the
+probability map only with ``--probs``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,8 @@ import os
 import shutil
 import sys
 import tempfile
+
+import numpy as np
 
 from CalibSegLib.commands import _checks
 from CalibSegLib.commands._checks import add_overwrite_argument
@@ -23,6 +32,8 @@ _FORMATS = (".nii.gz", ".nrrd", ".mha")
 #: Every map ``predict`` may write (prototype maps only for prototype models).
 MAP_KEYS = ("seg", "probs", "confidence", "entropy", "top_similarity", "nearest_prototype",
             "prototype_contribution")
+#: The saved prediction (:func:`CalibSegLib.inference.save_prediction`) beside the maps.
+PREDICTION_FILE = "prediction.npz"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "0.25 unless the card says otherwise)")
     parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per network call")
     parser.add_argument("--no-maps", action="store_true", help="skip prototype maps")
+    parser.add_argument("--form", default="auto", choices=["auto", "full", "compact"],
+                        help="full: float32 probabilities of every class; compact: top-k scores "
+                             "(at most 16 bytes per voxel) in <stem>_prediction.npz; auto "
+                             "(default): full while logits and probabilities fit in 1 GiB")
+    parser.add_argument("--probs", action="store_true",
+                        help="also write the probability map of a compact prediction (one "
+                             "float32 component per class)")
+    parser.add_argument("--save-prediction", action="store_true",
+                        help="also write <stem>_prediction.npz for a full-precision prediction "
+                             "(a compact one always writes it)")
     parser.add_argument("--dicom-out", default=None, metavar="DIR",
                         help="DICOM series input only: also write a DICOM SEG of the labels and a "
                              "DICOM Parametric Map of the confidence, referencing the series")
@@ -50,6 +71,7 @@ def planned_files(image: str, output: str, fmt: str, dicom_out: str | None) -> l
     stem = _stem(image)
     paths = [os.path.join(output, f"{stem}_{key}{fmt}") for key in MAP_KEYS]
     paths.append(os.path.join(output, f"{stem}_prediction.json"))
+    paths.append(os.path.join(output, f"{stem}_{PREDICTION_FILE}"))
     if dicom_out:
         paths += [os.path.join(dicom_out, f"{stem}_seg.dcm"),
                   os.path.join(dicom_out, f"{stem}_confidence.dcm")]
@@ -64,14 +86,19 @@ def _stem(path: str) -> str:
     return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
 
 
-def outputs(prediction) -> dict[str, tuple]:
-    """``{suffix: (array (Z, Y, X[, C]), is_vector)}`` of what ``predict`` writes."""
-    files = {
-        "seg": (prediction.labels, False),
-        "probs": (prediction.probs.transpose(1, 2, 3, 0), True),
+def outputs(prediction, probs: bool | None = None) -> dict[str, tuple]:
+    """``{suffix: (array (Z, Y, X[, C]), is_vector)}`` of what ``predict`` writes.
+
+    ``probs``: write the probability map; default for full-precision predictions only
+    (a compact one expands it from its top-k scores, ``C`` float32 maps).
+    """
+    files = {"seg": (prediction.labels, False)}
+    if (not prediction.is_compact) if probs is None else probs:
+        files["probs"] = (np.moveaxis(prediction.probabilities(), 0, -1), True)
+    files.update({
         "confidence": (prediction.confidence, False),
         "entropy": (prediction.entropy, False),
-    }
+    })
     if prediction.is_prototype:
         files.update({
             "top_similarity": (prediction.top_similarity, False),
@@ -81,27 +108,36 @@ def outputs(prediction) -> dict[str, tuple]:
     return files
 
 
-def write_prediction(prediction, folder: str, stem: str, fmt: str = ".nii.gz") -> list[str]:
+def write_prediction(prediction, folder: str, stem: str, fmt: str = ".nii.gz",
+                     probs: bool | None = None, save: bool | None = None) -> list[str]:
     """Write every map of ``prediction`` to ``folder`` as ``<stem>_<map><fmt>`` plus a JSON.
 
-    All files are written to a temporary folder first and moved into place only
-    when every one was written, so a failure leaves no partial result.
+    ``probs``: as :func:`outputs`. ``save``: also write ``<stem>_prediction.npz``
+    (:func:`~CalibSegLib.inference.save_prediction`); default for compact
+    predictions only. All files are written to a temporary folder first and moved
+    into place only when every one was written, so a failure leaves no partial result.
     """
+    from CalibSegLib.inference import save_prediction
     from CalibSegLib.io import write_image
 
     os.makedirs(folder, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".calibseg-predict-", dir=folder)
     try:
         names = []
-        for key, (array, vector) in outputs(prediction).items():
+        for key, (array, vector) in outputs(prediction, probs).items():
             name = f"{stem}_{key}{fmt}"
             write_image(os.path.join(tmp, name), array, prediction.affine, vector=vector)
+            names.append(name)
+        if prediction.is_compact if save is None else save:  # compact: saved by default
+            name = f"{stem}_{PREDICTION_FILE}"
+            save_prediction(os.path.join(tmp, name), prediction)
             names.append(name)
         meta = {
             "model": {"name": prediction.model_name, "version": prediction.model_version},
             "class_names": list(prediction.class_names),
             "class_colors": [list(c) for c in prediction.class_colors],
             "temperature": prediction.temperature,
+            "form": "compact" if prediction.is_compact else "full",
             "files": names,
             "info": {k: v for k, v in prediction.info.items()
                      if isinstance(v, (str, int, float, bool, list))},
@@ -190,18 +226,21 @@ def run(args: argparse.Namespace) -> int:
         prediction = predict(image, affine, model, device=str(device),
                              progress=progress if bar else None, overlap=args.overlap,
                              sw_batch_size=args.sw_batch_size, maps=not args.no_maps,
-                             temperature=args.temperature)
+                             temperature=args.temperature, form=args.form)
     finally:
         if bar is not None:
             bar.close()
-    written = write_prediction(prediction, args.output, _stem(args.image), args.format)
+    written = write_prediction(prediction, args.output, _stem(args.image), args.format,
+                               probs=True if args.probs else None,
+                               save=True if args.save_prediction else None)
     if args.dicom_out:
         written += write_dicom(prediction, args.image, args.dicom_out, _stem(args.image))
     if not quiet:
         info = prediction.info
         print(f"{model.name} {model.version} on {info.get('device')}: "
               f"{prediction.shape} voxels, {info.get('windows')} windows, "
-              f"{info.get('seconds', 0):.1f} s, temperature {prediction.temperature:g}")
+              f"{info.get('seconds', 0):.1f} s, temperature {prediction.temperature:g}, "
+              f"{info.get('form', 'full')} form")
         for path in written:
             print(f"wrote {path}")
     return 0

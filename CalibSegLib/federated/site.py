@@ -35,14 +35,11 @@ def site_statistics(model, cases: Sequence, site: str, n_bins: int,
     Returns the merged :class:`~CalibSegLib.calibration.ReliabilityStats` with one
     image per case (ids from :func:`image_id`).
     """
-    from CalibSegLib.calibration import ReliabilityStats
-
     merged = None
     for n, case in enumerate(cases):
         check_cancel(cancel, f"evaluation at {site}")
-        probs = case_prediction(model, case).probs
-        stats = ReliabilityStats.from_probs(probs, case.labels, n_bins=n_bins,
-                                            image_id=image_id(site, n))
+        stats = case_prediction(model, case).reliability_stats(case.labels, n_bins=n_bins,
+                                                               image_id=image_id(site, n))
         merged = stats if merged is None else merged.merge(stats)
         report(progress, (n + 1) / len(cases), f"{site}: case {n + 1}/{len(cases)}")
     return merged
@@ -51,14 +48,12 @@ def site_statistics(model, cases: Sequence, site: str, n_bins: int,
 def site_nll(model, cases: Sequence, temperatures: Sequence[float],
              cancel: CancelCallback | None = None) -> tuple[np.ndarray, int]:
     """NLL sums over the temperature grid and the voxel count, summed over the cohort."""
-    from CalibSegLib.calibration import nll_over_temperature_grid
-
     total = np.zeros(len(temperatures), dtype=np.float64)
     count = 0
     for case in cases:
         check_cancel(cancel, "temperature fitting")
-        sums, n = nll_over_temperature_grid(case_prediction(model, case).logits, case.labels,
-                                            np.asarray(temperatures, dtype=np.float64))
+        sums, n = case_prediction(model, case).nll_over_temperatures(
+            case.labels, np.asarray(temperatures, dtype=np.float64))
         total += np.asarray(sums, dtype=np.float64)
         count += int(n)
     return total, count

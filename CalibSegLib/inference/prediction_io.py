@@ -97,6 +97,18 @@ def save_prediction(path: str, prediction: Prediction) -> str:
     return str(path)
 
 
+def is_prediction_file(path: str) -> bool:
+    """Whether ``path`` is a file of :func:`save_prediction` (either layout), by its members."""
+    if is_topk_file(path):
+        return True
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = {os.path.splitext(n)[0] for n in archive.namelist()}
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return _META_MEMBER in names and "logits" in names
+
+
 def load_prediction(path: str, mmap: bool = True) -> Prediction:
     """The :class:`Prediction` in a file of :func:`save_prediction` (either layout).
 
