@@ -226,7 +226,7 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
                 vbuf[j] = ok
                 tbuf[j] = np.int32(t) if ok else np.int32(-1)
                 valid += ok
-        bad_label += n_bad
+        bad_label += int(n_bad)
         dense = valid == nb
         for j in range(nb):
             best[j] = -1.0
@@ -249,7 +249,7 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
             if not dense:  # squares of voxels inside the mask only
                 sq = 0.0
                 for j in range(nb):
-                    pf = np.float64(row[j]) if vbuf[j] else 0.0
+                    pf = np.float64(row[j]) if vbuf[j] else np.float64(0.0)
                     sq += pf * pf
             sq_sum += sq
         # (3) per class: slot = lane + (is argmax, is label) group + bin, packed word,
@@ -291,7 +291,7 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
             pts += pt if v else 0.0
             factors[j] = max(pt, NLL_FLOOR) if v else 1.0
             n_off += np.int32(not (abs(total[j] - np.float32(1.0)) <= tolerance)) & vbuf[j]
-        bad_sum += n_off
+        bad_sum += int(n_off)
         if n_off:  # rare: count NaN inside the mask for the error message
             for c in range(n_classes):
                 row = probs[c, p0 + s:p0 + s + nb]
@@ -299,7 +299,7 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
                     bad_nan += (row[j] != row[j]) and vbuf[j] != 0
         pt_sum += pts
         nll += _block_nll(factors, nb, scratch)
-        voxels += valid
+        voxels += int(valid)
         blocks += 1
         if blocks == _FLUSH or s + _BLOCK >= stop:
             blocks = 0

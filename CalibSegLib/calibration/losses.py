@@ -106,6 +106,7 @@ class _CalibrationLoss(nn.Module):
     """Common MONAI-style handling of activation, one-hot, background and reduction."""
 
     _per_image_class = staticmethod(hard_l1_ace)
+    class_weight: torch.Tensor | None  #: ``(C,)`` buffer, or None
 
     def __init__(self, n_bins: int = 20, include_background: bool = True,
                  to_onehot_y: bool = False, softmax: bool = False,

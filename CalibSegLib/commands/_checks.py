@@ -23,7 +23,7 @@ CARD_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+def add_overwrite_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The ``--overwrite`` option every writing command takes."""
     parser.add_argument(OVERWRITE_FLAG, action="store_true",
                         help="replace existing outputs (without it the command refuses to "

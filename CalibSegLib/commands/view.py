@@ -27,6 +27,7 @@ WEB_PACKAGES = {"trame_slicer": "trame-slicer", "LayerDMLib": "slicer-layer-dm",
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``calibseg view`` options to ``parser``."""
     parser.add_argument("image", nargs="?", default=None,
                         help="image file or DICOM series folder to open (default: none)")
     parser.add_argument("--sample", action="store_true", help="open the sample case at start")
@@ -56,6 +57,7 @@ def app_root() -> str:
 
 
 def check_dependencies() -> None:
+    """Raise :class:`CalibSegError` naming the browser app's packages that are missing."""
     missing = [dist for module, dist in WEB_PACKAGES.items()
                if importlib.util.find_spec(module) is None]
     if missing:
@@ -83,6 +85,7 @@ def child_command(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``calibseg view``; return the exit code."""
     if args.image and not os.path.exists(args.image):
         raise CalibSegError(f"{args.image}: no such file or folder; pass an image file or a "
                             "DICOM series folder.")

@@ -142,9 +142,11 @@ def _mni_native() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
                 "reinstall nilearn (pip install --force-reinstall nilearn)."
             )
         img = nib.load(path)
+        assert isinstance(img, nib.Nifti1Image)  # the templates are NIfTI-1 files
         arrays.append(np.asarray(img.dataobj, dtype=np.float32))
         affine = img.affine.astype(np.float64)
     t1, gm, wm = arrays
+    assert affine is not None
     gm /= 255.0
     wm /= 255.0
     for a in (t1, gm, wm):
@@ -238,7 +240,8 @@ def _ct_chest_case() -> SampleCase:
     for index, segment in enumerate(segments, start=1):
         labels_ijk[voxels == segment["labelValue"]] = index
     names = ("background",) + tuple(s["name"] for s in segments)
-    colors = ((0.0, 0.0, 0.0),) + tuple(tuple(float(c) for c in s["color"]) for s in segments)
+    colors = ((0.0, 0.0, 0.0),) + tuple((float(r), float(g), float(b))
+                                        for r, g, b in (s["color"] for s in segments))
     return SampleCase(
         name="ct-chest",
         image=np.ascontiguousarray(ct.transpose(2, 1, 0).astype(np.float32)),
