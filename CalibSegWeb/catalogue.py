@@ -79,6 +79,3 @@ class ModelCatalogue:
             if entry.id == entryId:
                 return entry
         raise CalibSegError(f"Unknown model {entryId!r}: choose a model from the list.")
-
-    def summaries(self) -> list[dict]:
-        return [e.summary() for e in self.entries]

@@ -172,12 +172,6 @@ class ModelCatalog:
             self._remember(folders + [folder])
         return [e for e in self.entries(reread=True) if e.folder in found]
 
-    def removeFolder(self, folder: str) -> None:
-        """Forget a user folder (its files stay)."""
-        folder = os.path.normpath(os.path.abspath(folder))
-        self._remember([f for f in self.userFolders() if f != folder])
-        self._entries = None
-
     def importFolder(self) -> str:
         """The folder imported models are written into (a setting; default in the home)."""
         default = os.path.join(os.path.expanduser("~"), "CalibSeg models")

@@ -114,11 +114,6 @@ class DiagramBins:
         """``(B,)`` mean confidence minus observed frequency (NaN in empty bins)."""
         return self.confidence - self.accuracy
 
-    def rule_text(self) -> str:
-        """One line describing the rule as applied to this diagram."""
-        return (f"bins with fewer than {self.min_count} voxels (0.1 % of {self.total}, at least "
-                f"{MIN_BIN_COUNT}) are greyed out and left out of MCE")
-
 
 def diagram_bins(count, sum_p, sum_y, edges, centres, label: str, ece: float, ace: float,
                  min_fraction: float = MIN_BIN_FRACTION,

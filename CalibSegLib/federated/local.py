@@ -316,11 +316,6 @@ class LocalFederation:
         with open(path, encoding="utf-8", errors="replace") as fh:
             return fh.read()
 
-    def alive(self, name: str) -> bool:
-        """Whether the SuperNode process of site ``name`` is running."""
-        proc = self._processes.get(name)
-        return proc is not None and proc.poll() is None
-
     # --- helpers -----------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
