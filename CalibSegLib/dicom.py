@@ -60,7 +60,9 @@ def write_series(array: np.ndarray, affine: np.ndarray, folder: str, *, modality
                  patient_name: str = "Sample^Case", patient_id: str = "CALIBSEG-SAMPLE",
                  series_description: str = "CalibSeg sample case",
                  body_part: str = "") -> list[str]:
-    """Write ``array`` (Z, Y, X) as a single-frame DICOM series in ``folder``.
+    """Write ``array``, array of shape (Z, Y, X), as a single-frame DICOM series in ``folder``.
+
+    ``affine`` is its voxel-to-RAS matrix, array of shape (4, 4).
 
     Intensities are stored as unsigned 16-bit integers with a rescale slope and
     intercept (quantisation error at most half the slope). ``modality`` is
@@ -211,7 +213,11 @@ def _algorithm(model_name: str, model_version: str, temperature: float):
 def write_segmentation(labels: np.ndarray, sources: list, path: str, *, class_names,
                        class_colors, model_name: str = "", model_version: str = "",
                        temperature: float = 1.0) -> str:
-    """Write ``labels`` (Z, Y, X; 0 = background) as a binary DICOM SEG referencing ``sources``."""
+    """Write ``labels`` as a binary DICOM SEG referencing ``sources``.
+
+    ``labels`` is an integer array of shape (Z, Y, X), 0 = background, on the grid of
+    the ``sources`` series.
+    """
     import highdicom as hd
     from pydicom.uid import generate_uid
 
@@ -256,7 +262,10 @@ def write_segmentation(labels: np.ndarray, sources: list, path: str, *, class_na
 def write_confidence_map(values: np.ndarray, sources: list, path: str, *,
                          label: str = "CONFIDENCE", explanation: str = "", model_name: str = "",
                          model_version: str = "") -> str:
-    """Write a float map in [0, 1] (Z, Y, X) as a DICOM Parametric Map referencing ``sources``."""
+    """Write a float map in [0, 1] as a DICOM Parametric Map referencing ``sources``.
+
+    ``values`` is an array of shape (Z, Y, X) on the grid of the ``sources`` series.
+    """
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid

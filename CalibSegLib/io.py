@@ -122,7 +122,10 @@ def reader_message(exc: Exception) -> str:
 
 
 def looks_like_labels(array: np.ndarray, max_values: int = 16) -> bool:
-    """True for an integer array with at most ``max_values`` distinct values (a label map)."""
+    """True for an integer array with at most ``max_values`` distinct values (a label map).
+
+    ``array`` is an image, array of shape (Z, Y, X).
+    """
     if array.dtype.kind not in "iub":
         return False
     return np.unique(array).size <= max_values
@@ -145,7 +148,7 @@ def series_file_names(folder: str) -> list[str]:
 
 
 def affine_from_sitk(image) -> np.ndarray:
-    """IJK-to-RAS 4×4 matrix of a SimpleITK image."""
+    """IJK-to-RAS matrix of a SimpleITK image, array of shape (4, 4)."""
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
     lps = np.eye(4)

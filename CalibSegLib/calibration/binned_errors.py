@@ -10,7 +10,11 @@ import numpy as np
 
 
 def bin_means(count: np.ndarray, sum_p: np.ndarray, sum_y: np.ndarray):
-    """Mean confidence and observed frequency per bin; NaN where a bin is empty."""
+    """Mean confidence and observed frequency per bin; NaN where a bin is empty.
+
+    ``count``, ``sum_p`` and ``sum_y`` are arrays of shape (..., n_bins) (e.g. (C, n_bins));
+    both means have that shape.
+    """
     count = np.asarray(count, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_p = np.where(count > 0, sum_p / np.where(count > 0, count, 1.0), np.nan)
@@ -48,7 +52,11 @@ def compute_calibration_errors(count: np.ndarray, sum_p: np.ndarray, sum_y: np.n
 
 
 def compute_dice(intersection: np.ndarray, predicted: np.ndarray, reference: np.ndarray):
-    """Dice ``2|A∩B| / (|A| + |B|)`` from counts; NaN where both are empty."""
+    """Dice ``2|A∩B| / (|A| + |B|)`` from counts; NaN where both are empty.
+
+    The counts are arrays of one shape, such as shape (N, C) per image and class; so is
+    the Dice.
+    """
     denom = np.asarray(predicted, dtype=np.float64) + np.asarray(reference, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, 2.0 * np.asarray(intersection) / np.where(denom > 0, denom, 1),

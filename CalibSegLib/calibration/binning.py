@@ -29,18 +29,21 @@ def check_n_bins(n_bins: int) -> int:
 
 
 def bin_edges(n_bins: int) -> np.ndarray:
-    """The ``n_bins + 1`` float32 bin edges (identical to MONAI's boundaries)."""
+    """The float32 bin edges, array of shape (n_bins + 1,) (identical to MONAI's boundaries)."""
     n_bins = check_n_bins(n_bins)
     return torch.linspace(0.0, 1.0 + EPS32, n_bins + 1, dtype=torch.float32).numpy()
 
 
 def bin_centres(n_bins: int) -> np.ndarray:
-    """Nominal bin centres ``(k + 0.5) / n_bins`` (float64)."""
+    """Nominal bin centres ``(k + 0.5) / n_bins`` (float64), array of shape (n_bins,)."""
     return (np.arange(n_bins, dtype=np.float64) + 0.5) / n_bins
 
 
 def bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
-    """Bin of each probability (reference implementation, numpy ``searchsorted``)."""
+    """Bin of each probability (reference implementation, numpy ``searchsorted``).
+
+    ``p`` is an array of any shape, such as shape (C, Z, Y, X); the bins have the same shape.
+    """
     edges = bin_edges(n_bins)
     idx = np.searchsorted(edges[1:], np.asarray(p, dtype=np.float32), side="left")
     return np.minimum(idx, n_bins - 1)

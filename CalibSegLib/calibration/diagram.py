@@ -33,7 +33,10 @@ MIN_BIN_COUNT = 100
 
 def min_reliable_count(total, min_fraction: float = MIN_BIN_FRACTION,
                        min_count: int = MIN_BIN_COUNT) -> np.ndarray:
-    """The smallest reliable bin count for diagrams of ``total`` voxels (any shape)."""
+    """The smallest reliable bin count for diagrams of ``total`` voxels.
+
+    ``total`` may have any shape, such as shape (C,) per class; the result has the same one.
+    """
     total = np.asarray(total, dtype=np.float64)
     return np.maximum(np.ceil(min_fraction * total - 1e-9), min_count).astype(np.int64)
 
@@ -88,10 +91,12 @@ class DiagramBins:
 
     @property
     def n_bins(self) -> int:
+        """The number of bins."""
         return int(self.count.shape[0])
 
     @property
     def total(self) -> int:
+        """Voxels counted over all bins."""
         return int(self.count.sum())
 
     @property

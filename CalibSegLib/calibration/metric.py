@@ -52,5 +52,6 @@ class ReliabilityMetric:
                                   self.ignore_empty_classes)
 
     def reset(self) -> None:
+        """Forget every batch seen so far."""
         self.stats = None
         self._seen = 0

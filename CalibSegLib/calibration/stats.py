@@ -204,14 +204,17 @@ class ReliabilityStats:
     # ------------------------------------------------------------------ shape
     @property
     def num_images(self) -> int:
+        """``I``, the number of images."""
         return len(self.image_ids)
 
     @property
     def num_classes(self) -> int:
+        """``C``, the number of classes."""
         return int(self.count.shape[1])
 
     @property
     def has_soft_reference(self) -> bool:
+        """Whether the statistics hold a soft (probabilistic) reference."""
         return self.soft_y.shape[1] > 0
 
     def names(self) -> tuple[str, ...]:
@@ -445,7 +448,11 @@ class ReliabilityStats:
 
     # ------------------------------------------------------------------ serialisation
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Plain numpy arrays (binary transport); size independent of the voxel count."""
+        """Plain numpy arrays (binary transport); size independent of the voxel count.
+
+        The fields keep their shapes, e.g. ``count`` of shape (I, C, B) and ``nll_sum`` of
+        shape (I,); ``n_bins`` is an array of shape (1,).
+        """
         out = {name: np.asarray(getattr(self, name)) for name in ARRAY_FIELDS}
         out["image_ids"] = np.asarray(self.image_ids, dtype=str)
         out["n_bins"] = np.asarray([self.n_bins], dtype=np.int64)

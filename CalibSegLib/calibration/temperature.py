@@ -21,7 +21,7 @@ DEFAULT_BOUNDS = (0.05, 20.0)
 
 def default_temperature_grid(n: int = 241, low: float = DEFAULT_BOUNDS[0],
                              high: float = DEFAULT_BOUNDS[1]) -> np.ndarray:
-    """A log-spaced grid of temperatures (default 241 values in [0.05, 20])."""
+    """A log-spaced grid of temperatures, array of shape (n,) (default 241 values in [0.05, 20])."""
     return np.geomspace(low, high, int(n))
 
 
@@ -112,6 +112,9 @@ def fit_temperature(logits, target, *, max_voxels: int = 2_000_000, seed: int = 
 def nll_over_temperature_grid(logits, target, grid=None, *, mask=None,
                               chunk_voxels: int = 1 << 20) -> tuple[np.ndarray, int]:
     """Summed NLL at every temperature of ``grid`` and the number of voxels.
+
+    ``logits`` has shape (C, Z, Y, X), ``target`` shape (Z, Y, X); the sums are an
+    array of shape (G,) for a grid of G temperatures.
 
     Sums add up over voxels, images and sites, so pooled sums give the same
     choice as one central computation (:func:`fit_temperature_from_grid`).

@@ -23,7 +23,8 @@ def montage_figure(image: np.ndarray, rows: list[tuple[str, np.ndarray | None, d
                    centre=None, title: str = ""):
     """One row per overlay, three columns (axial, coronal, sagittal).
 
-    ``rows`` holds ``(label, overlay or None, options)``; options: ``labels=True``
+    ``image`` is an array of shape (Z, Y, X); ``rows`` holds ``(label, overlay or None,
+    options)``, each overlay an array of shape (Z, Y, X); options: ``labels=True``
     with ``colors`` for a label map, otherwise ``cmap``, ``vmin``, ``vmax``,
     ``alpha`` for a scalar overlay (a colour bar is drawn).
     """
@@ -66,7 +67,10 @@ def montage_figure(image: np.ndarray, rows: list[tuple[str, np.ndarray | None, d
 
 
 def gallery_figure(entries: list[dict], crops: list[np.ndarray | None]):
-    """Prototype gallery: the middle axial slice of each prototype's training crop."""
+    """Prototype gallery: the middle axial slice of each prototype's training crop.
+
+    ``crops`` holds one array of shape (z, y, x) per entry, or None where there is none.
+    """
     from matplotlib.figure import Figure
 
     n = max(len(entries), 1)

@@ -67,10 +67,12 @@ class HtmlReport:
         self.sections: list[str] = []
 
     def section(self, title: str, body: str) -> None:
+        """Append a section with heading ``title`` and the HTML ``body``."""
         self.sections.append(f"<section><h2>{esc(title)}</h2>{body}</section>")
 
     @staticmethod
     def table(header: list[str], rows: list[list], digits: int = 3) -> str:
+        """An HTML table; numbers shown with ``digits`` significant digits."""
         head = "".join(f"<th>{esc(h)}</th>" for h in header)
         body = "".join(
             "<tr>" + "".join(f"<td>{fmt(v, digits) if not isinstance(v, str) else esc(v)}</td>"
@@ -79,13 +81,16 @@ class HtmlReport:
 
     @staticmethod
     def image(uri: str, alt: str) -> str:
+        """An ``<img>`` element for ``uri`` (e.g. a data URI)."""
         return f'<img src="{uri}" alt="{esc(alt)}">'
 
     @staticmethod
     def definition_list(items: list[tuple[str, str]]) -> str:
+        """An HTML definition list of ``(term, description)`` pairs."""
         return "<dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in items) + "</dl>"
 
     def render(self) -> str:
+        """The whole report as one HTML document."""
         return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
                 f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
                 f"<title>{esc(self.title)}</title><style>{_CSS}</style></head><body>"
@@ -93,6 +98,7 @@ class HtmlReport:
                 f"<main>{''.join(self.sections)}</main></body></html>")
 
     def write(self, path: str) -> str:
+        """Write the report to ``path`` atomically; return ``path``."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
             fh.write(self.render())
