@@ -11,10 +11,11 @@ O(N·C·n_bins).
 from __future__ import annotations
 
 import torch
+from monai.losses import DiceCELoss
 from torch import nn
 
 from CalibSegLib.calibration.binning import EPS32, check_n_bins
-from CalibSegLib.errors import CalibSegError
+from CalibSegLib.calibration.modes import Binning, LossReduction
 
 #: Soft bins whose total weight is below this count as empty.
 SOFT_EMPTY_WEIGHT = 0.01
@@ -22,7 +23,7 @@ SOFT_EMPTY_WEIGHT = 0.01
 
 def _flatten(probs: torch.Tensor, onehot: torch.Tensor):
     if probs.shape != onehot.shape or probs.ndim < 3:
-        raise CalibSegError(
+        raise ValueError(
             f"Calibration loss expects probabilities and one-hot targets of equal shape "
             f"(B, C, ...); got {tuple(probs.shape)} and {tuple(onehot.shape)}.")
     b, c = probs.shape[:2]
@@ -110,17 +111,16 @@ class _CalibrationLoss(nn.Module):
 
     def __init__(self, n_bins: int = 20, include_background: bool = True,
                  to_onehot_y: bool = False, softmax: bool = False,
-                 ignore_empty_classes: bool = True, reduction: str = "mean",
+                 ignore_empty_classes: bool = True,
+                 reduction: LossReduction | str = LossReduction.MEAN,
                  weight: torch.Tensor | None = None) -> None:
         super().__init__()
-        if reduction not in ("mean", "sum", "none"):
-            raise CalibSegError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
+        self.reduction = LossReduction.parse(reduction, "reduction")
         self.n_bins = check_n_bins(n_bins)
         self.include_background = include_background
         self.to_onehot_y = to_onehot_y
         self.softmax = softmax
         self.ignore_empty_classes = ignore_empty_classes
-        self.reduction = reduction
         self.register_buffer("class_weight", None if weight is None
                              else torch.as_tensor(weight, dtype=torch.float32))
 
@@ -131,10 +131,10 @@ class _CalibrationLoss(nn.Module):
         probs = torch.softmax(input, dim=1) if self.softmax else input
         if self.to_onehot_y:
             if target.shape[1] != 1:
-                raise CalibSegError("to_onehot_y=True expects targets of shape (B, 1, ...).")
+                raise ValueError("to_onehot_y=True expects targets of shape (B, 1, ...).")
             labels = target.long()
             if labels.min() < 0 or labels.max() >= n_classes:
-                raise CalibSegError(
+                raise ValueError(
                     f"Target labels must lie in [0, {n_classes}); found {int(labels.min())}.."
                     f"{int(labels.max())}.")
             onehot = torch.zeros_like(probs).scatter_(1, labels, 1.0)
@@ -148,9 +148,9 @@ class _CalibrationLoss(nn.Module):
             if not self.include_background and w.numel() == n_classes:
                 w = w[1:]
             values = values * w
-        if self.reduction == "mean":
+        if self.reduction is LossReduction.MEAN:
             return values.mean()
-        if self.reduction == "sum":
+        if self.reduction is LossReduction.SUM:
             return values.sum()
         return values
 
@@ -170,33 +170,50 @@ class SoftL1ACELoss(_CalibrationLoss):
 class DiceCEL1ACELoss(nn.Module):
     """``lambda_dice·Dice + lambda_ce·CE + lambda_ace·mL1-ACE`` on logits.
 
-    The mL1-ACE paper weights the three terms 1/3 each; MONAI's tutorial uses
-    1 : 1 : 0.3. ``ace`` picks ``"hard"`` or ``"soft"`` binning. Inputs as MONAI's
-    ``DiceCELoss`` with ``softmax=True``: logits (B, C, ...) and labels (B, 1, ...)
-    (``to_onehot_y=True``) or one-hot targets.
+    The one Dice + CE + calibration objective (training uses it too). The mL1-ACE
+    paper weights the three terms 1/3 each; MONAI's tutorial uses 1 : 1 : 0.3.
+    ``ace`` picks ``"hard"`` or ``"soft"`` binning, or ``"none"`` for Dice + CE alone.
+    Inputs as MONAI's ``DiceCELoss`` with ``softmax=True``: logits (B, C, ...) and
+    labels (B, 1, ...) (``to_onehot_y=True``) or one-hot targets.
     """
 
-    def __init__(self, ace: str = "hard", n_bins: int = 20, lambda_dice: float = 1.0,
-                 lambda_ce: float = 1.0, lambda_ace: float = 1.0,
+    def __init__(self, ace: Binning | str = Binning.HARD, n_bins: int = 20,
+                 lambda_dice: float = 1.0, lambda_ce: float = 1.0, lambda_ace: float = 1.0,
                  include_background: bool = True, to_onehot_y: bool = True,
                  ignore_empty_classes: bool = True) -> None:
         super().__init__()
-        from monai.losses import DiceCELoss
-
-        if ace not in ("hard", "soft"):
-            raise CalibSegError(f"ace must be 'hard' or 'soft', got {ace!r}.")
+        self.binning = Binning.parse(ace, "ace")
         self.dice_ce = DiceCELoss(include_background=include_background,
                                   to_onehot_y=to_onehot_y, softmax=True,
                                   lambda_dice=lambda_dice, lambda_ce=lambda_ce)
-        cls = HardL1ACELoss if ace == "hard" else SoftL1ACELoss
-        self.ace = cls(n_bins=n_bins, include_background=include_background,
-                       to_onehot_y=to_onehot_y, softmax=True,
-                       ignore_empty_classes=ignore_empty_classes)
+        cls = {Binning.HARD: HardL1ACELoss, Binning.SOFT: SoftL1ACELoss}.get(self.binning)
+        self.ace = None if cls is None else cls(
+            n_bins=n_bins, include_background=include_background, to_onehot_y=to_onehot_y,
+            softmax=True, ignore_empty_classes=ignore_empty_classes)
         self.lambda_ace = float(lambda_ace)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002
-        return self.dice_ce(input, target) + self.lambda_ace * self.ace(input, target)
+        """The loss, a tensor of shape (), for logits of shape (B, C, Z, Y, X).
+
+        ``target`` holds labels of shape (B, 1, Z, Y, X) or one-hot targets of shape
+        (B, C, Z, Y, X).
+        """
+        return self.combine(self.terms(input, target))
 
     def terms(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:  # noqa: A002
-        """The two terms separately (``dice_ce`` and unweighted ``ace``), for logging."""
-        return {"dice_ce": self.dice_ce(input, target), "ace": self.ace(input, target)}
+        """The terms separately, for logging: ``dice_ce`` and (unless ``ace="none"``) the
+        unweighted ``ace``; :meth:`combine` gives the loss from them.
+
+        Inputs as :meth:`forward`; each term is a tensor of shape ().
+        """
+        out = {"dice_ce": self.dice_ce(input, target)}
+        if self.ace is not None:
+            out["ace"] = self.ace(input, target)
+        return out
+
+    def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss ``dice_ce + lambda_ace · ace`` from :meth:`terms`, a tensor of shape ()."""
+        total = terms["dice_ce"]
+        if "ace" in terms:
+            total = total + self.lambda_ace * terms["ace"]
+        return total

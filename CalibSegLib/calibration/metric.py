@@ -25,7 +25,7 @@ class ReliabilityMetric:
                  include_background: bool = False, ignore_empty_classes: bool = True,
                  class_names=None) -> None:
         self.n_bins = n_bins
-        self.reduction = Reduction.parse(reduction, "reduction")
+        self.reduction = Reduction.from_user(reduction, "reduction")
         self.include_background = include_background
         self.ignore_empty_classes = ignore_empty_classes
         self.class_names = class_names

@@ -2,9 +2,10 @@
 
 Every option is a :class:`Choice`: an ``Enum`` whose members are also their plain
 strings (``Reduction.MACRO == "macro"``), so callers, command-line options and JSON
-files keep passing and storing the same strings. :meth:`Choice.parse` turns user
-input (a string or a member) into a member, or raises one :class:`CalibSegError`
-that lists the accepted values.
+files keep passing and storing the same strings. Each option is checked once, where it
+enters: :meth:`Choice.from_user` for what a user typed (an option, a config file:
+one :class:`CalibSegError` that lists the accepted values) and :meth:`Choice.parse`
+for what calling code chooses (``ValueError``, a programmer error).
 """
 
 from __future__ import annotations
@@ -33,16 +34,37 @@ class Choice(str, Enum):
 
     @classmethod
     def parse(cls: type[_C], value: object, option: str) -> _C:
-        """The member named by ``value`` (a member or its string).
+        """The member named by ``value`` (a member or its string), for values code chooses.
+
+        Raises ``ValueError`` (a caller's mistake) naming ``option`` and the accepted values.
+        """
+        member = cls._lookup(value)
+        if member is None:
+            raise ValueError(cls._message(value, option))
+        return member
+
+    @classmethod
+    def from_user(cls: type[_C], value: object, option: str) -> _C:
+        """The member named by ``value``, for values a user typed (an option, a config file).
 
         Raises :class:`CalibSegError` naming ``option`` and the accepted values.
         """
+        member = cls._lookup(value)
+        if member is None:
+            raise CalibSegError(cls._message(value, option))
+        return member
+
+    @classmethod
+    def _lookup(cls: type[_C], value: object) -> _C | None:
         try:
             return cls(value)
         except ValueError:
-            accepted = ", ".join(repr(v) for v in cls.values())
-            raise CalibSegError(
-                f"{option} must be one of {accepted}; got {value!r}.") from None
+            return None
+
+    @classmethod
+    def _message(cls, value: object, option: str) -> str:
+        accepted = ", ".join(repr(v) for v in cls.values())
+        return f"{option} must be one of {accepted}; got {value!r}."
 
 
 class Reduction(Choice):

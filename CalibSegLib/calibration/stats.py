@@ -37,16 +37,15 @@ from CalibSegLib.calibration.diagram import (
     diagram_bins,
     maximum_calibration_error,
 )
+from CalibSegLib.calibration.fixed_point import from_fixed_point
 from CalibSegLib.calibration.modes import Backend, Reduction
 from CalibSegLib.calibration.reliability_metrics import (
     ERROR_NAMES,
     ClassMetrics,
     ReliabilityMetrics,
 )
-from CalibSegLib.calibration.topk_stats import stats_from_topk
 from CalibSegLib.calibration.torch_kernel import accumulate_torch
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.inference.compact import from_fixed_point
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
 
 #: Voxels per chunk: bounds the extra memory of float16 conversion and sets the
@@ -184,6 +183,9 @@ class ReliabilityStats:
         """Statistics of a :class:`~CalibSegLib.inference.topk.TopKPrediction` (no
         ``C × N`` expansion); options as
         :func:`~CalibSegLib.calibration.topk_stats.stats_from_topk`."""
+        # lazy: the top-k kernels need numba, an optional dependency here (see backend.py)
+        from CalibSegLib.calibration.topk_stats import stats_from_topk
+
         return stats_from_topk(prediction, target, n_bins, **options)
 
     @classmethod
@@ -222,6 +224,23 @@ class ReliabilityStats:
         if self.class_names is not None:
             return self.class_names
         return tuple(f"class {c}" for c in range(self.num_classes))
+
+    def allclose(self, other: ReliabilityStats, rtol: float = 1e-9, atol: float = 1e-9) -> bool:
+        """Whether ``other`` holds the same images (ids, in order), bins and class count, with
+        equal counts and float sums equal within ``rtol``/``atol`` (``==`` is identity:
+        the statistics are arrays)."""
+        if (not isinstance(other, ReliabilityStats) or other.image_ids != self.image_ids
+                or other.n_bins != self.n_bins):
+            return False
+        for name in ARRAY_FIELDS:
+            a, b = getattr(self, name), getattr(other, name)
+            if a.shape != b.shape:
+                return False
+            same = (np.array_equal(a, b) if name in _INT_FIELDS
+                    else np.allclose(a, b, rtol=rtol, atol=atol))
+            if not same:
+                return False
+        return True
 
     # ------------------------------------------------------------------ merging
     def merge(self, other: ReliabilityStats) -> ReliabilityStats:
@@ -322,7 +341,7 @@ class ReliabilityStats:
             ``soft_*`` errors against a soft reference when present); its
             :meth:`~ReliabilityMetrics.to_dict` is the JSON layout.
         """
-        reduction = Reduction.parse(reduction, "reduction")
+        reduction = Reduction.from_user(reduction, "reduction")
         stats = self if reduction is Reduction.MACRO else self.pooled()
         first = 0 if include_background else 1
         min_fraction, min_count = float(min_bin_fraction), int(min_bin_count)
@@ -659,10 +678,7 @@ def _run_torch(acc, probs, target, reference, mask, edges, chunk, progress, canc
         if x is None:
             return None
         x = x[:, start:stop]
-        if x.dtype != torch.uint16:
-            return x
-
-        return from_fixed_point(x)
+        return from_fixed_point(x) if x.dtype == torch.uint16 else x
 
     for start in range(0, max(n, 1), chunk):
         check_cancel(cancel, "calibration statistics computation")

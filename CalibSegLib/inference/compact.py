@@ -20,34 +20,11 @@ import dataclasses
 
 import numpy as np
 
-#: uint16 fixed-point probabilities hold ``round(p * FIXED_POINT_SCALE)``.
-FIXED_POINT_SCALE = 65535
-
-
-def to_fixed_point(probs: np.ndarray) -> np.ndarray:
-    """uint16 ``round(p * 65535)`` of probabilities in [0, 1]."""
-    probs = np.asarray(probs)
-    if probs.dtype == np.uint16:
-        return probs
-    scaled = np.clip(probs, 0.0, 1.0).astype(np.float32) * np.float32(FIXED_POINT_SCALE)
-    return np.rint(scaled, out=scaled).astype(np.uint16)
-
-
-def from_fixed_point(values: np.ndarray) -> np.ndarray:
-    """float32 probabilities of uint16 fixed-point ``values`` (other dtypes as float32).
-
-    Torch tensors are converted on their device.
-    """
-    import torch
-
-    if isinstance(values, torch.Tensor):
-        if values.dtype == torch.uint16:
-            return values.float() * (1.0 / FIXED_POINT_SCALE)
-        return values.float()
-    values = np.asarray(values)
-    if values.dtype == np.uint16:
-        return values.astype(np.float32) * np.float32(1.0 / FIXED_POINT_SCALE)
-    return values.astype(np.float32, copy=False)
+from CalibSegLib.calibration.fixed_point import (  # noqa: F401  (the compact format's codec)
+    FIXED_POINT_SCALE,
+    from_fixed_point,
+    to_fixed_point,
+)
 
 
 def is_compact(prediction) -> bool:

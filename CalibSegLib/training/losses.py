@@ -5,43 +5,36 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from CalibSegLib.calibration.losses import DiceCEL1ACELoss
 from CalibSegLib.training.config import TrainConfig
 
 
-def calibration_loss(kind: str, bins: int) -> nn.Module | None:
-    """The project's mL1-ACE loss with ``"hard"`` or ``"soft"`` binning (``None`` for "none")."""
-    if kind == "none":
-        return None
-    from CalibSegLib import calibration
-
-    cls = calibration.HardL1ACELoss if kind == "hard" else calibration.SoftL1ACELoss
-    return cls(n_bins=int(bins), include_background=True, to_onehot_y=True, softmax=True)
-
-
 class SegmentationObjective(nn.Module):
-    """``DiceCE + λ · mL1-ACE`` on logits ``(B, C, Z, Y, X)`` and labels ``(B, 1, Z, Y, X)``.
+    """The training loss on logits ``(B, C, Z, Y, X)`` and labels ``(B, 1, Z, Y, X)``:
+    :class:`~CalibSegLib.calibration.DiceCEL1ACELoss` with the run's binning
+    (``config.calibration_loss``), bins and weight λ (``config.calibration_weight``).
 
-    :meth:`forward` returns the total and a dict of the detached terms for logging.
+    :meth:`forward` returns the total and a dict of the detached terms for logging
+    (``dicece`` and, with a calibration term, ``ace``).
     """
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
-        from monai.losses import DiceCELoss
-
-        self.dicece = DiceCELoss(include_background=True, to_onehot_y=True, softmax=True)
-        self.ace = calibration_loss(config.calibration_loss, config.bins)
-        self.weight = float(config.calibration_weight)
+        self.loss = DiceCEL1ACELoss(ace=config.calibration_loss, n_bins=int(config.bins),
+                                    lambda_ace=float(config.calibration_weight),
+                                    include_background=True, to_onehot_y=True)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        main = self.dicece(logits, labels)
-        terms = {"dicece": float(main.detach())}
-        total = main
-        if self.ace is not None:
-            ace = self.ace(logits, labels)
-            terms["ace"] = float(ace.detach())
-            total = total + self.weight * ace
-        return total, terms
+        """``(loss, terms)``: the loss, a tensor of shape (), and each term's value.
+
+        ``logits`` has shape (B, C, Z, Y, X), ``labels`` shape (B, 1, Z, Y, X).
+        """
+        terms = self.loss.terms(logits, labels)
+        logged = {"dicece": float(terms["dice_ce"].detach())}
+        if "ace" in terms:
+            logged["ace"] = float(terms["ace"].detach())
+        return self.loss.combine(terms), logged
 
 
 def cluster_cost(features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
