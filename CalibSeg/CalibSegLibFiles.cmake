@@ -10,6 +10,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/calibration/binned_errors.py
   CalibSegLib/calibration/binning.py
   CalibSegLib/calibration/diagram.py
+  CalibSegLib/calibration/fixed_point.py
   CalibSegLib/calibration/kernels.py
   CalibSegLib/calibration/losses.py
   CalibSegLib/calibration/metric.py
