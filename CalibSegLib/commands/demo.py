@@ -20,6 +20,7 @@ REPORT_FILES = ("report.html", "metrics.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``calibseg demo`` options to ``parser``."""
     parser.add_argument("-o", "--output", default=None,
                         help=f"output folder (default: {DEFAULT_OUTPUT}, the demo's own folder, "
                              "refreshed on every run; another existing report is replaced only "

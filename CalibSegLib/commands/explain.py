@@ -18,6 +18,7 @@ EXAMPLE = ("calibseg explain out/sample/mni-t1_image.nii.gz --model "
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``calibseg explain`` options to ``parser``."""
     parser.add_argument("image", help="image file (NIfTI, NRRD, MetaImage) or DICOM folder")
     parser.add_argument("--model", required=True, help="model folder (model.json + weights)")
     parser.add_argument("--method", default="prototype",

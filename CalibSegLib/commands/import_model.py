@@ -12,6 +12,7 @@ EXAMPLE = "calibseg import-model spleen_ct_segmentation -o models/spleen --kind 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``calibseg import-model`` options to ``parser``."""
     parser.add_argument("source", help="MONAI bundle folder or TorchScript file")
     parser.add_argument("-o", "--output", required=True, help="new model folder")
     parser.add_argument("--kind", choices=["bundle", "torchscript", "nnunet"], default=None,

@@ -14,6 +14,7 @@ EXAMPLE = "calibseg sample-data mni-t1 --resolution 2 --shift-seed 7 -o out/samp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``calibseg sample-data`` options to ``parser``."""
     parser.add_argument("case", nargs="?", default="mni-t1",
                         help="sample case: mni-t1 or ct-chest (default: mni-t1)")
     parser.add_argument("--resolution", type=float, default=None,
