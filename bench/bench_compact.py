@@ -8,10 +8,11 @@ The volume is the chest CT sample case resampled (trilinear) to 512 × 512 in-pl
 Rows, per class count:
 
 * stored bytes per voxel of the top-k form;
-* peak resident memory (a fresh process each, Linux ``clear_refs``/``VmHWM``) of
-  sliding-window inference into the top-k form at two slice counts, and of the
-  full-precision path (MONAI's blended ``(C, N)`` logits plus softmax probabilities);
-  both extrapolated to 300 slices (512 × 512 × 300 = 78.6 M voxels);
+* peak resident memory (a fresh process each, Linux ``clear_refs``/``VmHWM``) of the
+  library's ``predict(form="compact")`` (sliding window streamed into the top-k form,
+  then the confidence and entropy maps) at two slice counts, and of
+  ``predict(form="full")`` (MONAI's blended ``(C, N)`` logits, softmax probabilities and
+  maps); both extrapolated to 300 slices (512 × 512 × 300 = 78.6 M voxels);
 * time from a temperature change to the maps (confidence, entropy) of the three slices
   the views show (axial, coronal, sagittal through the centre) and to the full volume,
   on a 512 × 512 × 300 top-k form (the bench volume's form repeated along z);
@@ -68,30 +69,36 @@ def network(num_classes: int) -> torch.nn.Module:
 
 # ---------------------------------------------------------------------------- child processes
 
+def bench_model(num_classes: int):
+    """:func:`network` as a :class:`~CalibSegLib.models.Model` on the bench grid (1 mm RAS,
+    no resampling, no normalisation: the volume is z-scored), windows :data:`ROI`."""
+    from CalibSegLib.models import Model, new_card
+
+    names = ["background"] + [f"organ {i}" for i in range(1, num_classes)]
+    card = new_card("bench", names, head="linear", spacing_mm=(1.0, 1.0, 1.0),
+                    patch_size=(ROI[2], ROI[1], ROI[0]), normalization={"type": "none"})
+    return Model(card=card, network=network(num_classes))
+
+
 def _child(kind: str, num_classes: int, slices: int, plane) -> None:
-    """Peak resident memory of one inference path, printed as JSON (run in a fresh process)."""
-    from monai.inferers import sliding_window_inference
+    """Peak resident memory of one ``predict`` form, printed as JSON (run in a fresh process)."""
+    from CalibSegLib.inference import predict
 
-    from CalibSegLib.inference.streaming import sliding_window_topk
-
-    x = torch.from_numpy(ct_volume(slices, plane))[None, None]
-    net = network(num_classes)
+    volume = ct_volume(slices, plane)
+    model = bench_model(num_classes)
     with torch.no_grad():
-        net(x[..., :8, :8, :8])
-        before = _peak_reset()
-        start = time.perf_counter()
-        if kind == "stream":
-            prediction, _ = sliding_window_topk(x, net, ROI, num_classes, sw_batch_size=2)
-            stored = prediction.nbytes
-        else:
-            logits = sliding_window_inference(x, ROI, 2, net, overlap=0.25, mode="gaussian",
-                                              padding_mode="replicate")
-            probs = torch.softmax(logits[0], 0)
-            stored = logits.numel() * 4 + probs.numel() * 4
-        seconds = time.perf_counter() - start
+        model.network(torch.from_numpy(volume[:8, :8, :8])[None, None])
+    before = _peak_reset()
+    start = time.perf_counter()
+    form = "compact" if kind == "stream" else "full"
+    prediction = predict(volume, np.eye(4), model, device="cpu", sw_batch_size=2, form=form)
+    seconds = time.perf_counter() - start
+    assert prediction.info["form"] == form and not prediction.info["resampled"]
+    stored = (prediction.scores.nbytes if prediction.scores is not None
+              else prediction.logits.nbytes + prediction.probs.nbytes)
     after = _status_kib("VmHWM") * 1024
     print(json.dumps({"peak_bytes": after - before, "stored_bytes": int(stored),
-                      "seconds": seconds}))
+                      "prediction_bytes": int(prediction.nbytes), "seconds": seconds}))
 
 
 def _measure(kind: str, num_classes: int, slices: int, plane) -> dict:
@@ -158,6 +165,16 @@ def _rows_for(num_classes: int, plane, sizes, full_slices: int) -> list[dict]:
                      "value": stream[s]["peak_bytes"] / 2**30, "target": None, "unit": "GiB"})
     rows.append({"name": f"{tag} full-precision predict peak, {sizes[0]} slices",
                  "value": full["peak_bytes"] / 2**30, "target": None, "unit": "GiB"})
+    voxels = sizes[0] * plane[0] * plane[1]
+    for form, measured in (("compact", stream[sizes[0]]), ("full", full)):
+        rows.append({"name": f"{tag} Prediction bytes per voxel, {form}",
+                     "value": measured["prediction_bytes"] / voxels, "target": None,
+                     "unit": "B"})
+    for s in sizes:
+        rows.append({"name": f"{tag} predict seconds, compact, {s} slices",
+                     "value": stream[s]["seconds"], "target": None, "unit": "s"})
+    rows.append({"name": f"{tag} predict seconds, full, {sizes[0]} slices",
+                 "value": full["seconds"], "target": None, "unit": "s"})
     # beyond the slab, only the top-k arrays grow with the slice count: add their bytes for
     # the missing slices (or the measured growth per slice, if larger)
     a, b = sizes[0], sizes[-1]
