@@ -128,22 +128,11 @@ def validation_metrics(logits: Sequence[torch.Tensor], cases, temperature: float
             stats = s if stats is None else stats.merge(s)
         assert stats is not None, "validation needs at least one case"
         metrics = stats.metrics().to_dict()
-        out[label] = {k: _plain(v) for k, v in metrics.items()
+        out[label] = {k: v for k, v in metrics.items()
                       if k in ("ece", "ace", "mce", "marginal_ace", "marginal_ece",
                                "marginal_mce", "dice", "mean_dice", "nll", "brier")}
         out[label]["temperature"] = float(t)
     return out
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray, torch.Tensor)):
-        return [_plain(v) for v in np.asarray(value).tolist()]
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def final_card(card, config: TrainConfig, temperature: float, catalogue: list[dict],
