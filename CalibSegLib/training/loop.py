@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
+from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report, scaled
 from CalibSegLib.training import heads
 from CalibSegLib.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from CalibSegLib.training.config import TrainConfig
@@ -336,7 +336,7 @@ def train(
                 bar.update(1)
                 bar.set_postfix({"stage": stage, **{k: f"{v:.3f}" for k, v in terms.items()}},
                                 refresh=False)
-            report(progress, 0.9 * step / total,
+            report(scaled(progress, 0.0, 0.9), step / total,
                    f"{stage} step {step}/{total} " + " ".join(
                        f"{k}={v:.3f}" for k, v in terms.items()))
             stopping = stop_after is not None and step >= stop_after
