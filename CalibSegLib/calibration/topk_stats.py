@@ -26,7 +26,7 @@ import numba
 import numpy as np
 import torch
 
-from CalibSegLib.calibration.kernels import NLL_FLOOR, Accumulators
+from CalibSegLib.calibration.accumulators import NLL_FLOOR, Accumulators, Scalar
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.inference.topk import TopKPrediction
 from CalibSegLib.inference.topk_kernel import _decode_voxel
@@ -50,7 +50,7 @@ def accumulate_topk(acc: Accumulators, prediction: TopKPrediction, target, tempe
 
     ``target`` and ``mask`` have the prediction's spatial shape (numpy or torch);
     ``edges`` are the float32 bin edges. Labels outside ``[0, C)`` are counted in
-    ``acc.scalars[3]`` (the caller raises).
+    ``acc.scalars[Scalar.BAD_LABELS]`` (the caller raises).
     """
     c, b = prediction.num_classes, len(edges) - 1
     dev = torch.device("cpu") if device is None else torch.device(device)
@@ -137,10 +137,10 @@ def accumulate_topk(acc: Accumulators, prediction: TopKPrediction, target, tempe
     acc.intersection += intersection.cpu().numpy()
     acc.predicted += predicted.cpu().numpy()
     acc.reference += reference.cpu().numpy()
-    acc.scalars[0] += float(nll_q.item()) * 2.0 ** -_Q_NLL
-    acc.scalars[1] += float(brier_q.item()) * 2.0 ** -_Q_BRIER
-    acc.scalars[2] += voxels
-    acc.scalars[3] += bad
+    acc.scalars[Scalar.NLL] += float(nll_q.item()) * 2.0 ** -_Q_NLL
+    acc.scalars[Scalar.BRIER] += float(brier_q.item()) * 2.0 ** -_Q_BRIER
+    acc.scalars[Scalar.VOXELS] += voxels
+    acc.scalars[Scalar.BAD_LABELS] += bad
 
 
 def _select(v, sel: torch.Tensor):
@@ -481,7 +481,7 @@ class _IntegerSums:
         acc.intersection += self.intersection
         acc.predicted += self.predicted
         acc.reference += self.reference
-        acc.scalars[0] += float(self.scalars[0]) * 2.0 ** -_Q_NLL
-        acc.scalars[1] += float(self.scalars[1]) * 2.0 ** -_Q_BRIER
-        acc.scalars[2] += float(self.scalars[2])
-        acc.scalars[3] += float(self.scalars[3])
+        acc.scalars[Scalar.NLL] += float(self.scalars[0]) * 2.0 ** -_Q_NLL
+        acc.scalars[Scalar.BRIER] += float(self.scalars[1]) * 2.0 ** -_Q_BRIER
+        acc.scalars[Scalar.VOXELS] += float(self.scalars[2])
+        acc.scalars[Scalar.BAD_LABELS] += float(self.scalars[3])
