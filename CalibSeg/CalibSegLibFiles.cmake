@@ -38,7 +38,10 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/commands/train.py
   CalibSegLib/commands/view.py
   CalibSegLib/data/__init__.py
+  CalibSegLib/data/case.py
+  CalibSegLib/data/pairs.py
   CalibSegLib/data/sample.py
+  CalibSegLib/data/seeds.py
   CalibSegLib/data/shift.py
   CalibSegLib/dicom.py
   CalibSegLib/errors.py
@@ -71,12 +74,15 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/federated/site.py
   CalibSegLib/federated/sites.py
   CalibSegLib/federated/transport.py
+  CalibSegLib/files.py
   CalibSegLib/inference/__init__.py
   CalibSegLib/inference/compact.py
   CalibSegLib/inference/nnunet.py
   CalibSegLib/inference/nnunet_io.py
   CalibSegLib/inference/predict.py
+  CalibSegLib/inference/predict_compact.py
   CalibSegLib/inference/prediction.py
+  CalibSegLib/inference/prediction_io.py
   CalibSegLib/inference/resample.py
   CalibSegLib/inference/sliding.py
   CalibSegLib/inference/softmax_kernel.py
@@ -100,6 +106,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/models/testing.py
   CalibSegLib/progress.py
   CalibSegLib/report/__init__.py
+  CalibSegLib/report/comparison.py
   CalibSegLib/report/demo.py
   CalibSegLib/report/figures.py
   CalibSegLib/report/html.py
@@ -115,11 +122,15 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/training/patches.py
   CalibSegLib/training/push.py
   CalibSegLib/training/throughput.py
+  CalibSegLib/workflows/__init__.py
+  CalibSegLib/workflows/console.py
+  CalibSegLib/workflows/demo.py
+  CalibSegLib/workflows/import_model.py
+  CalibSegLib/workflows/report.py
+  CalibSegLib/workflows/sample_data.py
   )
 
 set(CALIBSEGLIB_PYTHON_RESOURCES
   CalibSegLib/federated/calibseg-app/pyproject.toml
-  CalibSegLib/inference/predict_compact.py
-  CalibSegLib/inference/prediction_io.py
   CalibSegLib/resources/model_card.schema.json
   )

@@ -3,7 +3,8 @@
 Each control calls one :class:`~CalibSegWeb.session.ViewerSession` method through
 :meth:`CalibSegWebApp.guarded`, which turns any error into the one message shown at the
 top of the page (the server keeps running). A model run is polled from an asyncio task, so
-the page, the views and Cancel stay live while it runs.
+the page, the views and Cancel stay live while it runs; so is a temperature change's
+whole-volume refresh, while the page says it shows a preview of the visible slices.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class CalibSegWebApp(TrameApp):
             "running": False, "progress": 0, "progress_message": "",
             "has_results": False, "slots": [], "overlays": list(OVERLAYS),
             "overlay": "confidence", "opacity": 0.6, "proto_map": False, "compare": False,
-            "temperature_A": 1.0, "temperature_B": 1.0,
+            "temperature_A": 1.0, "temperature_B": 1.0, "temperature_state": "",
             "reference": None, "metrics_header": [], "metrics_rows": [], "diagram_src": "",
             "legend": None, "probe": None, "export_name": "calibseg-results.zip",
         })
@@ -141,6 +142,7 @@ class CalibSegWebApp(TrameApp):
                 s.slots = list(results)
                 for slot, value in session.temperatures().items():
                     s[f"temperature_{slot}"] = round(value, 3)
+                s.temperature_state = session.showing()
                 s.metrics_header, s.metrics_rows = header, rows
                 s.diagram_src = pngDataUri(diagram) if diagram else ""
                 s.legend = session.legend() if results else None
@@ -297,6 +299,7 @@ class CalibSegWebApp(TrameApp):
                 changed = True
         if changed:
             self._render()
+            self._refresh()  # the estimated table and diagram, "preview: visible slices"
             self._temperatureTicket += 1
             create_task(self._applyTemperaturesLater(self._temperatureTicket))
 
@@ -307,6 +310,11 @@ class CalibSegWebApp(TrameApp):
         self.guarded(self.session.applyTemperatures)
         self._render()
         self._refresh()
+        while self.session.refreshing and ticket == self._temperatureTicket:
+            await asyncio.sleep(POLL_SECONDS)  # the whole volume, in the background
+            if self.guarded(self.session.pollTemperatures):
+                self._render()
+                self._refresh()
 
     def fitTemperature(self) -> None:
         self.guarded(self.session.fitTemperatures)
@@ -448,6 +456,8 @@ class CalibSegWebApp(TrameApp):
                         v3.VSlider(label=slot, v_model=(f"temperature_{slot}",), min=0.25,
                                    max=4.0, step=0.01, thumb_label="always", density="compact",
                                    hide_details=True, classes="mt-4")
+                html.Div("showing: {{ temperature_state }}", v_if=("temperature_state",),
+                         classes="text-caption", id="temperature-state")
                 v3.VBtn("Fit to reference", click=self.fitTemperature, size="small",
                         disabled=("!reference",), id="fit-temperature")
 

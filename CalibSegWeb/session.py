@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from CalibSegSlicer import arrays, layouts, legends, table_rows, voxel_probe
 from CalibSegSlicer.logic import CalibSegLogic
+from CalibSegSlicer.temperature import SHOWING
 
 import CalibSegWeb  # noqa: F401  (puts CalibSegSlicer on sys.path)
 from CalibSegLib.errors import CalibSegError
@@ -46,6 +47,7 @@ class RunJob:
     image: np.ndarray
     affine: np.ndarray
     device: str = "cpu"
+    form: str = "auto"  #: the predictions' form (``predict``'s ``form``)
     fraction: float = 0.0
     message: str = "starting"
     error: str | None = None
@@ -89,7 +91,8 @@ class RunJob:
                     self.message = f"{_name}: {message}" if message else _name
 
                 prediction = predict(self.image, self.affine, model, device=self.device,
-                                     progress=progress, cancel=self._cancel.is_set)
+                                     progress=progress, cancel=self._cancel.is_set,
+                                     form=self.form)
                 self.outputs.append((model, prediction))
             self.fraction, self.message = 1.0, "done"
         except Cancelled:
@@ -107,12 +110,15 @@ class ViewerSession:
     """The browser app's state and actions on one MRML scene (see the module docstring)."""
 
     def __init__(self, scene, catalogue: ModelCatalogue, folder: PrivateFolder,
-                 device: str = "cpu"):
+                 device: str = "cpu", form: str = "auto"):
         self.scene = scene
         self.logic = CalibSegLogic(scene)
         self.catalogue = catalogue
         self.folder = folder
         self.device = device
+        #: the predictions' form: "auto" (the top-k form beyond the library's memory
+        #: budget), "full" or "compact"
+        self.form = form
         self.inputNodeID: str | None = None
         self.inputName = ""
         self.dicomFolder: str | None = None  #: the DICOM series the input was read from
@@ -206,7 +212,7 @@ class ViewerSession:
         todo = [s for s in wanted if s not in kept]
         image, affine = self.logic.inputArray(self.inputNode)
         self.job = RunJob([self.catalogue.get(wanted[s]) for s in todo], todo, kept, image,
-                          affine, device=self.device)
+                          affine, device=self.device, form=self.form)
         self._jobModels = wanted
         return self.job.start()
 
@@ -306,26 +312,44 @@ class ViewerSession:
         self.logic.showLayout(bool(compare))
 
     def setTemperature(self, slot: str, temperature: float) -> None:
+        """Model ``slot`` at ``temperature``: whole volume, table and diagram before returning."""
         self._requireResults()
         self.logic.setTemperature(float(temperature), slot)
 
     def fitTemperatures(self) -> dict[str, float]:
+        """Fit each model's temperature to the reference and apply it (whole volume)."""
         self._requireResults()
         return self.logic.fitTemperatureToReference()
 
     def previewTemperature(self, slot: str, temperature: float) -> bool:
-        """Show ``temperature`` of model ``slot`` on the planes the views show (fast, for a
-        moving slider); True then, False when the whole volume had to be updated instead
-        (an oblique view). Table and diagram wait for :meth:`applyTemperatures`."""
+        """Show ``temperature`` of model ``slot`` on the planes the views show, with a table
+        and diagram estimated from a voxel sample (fast, for a moving slider); True then,
+        False when no plane could be previewed (an oblique view: the whole volume follows
+        at once, in the background for large volumes). :meth:`applyTemperatures` applies
+        it to the whole volume."""
         self._requireResults()
         if self.logic.previewTemperature(float(temperature), slot) is not None:
             return True
-        self.logic.setTemperature(float(temperature), slot)
+        self.logic.applyPendingTemperature()
         return False
 
     def applyTemperatures(self) -> list[str]:
-        """Apply every previewed temperature to its whole model, table and diagram."""
+        """Apply every previewed temperature to its whole model, table and diagram (in the
+        background for large volumes: :meth:`pollTemperatures` shows it when done)."""
         return self.logic.applyPendingTemperature()
+
+    def pollTemperatures(self) -> list[str]:
+        """Show the whole-volume refreshes that ended (on the caller's thread); their slots."""
+        return self.logic.pollRefresh()
+
+    @property
+    def refreshing(self) -> bool:
+        """Whether a whole-volume temperature refresh is still running."""
+        return self.logic.refreshing
+
+    def showing(self) -> str:
+        """What the views and the table show: ``"preview: visible slices"`` or ``"full volume"``."""
+        return SHOWING[self.logic.showing()] if self.logic.results else ""
 
     def temperatures(self) -> dict[str, float]:
         """Each shown model's temperature (a previewed one included)."""
@@ -350,8 +374,9 @@ class ViewerSession:
 
     def diagramPng(self) -> bytes | None:
         """The reliability diagram of the shown models against the reference, as PNG."""
-        stats = {self.logic.columnName(s): r.stats for s, r in self.logic.results.items()
-                 if r.stats is not None}
+        stats = {self.logic.columnName(s) + (" (estimate from a voxel sample)"
+                                             if r.statsEstimated else ""): r.stats
+                 for s, r in self.logic.results.items() if r.stats is not None}
         if not stats or self.referenceNodeID is None:
             return None
         from CalibSegLib.calibration.plots import plot_reliability_diagram

@@ -36,7 +36,8 @@ def test_command_line_is_a_list_with_every_argument():
     assert cmd[0] == "/opt/Slicer/bin/PythonSlicer"
     assert cmd[1].endswith(os.path.join("CalibSegSlicer", "runner.py")) and os.path.isfile(cmd[1])
     assert cmd[2:] == ["--input", "/tmp/in put.nrrd", "--model", "/models/my model",
-                       "--output", "/tmp/out.npz", "--device", "cuda"]
+                       "--output", "/tmp/out.npz", "--device", "cuda", "--form", "auto"]
+    assert proc.buildCommand("i", "m", "o", form="compact")[-2:] == ["--form", "compact"]
     env = proc.runnerEnvironment({"PYTHONPATH": "/elsewhere"})
     parts = env["PYTHONPATH"].split(os.pathsep)
     assert parts[-1] == "/elsewhere"
@@ -137,32 +138,46 @@ def test_cancel_kills_the_process_tree_and_removes_files(tmp_path):
         pytest.fail("grandchild still running after cancel")
 
 
-def test_prediction_file_round_trip(tmp_path):
+def test_full_prediction_file_of_earlier_versions_is_still_read(tmp_path):
+    """The layout the inference process wrote before the top-k form (kept by the library)."""
+    import dataclasses
+    import json
+
     from logic_support import models_and_predictions
 
+    from CalibSegLib.inference.prediction_io import load_prediction
+
     (_, pred), _ = models_and_predictions()
-    path = proc.savePrediction(str(tmp_path / "p.npz"), pred)
-    back = proc.loadPrediction(path)
+    arrays, meta = {}, {}
+    for f in dataclasses.fields(pred):
+        value = getattr(pred, f.name)
+        if value is None or f.name in ("probs", "confidence", "entropy", "scores"):
+            continue
+        if isinstance(value, np.ndarray):
+            arrays[f.name] = value
+        else:
+            meta[f.name] = value
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta, default=str).encode(), np.uint8)
+    path = str(tmp_path / "old.npz")
+    np.savez(path, **arrays)
+    back = load_prediction(path)
     for name in ("logits", "labels", "confidence", "entropy", "probs", "similarity",
                  "nearest_prototype", "prototype_class", "prototype_weights", "affine"):
         np.testing.assert_array_equal(getattr(back, name), getattr(pred, name), err_msg=name)
-    assert back.class_names == pred.class_names
-    assert back.temperature == pred.temperature
-    assert back.class_colors == pred.class_colors
+    assert back.class_names == pred.class_names and back.temperature == pred.temperature
 
 
-def test_real_runner_matches_in_process_inference(tmp_path, capsys):
-    from logic_support import case4, model_folders
-
-    from CalibSegLib.inference import predict
-    from CalibSegLib.models import load_model
+def _crop():
+    from logic_support import case4
 
     case = case4()
     image = np.ascontiguousarray(case.image[8:40, 16:48, 12:44])  # 32^3 keeps it quick
     affine = case.affine.copy()
     affine[:3, 3] = (case.affine @ np.array([12, 16, 8, 1.0]))[:3]
-    folder = model_folders()[1]
-    job = proc.InferenceJob(folder, "cpu")
+    return image, affine
+
+
+def _run(job, image, affine):
     job.writeInput(image, affine)
     job.start()
     events = []
@@ -171,14 +186,79 @@ def test_real_runner_matches_in_process_inference(tmp_path, capsys):
         events += job.poll()
         time.sleep(0.05)
     assert job.state == "finished", job.error + "\n" + "\n".join(job.log)
+    return events
+
+
+def test_real_runner_matches_in_process_inference(tmp_path, capsys):
+    from logic_support import model_folders
+
+    from CalibSegLib.inference import predict
+    from CalibSegLib.models import load_model
+
+    image, affine = _crop()
+    folder = model_folders()[1]
+    job = proc.InferenceJob(folder, "cpu", form="full")
+    events = _run(job, image, affine)
     assert any(e[0] == "done" for e in events)
     assert len([e for e in events if e[0] == "progress"]) >= 3
-    back = proc.loadPrediction(job.outputPath)
-    expected = predict(image, affine, load_model(folder), device="cpu")
+    back = job.result()
+    expected = predict(image, affine, load_model(folder), device="cpu", form="full")
+    assert not back.is_compact
     np.testing.assert_allclose(back.logits, expected.logits, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(back.affine, affine, atol=1e-4)
     job.cleanup()
     assert not os.path.exists(job.tempDir)
+
+
+def _owns_no_memory(array) -> bool:
+    """Whether ``array`` is a view of a memory map (no copy in this process's heap)."""
+    import mmap
+
+    base = array
+    while isinstance(base, np.ndarray) and not isinstance(base, np.memmap):
+        if base.base is None:
+            return False
+        base = base.base
+    return isinstance(base, (np.memmap, mmap.mmap))
+
+
+def test_compact_hand_over_is_memory_mapped_and_read_back_equal(tmp_path):
+    """The runner writes the top-k form (no per-class float32 member); Slicer maps it."""
+    import zipfile
+
+    from logic_support import model_folders
+
+    from CalibSegLib.inference import predict
+    from CalibSegLib.models import load_model
+
+    image, affine = _crop()
+    folder = model_folders()[1]  # linear head: the compact form applies
+    job = proc.ProcessRunner(form="compact").inference(folder, "cpu")
+    _run(job, image, affine)
+    voxels = image.size
+    with zipfile.ZipFile(job.outputPath) as archive:
+        sizes = {i.filename: i.file_size for i in archive.infolist()}
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in archive.infolist())
+    per_voxel = {name: size / voxels for name, size in sizes.items() if size > voxels}
+    # top-k arrays (at most 16 bytes per voxel in all) and the two float32 maps, no C-fold array
+    assert set(per_voxel) == {"indices.npy", "gaps.npy", "confidence.npy", "entropy.npy"}
+    assert sum(per_voxel[n] for n in ("indices.npy", "gaps.npy")) <= 16 + 1e-3
+    back = job.result()
+    assert back.is_compact and back.logits is None and back.probs is None
+    for array in (back.scores.indices, back.scores.gaps, back.confidence, back.entropy,
+                  back.labels):
+        assert _owns_no_memory(array) and not array.flags.writeable
+    expected = predict(image, affine, load_model(folder), device="cpu", form="compact")
+    for name in ("indices", "gaps", "tail"):
+        np.testing.assert_array_equal(getattr(back.scores, name),
+                                      getattr(expected.scores, name), err_msg=name)
+    for name in ("labels", "confidence", "entropy"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(expected, name), err_msg=name)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-4)
+    assert back.class_names == expected.class_names and back.temperature == expected.temperature
+    job.cleanup()  # the mapping keeps the removed file's data (POSIX)
+    assert not os.path.exists(job.tempDir)
+    np.testing.assert_array_equal(back.confidence, expected.confidence)
 
 
 def test_runner_reports_user_errors_as_one_line(tmp_path, capsys):

@@ -301,8 +301,10 @@ def test_fit_temperature_to_reference(setup):
     fitted = logic.fitTemperatureToReference()
     (_, pred), _ = models_and_predictions()
     expected = fit_temperature(pred.logits, case4().labels.astype(np.int64))
-    assert fitted["A"] == pytest.approx(float(expected))
-    assert logic.results["A"].temperature == pytest.approx(float(expected))
+    # the logic fits on the library's temperature grid (refined by a parabola in log T),
+    # which works on either form of the prediction: within 1e-3 of the continuous fit
+    assert fitted["A"] == pytest.approx(float(expected), rel=1e-3)
+    assert logic.results["A"].temperature == pytest.approx(fitted["A"])
 
 
 def test_segmentation_node_as_reference(setup):

@@ -262,11 +262,13 @@ def test_temperature_preview_shows_the_visible_plane_then_applies(session, image
         node.JumpSliceByCentering(*(case.affine @ np.array([24, 29, 12, 1.0]))[:3])
     assert session.previewTemperature("A", 3.0)
     assert session.temperatures()["A"] == pytest.approx(3.0)
-    assert session.metricsTable() == table  # waits for apply
+    assert session.showing() == "preview: visible slices"
+    assert session.metricsTable() != table  # an estimate from a voxel sample meanwhile
     shown = slicer.util.arrayFromVolume(session.logic.node("A", "confidence"))
     expected = expected_prediction(model_folders()[0], 3.0).confidence
     np.testing.assert_allclose(shown[12], expected[12], atol=2e-3)  # the plane shown
     assert session.applyTemperatures() == ["A"]
+    assert session.showing() == "full volume"
     np.testing.assert_allclose(
         slicer.util.arrayFromVolume(session.logic.node("A", "confidence")), expected, atol=2e-3)
     assert session.metricsTable() != table
@@ -394,3 +396,56 @@ def test_a_dicom_input_also_exports_dicom_seg_and_parametric_map(session, tmp_pa
     source_uid = pydicom.dcmread(os.path.join(series, sorted(os.listdir(series))[0])) \
         .StudyInstanceUID
     assert seg.StudyInstanceUID == source_uid == pm.StudyInstanceUID
+
+
+def test_compact_prediction_in_the_browser_session(tmp_path, image_file):
+    """The top-k form through the page's actions: run, preview, background refresh, table,
+    diagram, probe and export."""
+    from CalibSegLib.inference import apply_temperature, predict
+    from CalibSegLib.models import load_model
+
+    scene = new_scene()
+    for name in ("Red", layouts.COMPARE_VIEW):
+        layouts.sliceNode(scene, name)
+    proto, linear = model_folders()
+    folder = PrivateFolder(maxUploadBytes=2**20)
+    session = ViewerSession(scene, ModelCatalogue.build([], [linear]), folder, form="compact")
+    session.logic.backgroundVoxels = 0
+    try:
+        session.loadImage(image_file)
+        assert run_models(session, ["m0"]) == ["A"]
+        result = session.logic.results["A"]
+        assert result.prediction.is_compact and result.prediction.probs is None
+        session.chooseReference(None, path=os.path.join(os.path.dirname(image_file),
+                                                        "labels.nii.gz"))
+        assert session.showing() == "full volume"
+        case = case4()
+        compact = predict(case.image, case.affine, load_model(linear), device="cpu",
+                          form="compact")
+        assert session.previewTemperature("A", 2.5)
+        assert session.showing() == "preview: visible slices"
+        assert session.applyTemperatures() == ["A"]
+        deadline = time.monotonic() + 60
+        while session.refreshing:
+            assert time.monotonic() < deadline
+            session.pollTemperatures()
+            time.sleep(0.02)
+        assert session.showing() == "full volume"
+        at = apply_temperature(compact, 2.5)
+        np.testing.assert_array_equal(
+            slicer.util.arrayFromVolume(session.logic.node("A", "confidence")), at.confidence)
+        header, rows = session.metricsTable()
+        ece = next(row for row in rows if row[0] == "ECE")[1]
+        metrics = at.reliability_stats(case.labels, 20).metrics().to_dict()
+        assert float(ece) == pytest.approx(metrics["ece"], abs=1e-4)
+        assert session.diagramPng().startswith(b"\x89PNG")
+        index = (10, 26, 20)
+        ras = (case.affine @ np.array([index[2], index[1], index[0], 1.0]))[:3]
+        entry = voxel_probe.probeVoxel(session.logic, ras)["A"]
+        probs = at.probabilities(region=index)
+        np.testing.assert_allclose(list(entry["probabilities"].values()), probs, atol=1e-6)
+        name, data = session.exportZip()
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            assert any(n.endswith("-confidence.nii.gz") for n in archive.namelist())
+    finally:
+        folder.remove()

@@ -8,6 +8,8 @@ results in slots A and B, the reference labels, the display choices) and delegat
 - :mod:`~CalibSegSlicer.reference`: the reference segmentation on the input grid,
 - :mod:`~CalibSegSlicer.reliability`: reliability diagram and metrics table,
 - :mod:`~CalibSegSlicer.display`: foreground and label layers, visible planes,
+- :mod:`~CalibSegSlicer.temperature`: a temperature change, previewed on the visible
+  planes and a sampled diagram first, the whole volume after (in the background),
 - :mod:`~CalibSegSlicer.prototypes`: probe, prototype sources, contribution maps,
 - :mod:`~CalibSegSlicer.export`: files.
 
@@ -23,15 +25,30 @@ import math
 import numpy as np
 import slicer
 
-from CalibSegLib.calibration import ReliabilityStats, fit_temperature
+from CalibSegLib.calibration import default_temperature_grid, fit_temperature_from_grid
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.inference import Prediction, apply_temperature
-from CalibSegLib.inference.compact import compact_prediction, from_fixed_point
+from CalibSegLib.inference import Prediction
 from CalibSegLib.models import Model
-from CalibSegSlicer import arrays, display, export, layouts, prototypes, reference, results
+from CalibSegSlicer import (
+    arrays,
+    display,
+    export,
+    layouts,
+    prototypes,
+    reference,
+    results,
+)
 from CalibSegSlicer.catalog import loadModel  # noqa: F401  (part of the scripting API)
 from CalibSegSlicer.reliability import ReliabilityChart, columnName
 from CalibSegSlicer.results import SLOTS, ModelResult
+from CalibSegSlicer.temperature import (
+    BACKGROUND_VOXELS,
+    FULL,
+    PREVIEW,
+    VolumeRefresh,
+    regionStats,
+    sampleRegion,
+)
 
 N_BINS = 20
 
@@ -39,11 +56,8 @@ N_BINS = 20
 class CalibSegLogic:
     """MRML logic of CalibSeg (no Qt): see the module docstring."""
 
-    def __init__(self, scene=None, compact: bool = True):
+    def __init__(self, scene=None):
         self.scene = scene if scene is not None else slicer.mrmlScene
-        #: hold probabilities as uint16 fixed point and similarity maps as float16
-        #: (CalibSegLib.inference.compact): about half the memory, metrics within 1e-3
-        self.compact = bool(compact)
         self.results: dict[str, ModelResult] = {}
         self.inputNodeID: str | None = None
         self.inputAffine: np.ndarray | None = None
@@ -56,6 +70,10 @@ class CalibSegLogic:
         self.chart = ReliabilityChart(self.scene)
         #: slot -> temperature previewed on the visible planes, not yet applied
         self.pendingTemperatures: dict[str, float] = {}
+        #: slot -> whole-volume refresh at a new temperature, running or not yet shown
+        self.refreshes: dict[str, VolumeRefresh] = {}
+        #: volumes of at least this many voxels are refreshed in a worker thread
+        self.backgroundVoxels = BACKGROUND_VOXELS
 
     @property
     def chartNodeID(self) -> str | None:
@@ -84,8 +102,12 @@ class CalibSegLogic:
         return arrays.arrayFromNode(volumeNode, dtype=np.float32)
 
     def run(self, volumeNode, models: list[Model], device: str = "auto", referenceNode=None,
-            progress=None, cancel=None) -> dict[str, ModelResult]:
-        """Predict with one or two loaded models in this process and show everything."""
+            progress=None, cancel=None, form: str = "auto") -> dict[str, ModelResult]:
+        """Predict with one or two loaded models in this process and show everything.
+
+        ``form`` is the prediction's form (``"auto"``: the top-k form beyond the library's
+        memory budget; ``"full"``; ``"compact"``).
+        """
         from CalibSegLib.inference import predict
 
         if not models:
@@ -93,7 +115,7 @@ class CalibSegLogic:
         image, affine = self.inputArray(volumeNode)
         for slot, model in zip(SLOTS, models):
             prediction = predict(image, affine, model, device=device, progress=progress,
-                                 cancel=cancel)
+                                 cancel=cancel, form=form)
             self.addPrediction(volumeNode, model, prediction, slot=slot)
         for slot in SLOTS[len(models):]:
             self.removeResult(slot)
@@ -116,8 +138,7 @@ class CalibSegLogic:
             raise CalibSegError("No model result to show: run a model first.")
         image, affine = self.inputArray(volumeNode)
         results.checkPrediction(prediction, image.shape, affine, volumeNode.GetName())
-        stored = compact_prediction(prediction) if self.compact else prediction
-        result = ModelResult(slot=slot, model=model, prediction=stored, current=stored)
+        result = ModelResult(slot=slot, model=model, prediction=prediction, current=prediction)
         built = results.buildNodes(result, volumeNode.GetName(), affine)
 
         if self.inputNodeID not in (None, volumeNode.GetID()):
@@ -155,6 +176,7 @@ class CalibSegLogic:
         """Remove model ``slot``'s result and nodes (nothing when the slot is empty)."""
         result = self.results.pop(slot, None)
         self.pendingTemperatures.pop(slot, None)
+        self._cancelRefresh(slot)
         if result is not None:
             results.removeNodes(self.scene, result)
             if self.chart.chartNodeID is not None:
@@ -168,6 +190,8 @@ class CalibSegLogic:
             results.removeNodes(self.scene, result)
         self.results.clear()
         self.pendingTemperatures.clear()
+        for slot in list(self.refreshes):
+            self._cancelRefresh(slot)
         self.chart.remove()
         self.referenceLabels = self.referenceNodeID = None
         self.inputNodeID = self.inputAffine = self.inputShape = None
@@ -232,9 +256,14 @@ class CalibSegLogic:
         return next(iter(self.results.values())).classNames
 
     def setReference(self, referenceNode) -> dict:
-        """Compute reliability statistics against ``referenceNode``; draw diagram and table."""
+        """Compute reliability statistics against ``referenceNode``; draw diagram and table.
+
+        A temperature change still under way is finished first (its statistics need the
+        reference it will be shown with).
+        """
         if not self.results:
             raise CalibSegError("No model result yet: apply a model before choosing a reference.")
+        self.finishTemperatures()
         volumeNode = self.scene.GetNodeByID(self.inputNodeID)
         labels = reference.referenceLabels(self.scene, referenceNode, volumeNode,
                                            self._classNames())
@@ -247,12 +276,11 @@ class CalibSegLogic:
             raise
 
     def _updateStats(self, slots=None) -> dict:
-        """(Re)compute statistics of ``slots`` and refresh the chart and metrics table."""
+        """(Re)compute the whole-volume statistics of ``slots``; refresh chart and table."""
         for slot in slots or list(self.results):
             result = self.results[slot]
-            result.stats = ReliabilityStats.from_probs(result.current.probs,
-                                                       self.referenceLabels, n_bins=N_BINS)
-            result.metrics = result.stats.metrics().to_dict()
+            result.setStats(result.current.reliability_stats(self.referenceLabels, N_BINS),
+                            result.temperature, estimated=False)
         self.chart.update(self.results)
         return {slot: r.metrics for slot, r in self.results.items()}
 
@@ -268,53 +296,147 @@ class CalibSegLogic:
 
     def setTemperature(self, temperature: float, slot: str | None = None) -> None:
         """Model ``slot`` at ``temperature`` (logits rescaled, no re-inference): whole
-        volume, diagram and metrics; nodes updated in place. Other models keep theirs;
-        ``slot=None`` sets every model to ``temperature``."""
-        temperature = _checked(temperature)
-        slots = [slot] if slot else list(self.results)
-        for s in slots:
-            result = self._result(s)
-            result.current = apply_temperature(result.prediction, temperature)
+        volume, diagram and metrics, before returning; nodes updated in place. Other
+        models keep theirs; ``slot=None`` sets every model to ``temperature``."""
+        value = _checked(temperature)
+        for s in [slot] if slot else list(self.results):
+            self._result(s)
+            self._cancelRefresh(s)
             self.pendingTemperatures.pop(s, None)
-            results.refreshTemperatureNodes(self.scene, result, self.inputAffine)
-        if self.referenceLabels is not None:
-            self._updateStats(slots)
+            self._startRefresh(s, value, background=False)
+        self.pollRefresh()
 
-    def previewTemperature(self, temperature: float, slot: str) -> list[tuple[int, int]] | None:
-        """Show model ``slot`` at ``temperature`` on the planes the slice views show only.
-
-        A few planes of the logits instead of the whole volume, for a slider that moves.
-        The result, diagram and metrics keep the applied temperature until
-        :meth:`applyPendingTemperature`. Returns the planes refreshed; None when a view is
-        oblique to the voxel grid (nothing is previewed; the views follow when the pending
-        temperature is applied).
-        """
-        result = self._result(slot)
-        temperature = _checked(temperature)
-        self.pendingTemperatures[slot] = temperature
-        planes = display.visiblePlanes(self.scene, self.inputAffine, self.inputShape)
-        if planes is not None:
-            results.refreshPlanes(self.scene, result, planes, temperature)
+    def changeTemperature(self, temperature: float, slot: str) -> list[tuple[int, int]] | None:
+        """Interactive change: :meth:`previewTemperature`, then the whole volume follows
+        (in the background for large volumes; :meth:`pollRefresh` shows it)."""
+        planes = self.previewTemperature(temperature, slot)
+        self.applyPendingTemperature()
         return planes
 
-    def applyPendingTemperature(self) -> list[str]:
-        """Apply every previewed temperature to its whole model; return the slots updated."""
-        done = []
-        for slot, temperature in list(self.pendingTemperatures.items()):
+    def previewTemperature(self, temperature: float, slot: str) -> list[tuple[int, int]] | None:
+        """Show model ``slot`` at ``temperature`` on the planes the slice views show, and
+        an estimated diagram and table (from a grid sample of the volume); the cost is
+        bounded by the planes and the sample, not the volume.
+
+        A refresh of the slot still running is cancelled. The result keeps the applied
+        temperature until :meth:`applyPendingTemperature`. Returns the planes refreshed;
+        None when a view is oblique to the voxel grid (no plane is previewed; the views
+        follow when the pending temperature is applied).
+        """
+        result = self._result(slot)
+        value = _checked(temperature)
+        self._cancelRefresh(slot)
+        self.pendingTemperatures[slot] = value
+        planes = display.visiblePlanes(self.scene, self.inputAffine, self.inputShape)
+        if planes is not None:
+            results.refreshPlanes(self.scene, result, planes, value)
+        result.showing = PREVIEW
+        if self.referenceLabels is not None:
+            region = sampleRegion(self.inputShape)
+            result.setStats(regionStats(result.prediction, self.referenceLabels, value,
+                                        region, N_BINS), value, estimated=True)
+            self.chart.update(self.results)
+        return planes
+
+    def applyPendingTemperature(self, background: bool | None = None) -> list[str]:
+        """Apply every previewed temperature to its whole model; return the slots started.
+
+        ``background`` (default: volumes of at least :attr:`backgroundVoxels` voxels) runs
+        the work in a worker thread: the preview stays until :meth:`pollRefresh` shows
+        the whole volume and the exact statistics. Otherwise they are shown before this
+        returns.
+        """
+        if background is None:
+            voxels = int(np.prod(self.inputShape)) if self.inputShape else 0
+            background = voxels >= self.backgroundVoxels
+        started = []
+        for slot, value in list(self.pendingTemperatures.items()):
             if slot in self.results:
-                self.setTemperature(temperature, slot)
-                done.append(slot)
+                self._startRefresh(slot, value, background)
+                started.append(slot)
         self.pendingTemperatures.clear()
-        return done
+        self.pollRefresh()
+        return started
+
+    def _startRefresh(self, slot: str, value: float, background: bool) -> None:
+        self._cancelRefresh(slot)
+        job = VolumeRefresh(slot, self.results[slot].prediction, value,
+                                        self.referenceLabels, N_BINS)
+        self.refreshes[slot] = job
+        if background:
+            job.start()
+        else:
+            job.run()
+
+    def _cancelRefresh(self, slot: str) -> None:
+        job = self.refreshes.pop(slot, None)
+        if job is not None:
+            job.cancel()
+
+    @property
+    def refreshing(self) -> bool:
+        """Whether a whole-volume refresh is under way (or finished, not yet shown)."""
+        return bool(self.refreshes)
+
+    def pollRefresh(self) -> list[str]:
+        """Show the finished whole-volume refreshes (call on the main thread, e.g. from a
+        timer); return their slots. A failed refresh raises its error once."""
+        shown, failed = [], []
+        for slot, job in list(self.refreshes.items()):
+            if not job.done:
+                continue
+            del self.refreshes[slot]
+            result = self.results.get(slot)
+            if job.state != "finished" or result is None:
+                if job.state == "failed":
+                    failed.append(job.error)
+                continue
+            result.current = job.current
+            results.refreshTemperatureNodes(self.scene, result, self.inputAffine)
+            if self.referenceLabels is not None:
+                stats = job.stats if job.reference is self.referenceLabels else \
+                    result.current.reliability_stats(self.referenceLabels, N_BINS)
+                result.setStats(stats, result.temperature, estimated=False)
+            result.showing = FULL
+            shown.append(slot)
+        if shown and self.referenceLabels is not None:
+            self.chart.update(self.results)
+        if failed:
+            raise CalibSegError(failed[0])
+        return shown
+
+    def waitForRefresh(self, timeout: float | None = None) -> list[str]:
+        """Wait for the running refreshes, then show them (scripts and tests)."""
+        for job in list(self.refreshes.values()):
+            job.wait(timeout)
+        return self.pollRefresh()
+
+    def finishTemperatures(self) -> None:
+        """Apply pending temperatures and wait for every refresh: the whole volume is shown."""
+        self.applyPendingTemperature(background=False)
+        self.waitForRefresh()
+
+    def showing(self, slot: str | None = None) -> str:
+        """``"preview"`` while model ``slot`` (any model, for None) shows a preview, else
+        ``"full"``; ``CalibSegSlicer.temperature.SHOWING`` has the words for it."""
+        shown = [self.results[slot]] if slot in self.results else (
+            list(self.results.values()) if slot is None else [])
+        if any(r.showing == PREVIEW for r in shown):
+            return PREVIEW
+        return FULL
 
     def fitTemperatureToReference(self, slot: str | None = None) -> dict[str, float]:
-        """Fit each model's temperature to the reference; apply and return them."""
+        """Fit each model's temperature to the reference (minimum NLL over a grid of
+        temperatures, from the stored prediction in either form); apply and return them."""
         if self.referenceLabels is None:
             raise CalibSegError("No reference segmentation: choose one before fitting.")
+        self.finishTemperatures()
+        grid = default_temperature_grid()
         fitted = {}
         for s in [slot] if slot else list(self.results):
-            fitted[s] = float(fit_temperature(self._result(s).prediction.logits,
-                                              self.referenceLabels))
+            sums, _ = self._result(s).prediction.nll_over_temperatures(self.referenceLabels,
+                                                                       grid)
+            fitted[s] = float(fit_temperature_from_grid(sums, grid))
             self.setTemperature(fitted[s], s)
         return fitted
 
@@ -328,8 +450,8 @@ class CalibSegLogic:
             if index is None:
                 continue
             current = result.current
-            probs = from_fixed_point(current.probs[(slice(None), *index)])
-            cls = int(np.argmax(probs))
+            probs = current.probabilities(region=index)  # (C,) at the shown temperature
+            cls = int(current.labels[index])
             out[s] = {
                 "model": result.name, "index_zyx": index,
                 "class_index": cls, "class_name": result.classNames[cls],
@@ -364,8 +486,9 @@ class CalibSegLogic:
 
     # ----------------------------------------------------------------------- export
     def export(self, folder: str) -> list[str]:
-        """Write labels, confidence, entropy (and metrics) of each model into ``folder``."""
-        self.applyPendingTemperature()
+        """Write labels, confidence, entropy (and metrics) of each model into ``folder``
+        (a temperature change under way is finished first)."""
+        self.finishTemperatures()
         return export.exportResults(self.results, self.inputAffine, folder)
 
 

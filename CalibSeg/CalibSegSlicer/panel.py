@@ -22,6 +22,7 @@ from CalibSegSlicer.catalog import ModelCatalog, cardText, loadModel, modelFolde
 from CalibSegSlicer.logic import CalibSegLogic
 from CalibSegSlicer.process import Job, JobRunner
 from CalibSegSlicer.results import SLOTS
+from CalibSegSlicer.temperature import SHOWING
 
 #: (widget, signal, panel method) connected by the Qt widget. Every input of Apply
 #: (volume, model A, model B) ends in :meth:`CalibSegPanel.updateButtons`.
@@ -182,6 +183,12 @@ class CalibSegPanel:
     def running(self) -> bool:
         return self.current is not None
 
+    @property
+    def busy(self) -> bool:
+        """A job runs, or a temperature change is still being applied to the whole volume:
+        keep calling :meth:`poll`."""
+        return self.running or self.logic.refreshing
+
     def canApply(self) -> tuple[bool, str]:
         """Whether Apply can run now, and why not (shown as the button's tooltip)."""
         if self.running:
@@ -251,10 +258,12 @@ class CalibSegPanel:
         return f"Model {task.slot}" if task.kind == "inference" else "Import"
 
     def poll(self) -> bool:
-        """Follow the running job; show its result when it ends. True while jobs remain."""
+        """Follow the running job and the temperature refresh; show what ended. True while
+        either remains."""
+        self.pollTemperature()
         task = self.current
         if task is None:
-            return False
+            return self.logic.refreshing
         task.job.poll()
         done = self._taskTotal - len(self.tasks)
         self.ui.progressBar.value = int(100 * (done + task.job.fraction) / self._taskTotal)
@@ -283,7 +292,7 @@ class CalibSegPanel:
             return True
         if task.kind == "inference":
             self._afterInference()
-        return False
+        return self.logic.refreshing
 
     def _abort(self, message: str) -> None:
         for task in self.tasks:
@@ -369,14 +378,28 @@ class CalibSegPanel:
         if self.parameterNode is not None:
             setattr(self.parameterNode, f"temperature{slot}", float(value))
         self.logic.previewTemperature(value, slot)
+        self.showMetrics()
         self.debounce.schedule(self.applyPendingTemperature)
 
     def applyPendingTemperature(self) -> None:
-        if self.logic.applyPendingTemperature():
+        """The slider paused: the whole volume follows (in the background for large
+        volumes: :meth:`poll` shows it when done)."""
+        self.logic.applyPendingTemperature()
+        self.showMetrics()
+
+    def pollTemperature(self) -> bool:
+        """Show a finished whole-volume refresh; True while one is still running."""
+        try:
+            shown = self.logic.pollRefresh()
+        except CalibSegError as exc:
+            self.ui.statusLabel.text = str(exc)
+            self.report(str(exc))
+            shown = []
+        if shown:
             self.showMetrics()
+        return self.logic.refreshing
 
     def fitTemperature(self, *_) -> None:
-        self.logic.applyPendingTemperature()
         self.logic.fitTemperatureToReference()
         self.showTemperature()
         self.showMetrics()
@@ -385,20 +408,28 @@ class CalibSegPanel:
     def onReference(self, node=None) -> None:
         node = node if node is not None else self.ui.referenceSelector.currentNode()
         if node is not None and self.logic.results:
-            self.logic.applyPendingTemperature()
             self.logic.setReference(node)
             self.showMetrics()
         self.updateButtons()
 
     def showMetrics(self) -> None:
+        """Each model's temperature and metrics (an estimate while previewed), and what the
+        views show: a preview of the visible slices, or the full volume."""
         lines = []
         for slot, result in self.logic.results.items():
-            line = f"{slot} ({result.name}): T={result.temperature:.2f}"
+            t = self.logic.pendingTemperatures.get(slot, result.statsTemperature
+                                                   if result.statsEstimated else
+                                                   result.temperature)
+            line = f"{slot} ({result.name}): T={t:.2f}"
             if result.metrics:
                 m = result.metrics
                 line += (f"  ACE {m['ace']:.4f}  ECE {m['ece']:.4f}  MCE {m['mce']:.4f}")
+                if result.statsEstimated:
+                    line += "  (estimate from a voxel sample)"
             lines.append(line)
         self.ui.metricsLabel.text = "\n".join(lines)
+        self.ui.temperatureStateLabel.text = (
+            f"Showing: {SHOWING[self.logic.showing()]}" if self.logic.results else "")
 
     def onDisplay(self, *_) -> None:
         if not self.logic.results:

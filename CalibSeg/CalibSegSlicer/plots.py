@@ -24,6 +24,7 @@ import vtk
 from CalibSegLib.calibration import DiagramBins
 
 CHART_NAME = "CalibSeg reliability diagram"
+CHART_TITLE = "Reliability diagram"
 DIAGONAL_TABLE = "CalibSeg reliability diagonal"
 METRICS_TABLE = "CalibSeg metrics"
 
@@ -136,7 +137,7 @@ def newSeries(name: str, tableNode, xColumn: str, yColumn: str, color, plotType:
 def newChart():
     chart = slicer.vtkMRMLPlotChartNode()
     chart.SetName(CHART_NAME)
-    chart.SetTitle("Reliability diagram")
+    chart.SetTitle(CHART_TITLE)
     chart.SetXAxisTitle("confidence (max probability)")
     chart.SetYAxisTitle("observed frequency / fraction of voxels")
     chart.SetXAxisRangeAuto(False)

@@ -2,7 +2,13 @@
 
 For inference the input is written to a temporary NRRD, ``CalibSegSlicer/runner.py``
 runs in ``PythonSlicer`` (the same Python as Slicer's), prints machine-readable
-progress lines and writes the prediction to a ``.npz``; for an import it runs the
+progress lines and writes the prediction with the library's ``save_prediction``
+(the top-k form for large volumes: at most 16 bytes per voxel, no per-class float32);
+Slicer reads it back with ``load_prediction``, memory-mapped (the class scores are
+not copied into Slicer's memory; pages are read as the views use them). The temporary
+folder is removed once the result is read: on POSIX systems the mapping keeps the
+removed file's data until the prediction is released (on Windows, where a mapped file
+cannot be removed, the file is read into memory instead, once). For an import it runs the
 library's importer and writes the new model folder. A reader thread collects the
 output and the panel's timer calls :meth:`BackgroundJob.poll` on the main thread,
 where all MRML changes happen. Cancel kills the whole process tree; temporary
@@ -18,8 +24,6 @@ Nothing here imports Qt or MRML, so it is tested headless with a plain Python.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
 import queue
 import shutil
@@ -36,8 +40,6 @@ import numpy as np
 PROGRESS_PREFIX = "CALIBSEG-PROGRESS"
 ERROR_PREFIX = "CALIBSEG-ERROR"
 DONE_PREFIX = "CALIBSEG-DONE"
-#: Fields not written: recomputed from the logits at the saved temperature on loading.
-RECOMPUTED = ("probs", "confidence", "entropy")
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner.py")
 
 
@@ -70,10 +72,11 @@ def pythonExecutable() -> str:
 
 
 def buildCommand(inputPath: str, modelFolder: str, outputPath: str, device: str = "auto",
-                 python: str | None = None, runner: str = RUNNER) -> list[str]:
+                 python: str | None = None, runner: str = RUNNER, form: str = "auto"
+                 ) -> list[str]:
     """The runner's inference command line (a list: no shell, paths with spaces are safe)."""
     return [python or pythonExecutable(), runner, "--input", inputPath, "--model", modelFolder,
-            "--output", outputPath, "--device", device]
+            "--output", outputPath, "--device", device, "--form", form]
 
 
 def buildImportCommand(source: str, outputFolder: str, python: str | None = None,
@@ -93,45 +96,6 @@ def runnerEnvironment(base=None) -> dict:
     env["PYTHONPATH"] = os.pathsep.join([moduleDir] + libRoots + ([old] if old else []))
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def savePrediction(path: str, prediction) -> str:
-    """Write a ``Prediction`` to ``.npz`` atomically: its arrays, and its other fields as JSON.
-
-    ``probs``, ``confidence`` and ``entropy`` are not written (recomputed from the logits).
-    """
-    from CalibSegLib.io import atomic_path
-
-    arrays, meta = {}, {}
-    for f in dataclasses.fields(prediction):  # not asdict: it would deep-copy every array
-        value = getattr(prediction, f.name)
-        if value is None or f.name in RECOMPUTED:
-            continue
-        if isinstance(value, np.ndarray):
-            arrays[f.name] = value
-        else:
-            meta[f.name] = value
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta, default=str).encode(), dtype=np.uint8)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    return path
-
-
-def loadPrediction(path: str):
-    """The ``Prediction`` written by :func:`savePrediction` (maps recomputed at its temperature)."""
-    import torch
-
-    from CalibSegLib.inference import Prediction, probability_maps
-
-    with np.load(path, allow_pickle=False) as data:
-        fields = {k: np.array(data[k]) for k in data.files if k != "__meta__"}
-        fields.update(json.loads(bytes(data["__meta__"]).decode()))
-    fields["class_names"] = tuple(fields["class_names"])
-    fields["class_colors"] = tuple(tuple(c) for c in fields.get("class_colors", ()))
-    logits = torch.from_numpy(np.ascontiguousarray(fields["logits"]))
-    probs, confidence, entropy = probability_maps(logits, float(fields["temperature"]))
-    fields.update(probs=probs.numpy(), confidence=confidence.numpy(), entropy=entropy.numpy())
-    return Prediction(**fields)
 
 
 def killTree(process: subprocess.Popen, grace: float = 2.0) -> None:
@@ -262,10 +226,11 @@ class InferenceJob(BackgroundJob):
     """One model run on one input image in a child process; :meth:`result` is the Prediction."""
 
     def __init__(self, modelFolder: str, device: str = "auto", python: str | None = None,
-                 runner: str = RUNNER, command=None):
+                 runner: str = RUNNER, command=None, form: str = "auto"):
         super().__init__("", python, runner, command)
         self.modelFolder = modelFolder
         self.device = device
+        self.form = form
         self.inputPath = os.path.join(self.tempDir, "input.nrrd")
         self.outputPath = os.path.join(self.tempDir, "prediction.npz")
 
@@ -279,11 +244,13 @@ class InferenceJob(BackgroundJob):
         if self._command is not None:
             return list(self._command)
         return buildCommand(self.inputPath, self.modelFolder, self.outputPath, self.device,
-                            self.python, self.runner)
+                            self.python, self.runner, self.form)
 
     def result(self):
-        """The ``Prediction`` the child process wrote (after ``"finished"``)."""
-        return loadPrediction(self.outputPath)
+        """The ``Prediction`` the child process wrote (after ``"finished"``), memory-mapped."""
+        from CalibSegLib.inference.prediction_io import load_prediction
+
+        return load_prediction(self.outputPath, mmap=os.name != "nt")
 
 
 class ImportJob(BackgroundJob):
@@ -332,13 +299,15 @@ class JobRunner(Protocol):
 
 
 class ProcessRunner:
-    """Starts jobs in child processes (``PythonSlicer`` inside Slicer)."""
+    """Starts jobs in child processes (``PythonSlicer`` inside Slicer); ``form`` is the
+    prediction's form (``"auto"``: the top-k form beyond the library's memory budget)."""
 
-    def __init__(self, python: str | None = None) -> None:
+    def __init__(self, python: str | None = None, form: str = "auto") -> None:
         self.python = python
+        self.form = form
 
     def inference(self, modelFolder: str, device: str = "auto") -> InferenceJob:
-        return InferenceJob(modelFolder, device, python=self.python)
+        return InferenceJob(modelFolder, device, python=self.python, form=self.form)
 
     def importModel(self, source: str, outputFolder: str) -> ImportJob:
         return ImportJob(source, outputFolder, python=self.python)
@@ -391,14 +360,19 @@ class InProcessJob:
 class InProcessRunner:
     """Runs the jobs' library calls in this process (no ``PythonSlicer`` needed)."""
 
+    def __init__(self, form: str = "auto") -> None:
+        self.form = form
+
     def inference(self, modelFolder: str, device: str = "auto") -> InProcessJob:
+        form = self.form
+
         def work(image, progress):
             from CalibSegLib.inference import predict
             from CalibSegLib.models import load_model
 
             volume, affine = image
             return predict(volume, affine, load_model(modelFolder), device=device,
-                           progress=progress)
+                           progress=progress, form=form)
 
         return InProcessJob(work)
 

@@ -4,7 +4,8 @@ The chart holds the diagonal of perfect calibration and, per model, its observed
 frequency per confidence bin (line over the bins with enough voxels; grey points,
 labelled with their count, for the bins with too few, which MCE leaves out) and the
 share of voxels per bin (bars), read from a table node of that model. The metrics
-table has one column per model.
+table has one column per model. While a temperature is previewed, a model's statistics
+are an estimate from a voxel sample: the chart's title says so (see :func:`chartTitle`).
 :class:`ReliabilityChart` remembers the ids of the shared nodes it created and
 removes exactly those.
 """
@@ -22,6 +23,15 @@ from CalibSegSlicer.results import ModelResult, removeNode
 def columnName(result: ModelResult) -> str:
     """Metrics table column of a result: ``"<slot>: <model name>"``."""
     return f"{result.slot}: {result.name}"
+
+
+def chartTitle(results: Mapping[str, ModelResult]) -> str:
+    """The chart's title: says which models' statistics are estimates from a voxel sample."""
+    estimated = [r.slot for r in results.values() if r.stats is not None and r.statsEstimated]
+    if not estimated:
+        return plots.CHART_TITLE
+    return (f"{plots.CHART_TITLE} (estimate from a voxel sample for {', '.join(estimated)}; "
+            "whole volume follows)")
 
 
 class ReliabilityChart:
@@ -99,7 +109,8 @@ class ReliabilityChart:
                                                         "countSeries")]
             columns[columnName(result)] = plots.metricRows(result.metrics or {},
                                                             result.classNames)
-            temperatures[columnName(result)] = result.temperature
+            temperatures[columnName(result)] = (result.temperature if result.statsTemperature
+                                                is None else result.statsTemperature)
         present = [chart.GetNthPlotSeriesNodeID(i)
                    for i in range(chart.GetNumberOfPlotSeriesNodes())]
         for seriesID in present:
@@ -109,6 +120,9 @@ class ReliabilityChart:
             if seriesID not in present:
                 chart.AddAndObservePlotSeriesNodeID(seriesID)
         plots.fillMetricsTable(metricsTable, columns, temperatures)
+        chart.SetTitle(chartTitle(results))
+        metricsTable.SetAttribute("CalibSeg.Estimated", ",".join(
+            r.slot for r in results.values() if r.stats is not None and r.statsEstimated))
         layouts.plotViewNode(self.scene).SetPlotChartNodeID(chart.GetID())
 
     def remove(self) -> None:

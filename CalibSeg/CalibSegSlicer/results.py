@@ -36,14 +36,24 @@ class ModelResult:
     model : Model
         The loaded model (card and network).
     prediction : Prediction
-        As inferred, at the card's temperature (compact storage when the logic is compact).
+        As inferred, at the card's temperature, in either form (full, or top-k
+        ``scores``; possibly memory-mapped from the hand-over file).
     current : Prediction
-        The same logits at the temperature shown (``current.temperature``).
+        The same class scores at the temperature applied to the whole volume
+        (``current.temperature``).
     nodeIDs : dict
         Node key (``confidence``, ``entropy``, ``segmentation``, ``prototypes``,
         ``similarity``, ``contribution``, ``reliability`` ...) to MRML node id.
     stats, metrics
         Against the reference segmentation, when there is one.
+    statsTemperature : float or None
+        The temperature ``stats`` belong to (a previewed one while ``statsEstimated``).
+    statsEstimated : bool
+        ``stats`` are an estimate from a voxel sample (a temperature preview), not the
+        whole volume.
+    showing : str
+        ``"full"`` when the nodes hold the whole volume at ``current.temperature``,
+        ``"preview"`` while the visible planes show a temperature not yet applied.
     """
 
     slot: str
@@ -53,6 +63,14 @@ class ModelResult:
     nodeIDs: dict[str, str] = field(default_factory=dict)
     stats: ReliabilityStats | None = None
     metrics: dict | None = None
+    statsTemperature: float | None = None
+    statsEstimated: bool = False
+    showing: str = "full"
+
+    def setStats(self, stats: ReliabilityStats, temperature: float, estimated: bool) -> None:
+        """Statistics (and their metrics) at ``temperature``; ``estimated`` from a sample."""
+        self.stats, self.metrics = stats, stats.metrics().to_dict()
+        self.statsTemperature, self.statsEstimated = float(temperature), bool(estimated)
 
     @property
     def name(self) -> str:
@@ -186,22 +204,14 @@ def refreshPlanes(scene, result: ModelResult, planes, temperature: float) -> Non
     """Confidence and entropy at ``temperature`` on ``planes`` only (``[(axis, index)]``).
 
     The other voxels keep their values: a preview of what the slice views show,
-    computed from the logits of those planes alone.
+    computed from those planes of the stored prediction alone (``Prediction.maps``).
     """
-    import torch
-
-    from CalibSegLib.inference import probability_maps
-
-    logits = result.prediction.logits  # (C, Z, Y, X)
     for axis, index in planes:
-        plane = np.ascontiguousarray(np.take(logits, index, axis=axis + 1))
-        _, confidence, entropy = probability_maps(torch.from_numpy(plane), float(temperature))
+        region = (slice(None),) * axis + (int(index),)
+        _, confidence, entropy = result.prediction.maps(float(temperature), region)
         for key, values in (("confidence", confidence), ("entropy", entropy)):
-            node = scene.GetNodeByID(result.nodeIDs[key])
-            target = slicer.util.arrayFromVolume(node)
-            selector = [slice(None)] * 3
-            selector[axis] = index
-            target[tuple(selector)] = values.numpy()
+            target = slicer.util.arrayFromVolume(scene.GetNodeByID(result.nodeIDs[key]))
+            target[region] = values
     for key in TEMPERATURE_KEYS:
         slicer.util.arrayFromVolumeModified(scene.GetNodeByID(result.nodeIDs[key]))
 

@@ -48,7 +48,7 @@ class CalibSegTest(ScriptedLoadableModuleTest):
         from CalibSegSlicer import plots, sampledata
         from CalibSegSlicer.catalog import loadModel
         from CalibSegSlicer.logic import CalibSegLogic
-        from CalibSegSlicer.process import InferenceJob, loadPrediction
+        from CalibSegSlicer.process import InferenceJob
 
         self.delayDisplay("Loading the sample case through the SampleData module")
         self.assertTrue(sampledata.registerSampleData())
@@ -67,7 +67,7 @@ class CalibSegTest(ScriptedLoadableModuleTest):
         job.start()
         state = job.wait(timeout=300)
         self.assertEqual(state, "finished", job.error)
-        prediction = loadPrediction(job.outputPath)
+        prediction = job.result()  # memory-mapped hand-over file
         job.cleanup()
         self.assertFalse(os.path.exists(job.tempDir))
 

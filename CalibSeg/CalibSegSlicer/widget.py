@@ -2,8 +2,8 @@
 
 Only Qt glue lives here: the decisions are :class:`~CalibSegSlicer.panel.CalibSegPanel`'s
 plain methods, connected by :data:`~CalibSegSlicer.panel.SIGNALS`. A timer polls the
-background jobs; another one waits for the temperature slider to pause before the
-whole volume, diagram and metrics are recomputed.
+background jobs and the whole-volume temperature refresh; another one waits for the
+temperature slider to pause before the whole volume, diagram and metrics are recomputed.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ WAIT_CURSOR = {"apply", "clear", "fitTemperature", "onReference", "export", "sho
 
 
 class QtDebounce:
-    """Runs the last scheduled callback once no new one came for ``ms`` milliseconds."""
+    """Runs the last scheduled callback once no new one came for ``ms`` milliseconds, then
+    ``after`` (the widget starts its poll timer there)."""
 
-    def __init__(self, ms: int) -> None:
+    def __init__(self, ms: int, after=None) -> None:
+        self._after = after
         self._callback = None
         self._timer = qt.QTimer()
         self._timer.setSingleShot(True)
@@ -47,6 +49,8 @@ class QtDebounce:
         if callback is not None:
             with slicer.util.tryWithErrorDisplay("Could not change the temperature."):
                 callback()
+        if self._after is not None:
+            self._after()
 
 
 class CalibSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -73,7 +77,7 @@ class CalibSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MS)
         self._timer.connect("timeout()", self.onPoll)
-        self._debounce = QtDebounce(TEMPERATURE_PAUSE_MS)
+        self._debounce = QtDebounce(TEMPERATURE_PAUSE_MS, after=self._pollWhileBusy)
         if self._catalog is None:
             self._catalog = ModelCatalog(qt.QSettings(), locations.shippedModelFolders())
         if self._runner is None:
@@ -104,9 +108,13 @@ class CalibSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def call(*args):
             with slicer.util.tryWithErrorDisplay("CalibSeg: " + method, waitCursor=waitCursor):
                 getattr(self.panel, method)(*args)
-                if self.panel.running:
-                    self._timer.start()
+            self._pollWhileBusy()
         return call
+
+    def _pollWhileBusy(self):
+        """Start the poll timer while a job or a temperature refresh is under way."""
+        if self.panel is not None and self.panel.busy:
+            self._timer.start()
 
     def onPoll(self):
         if not self.panel.poll():
