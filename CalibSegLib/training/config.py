@@ -6,9 +6,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from CalibSegLib.calibration.modes import Binning
 from CalibSegLib.errors import CalibSegError
 
-CALIBRATION_LOSSES = ("none", "hard", "soft")
+#: Binnings of the mL1-ACE term (``"none"``, ``"hard"``, ``"soft"``), as the loss takes them.
+CALIBRATION_LOSSES = Binning.values()
 HEADS = ("linear", "prototype")
 
 
