@@ -72,7 +72,7 @@ assert len(Scalar) == 6 and list(Scalar) == list(range(6))  # the kernel fills e
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _exact_bin(p, edges, n_bins):  # pragma: no cover - compiled
+def _exact_bin(p, edges, n_bins):
     """Bin of ``p`` by binary search: the number of inner edges ``edges[1:B]`` below ``p``."""
     lo = 1
     hi = n_bins
@@ -86,14 +86,14 @@ def _exact_bin(p, edges, n_bins):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _clamped(p):  # pragma: no cover - compiled
+def _clamped(p):
     """``p`` clamped to [0, 2], NaN to 0 (same bin as ``p``; keeps conversions defined)."""
     p = p if p > np.float32(0.0) else np.float32(0.0)
     return p if p < np.float32(2.0) else np.float32(2.0)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _bin_and_near(p, n_bins_f, x_hi, tol):  # pragma: no cover - compiled
+def _bin_and_near(p, n_bins_f, x_hi, tol):
     """``(int(x + tol), near)`` for ``x = min(p * B, B - 1/2)``: the bin of ``p`` unless
     ``near``, i.e. ``x`` lies within ``tol`` of an inner edge 1 … B - 1, where ``int(x)``
     may differ from the bin of the float32 edges (``near`` is nonzero there)."""
@@ -103,7 +103,7 @@ def _bin_and_near(p, n_bins_f, x_hi, tol):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _group(arg, label, c, n_bins):  # pragma: no cover - compiled
+def _group(arg, label, c, n_bins):
     """Offset of the (is argmax, is label) histogram group of class ``c`` (int32)."""
     by_arg = np.int32(2) * n_bins if arg == c else np.int32(0)
     by_label = n_bins if label == c else np.int32(0)
@@ -120,7 +120,7 @@ _EXPONENT_ONE = 1023 << 52
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _block_nll(x, n, scratch):  # pragma: no cover - compiled
+def _block_nll(x, n, scratch):
     """-sum(log(x[:n])) for normal positive float64 ``x``.
 
     log x = (exponent) * ln 2 + log(mantissa): exponents are summed as integers and
@@ -147,7 +147,7 @@ def _block_nll(x, n, scratch):  # pragma: no cover - compiled
 def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, has_ref,
                       has_mask, count, sum_p, sum_y, soft_y, top_count, top_sum_p, top_sum_y,
                       top_soft_y, intersection, predicted, reference,
-                      scalars):  # pragma: no cover - compiled
+                      scalars):
     """Serial accumulation of voxels [start, stop) into one thread's histograms.
 
     Per block of ``_BLOCK`` voxels: (1) labels and mask are checked once; (2) one
