@@ -218,7 +218,7 @@ def save_model(folder: str, card: ModelCard | Mapping, network: nn.Module, *,
         Replace an existing folder.
     extra_files : mapping, optional
         ``{relative path: source file path or bytes}`` copied in (training log,
-        ``gallery/proto_000.npz`` ...).
+        ``gallery/proto_000.nii.gz`` ...).
 
     Returns
     -------
