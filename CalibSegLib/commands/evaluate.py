@@ -98,8 +98,8 @@ def class_names_for(args: argparse.Namespace, num_classes: int) -> tuple[str, ..
             raise CalibSegError(f"--classes names {len(names)} classes but the probabilities "
                                 f"have {num_classes} channels; give one name per channel.")
         return names
-    names = sidecar_class_names(args.probs)
-    return names if names is not None and len(names) == num_classes else None
+    found = sidecar_class_names(args.probs)
+    return found if found is not None and len(found) == num_classes else None
 
 
 def read_probabilities(path: str) -> tuple[np.ndarray, np.ndarray | None]:

@@ -218,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
     def progress(fraction: float, message: str) -> None:
+        assert bar is not None  # passed only with a bar
         bar.n = round(100 * fraction, 1)
         bar.set_postfix_str(message, refresh=False)
         bar.refresh()

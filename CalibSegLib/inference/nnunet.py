@@ -115,7 +115,7 @@ def nnunet_logits(array: np.ndarray, affine: np.ndarray, model: Any, device: tor
     preprocessor = config.preprocessor_class(verbose=False)
     data, _, properties = preprocessor.run_case_npy(data, None, properties, manager, config,
                                                     dataset)
-    data = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
     check_cancel(cancel, "prediction")
 
     mirror_axes = settings.get("mirroring_axes")
@@ -129,18 +129,19 @@ def nnunet_logits(array: np.ndarray, affine: np.ndarray, model: Any, device: tor
     predictor.manual_initialization(
         folds[0], manager, config, None, dataset, str(settings.get("trainer", "nnUNetTrainer")),
         tuple(mirror_axes) if mirror_axes else None)
-    calls = _calls_per_fold(tuple(data.shape[1:]), tuple(config.patch_size),
+    calls = _calls_per_fold(tuple(tensor.shape[1:]), tuple(config.patch_size),
                             predictor.tile_step_size,
-                            tuple(mirror_axes) if use_mirroring else None) * len(folds)
+                            tuple(mirror_axes) if use_mirroring and mirror_axes else None
+                            ) * len(folds)
     report(progress, 0.05, "sliding window")
-    summed = None
+    summed: torch.Tensor | None = None
     done = 0
     with torch.inference_mode():
         for network in folds:
             watched = _WatchedNetwork(network, channels, calls, done, progress, cancel)
             predictor.network = watched
             try:
-                logits = predictor.predict_sliding_window_return_logits(data).to("cpu")
+                logits = predictor.predict_sliding_window_return_logits(tensor).to("cpu")
             except RuntimeError as exc:
                 if "Encountered inf" not in str(exc):
                     raise
@@ -152,6 +153,7 @@ def nnunet_logits(array: np.ndarray, affine: np.ndarray, model: Any, device: tor
                 raise Cancelled("The prediction was cancelled; nothing was written.")
             # nnU-Net's ensemble: the folds' logits summed in their own dtype, then divided
             summed = logits if summed is None else summed.add_(logits)
+        assert summed is not None  # a model has at least one fold
         if len(folds) > 1:
             summed /= len(folds)
     summed = summed.clone()  # an ordinary tensor again

@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import time
 import warnings
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -258,11 +258,11 @@ def output_logits(out: torch.Tensor, kind: str) -> torch.Tensor:
     return to_logits(out, kind)
 
 
-def _postprocess(out: torch.Tensor, network: torch.nn.Module, use_maps: bool,
+def _postprocess(out: torch.Tensor, network: Any, use_maps: bool,
                  temperature: float, num_classes: int, output_kind: str = "logits"
                  ) -> dict[str, np.ndarray]:
     """Logits, probabilities and maps (numpy) from network output on the input grid."""
-    result: dict[str, np.ndarray] = {}
+    result: dict[str, torch.Tensor] = {}
     if use_maps:
         if not torch.isfinite(out).all():
             raise CalibSegError(
@@ -284,7 +284,7 @@ def _postprocess(out: torch.Tensor, network: torch.nn.Module, use_maps: bool,
     probs, confidence, entropy = probability_maps(logits, temperature)
     result.update(logits=logits, probs=probs, confidence=confidence, entropy=entropy,
                   labels=logits.argmax(dim=0))
-    arrays = {}
+    arrays: dict[str, np.ndarray] = {}
     for key, value in result.items():
         value = value.detach().to("cpu")
         if value.is_floating_point():
@@ -391,7 +391,7 @@ def predict(volume: np.ndarray, affine: np.ndarray, model: Any, device: str = "a
     prediction = Prediction(
         affine=matrix.copy(), class_names=card.class_names, class_colors=card.class_colors,
         temperature=t, model_name=card.name, model_version=card.version, info=info,
-        **arrays, **proto,
+        **cast(dict[str, Any], arrays), **proto,
     )
     report(progress, 1.0, "done")
     return prediction
@@ -432,7 +432,7 @@ def _predict_compact(array: np.ndarray, matrix: np.ndarray, model: Any, dev: tor
     return prediction
 
 
-def _finish(out: torch.Tensor, network: torch.nn.Module, use_maps: bool, temperature: float,
+def _finish(out: torch.Tensor, network: Any, use_maps: bool, temperature: float,
             num_classes: int, output_kind: str = "logits") -> dict[str, np.ndarray]:
     """Post-process, falling back to the CPU when CUDA runs out of memory."""
     with warnings.catch_warnings():

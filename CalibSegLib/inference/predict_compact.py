@@ -148,12 +148,11 @@ def network_topk(array: np.ndarray, matrix: np.ndarray, model: Any, dev: torch.d
     check_cancel(cancel, "prediction")
     report(progress, 0.05, "sliding window")
     checked = _CheckedNetwork(model.network, num_classes, "classes")
-    options = dict(sw_batch_size=sw_batch_size, overlap=float(window["overlap"]),
-                   mode=str(window["mode"]), sigma_scale=float(window["sigma_scale"]),
-                   padding_mode=str(window["padding_mode"]), cval=float(window["cval"]),
-                   progress=scaled(progress, 0.05, 0.9), cancel=cancel)
+    options: dict[str, Any] = dict(
+        sw_batch_size=sw_batch_size, overlap=float(window["overlap"]), mode=str(window["mode"]),
+        sigma_scale=float(window["sigma_scale"]), padding_mode=str(window["padding_mode"]),
+        cval=float(window["cval"]), progress=scaled(progress, 0.05, 0.9), cancel=cancel)
     kind = card.output_kind
-    info: dict[str, Any]
     if not resampled:
         slab = SlabLogits(kind)
         scores, info = sliding_window_topk(

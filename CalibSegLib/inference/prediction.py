@@ -336,7 +336,8 @@ class Prediction:
         """``(C, P)`` contributions ``w[c, j] · similarity[j]`` at voxel ``(z, y, x)``."""
         if self.similarity is None or self.prototype_weights is None:
             raise CalibSegError("Prototype contributions need a prototype model's prediction.")
-        s = self.similarity[(slice(None), *tuple(int(v) for v in voxel))]
+        z, y, x = (int(v) for v in voxel)
+        s = self.similarity[:, z, y, x]
         return self.prototype_weights.astype(np.float32) * s[None, :]
 
 

@@ -55,6 +55,11 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _rgb(color: Any) -> tuple[float, float, float]:
+    r, g, b = (float(v) for v in color)
+    return r, g, b
+
+
 def save_prediction(path: str, prediction: Prediction) -> str:
     """Write ``prediction`` to ``path`` (``.npz``) atomically; return the path.
 
@@ -93,7 +98,7 @@ def save_prediction(path: str, prediction: Prediction) -> str:
             meta_fields[f.name] = _plain(value)
     arrays[_META_MEMBER] = np.frombuffer(json.dumps(meta_fields).encode("utf-8"), np.uint8)
     with atomic_path(str(path)) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub: allow_pickle
     return str(path)
 
 
@@ -145,7 +150,7 @@ def _load_compact(path: str, mmap: bool) -> Prediction:
         entropy=entropy, affine=affine, class_names=names, temperature=scores.temperature,
         model_name=str(fields.get("model_name", "")),
         model_version=str(fields.get("model_version", "")),
-        class_colors=tuple(tuple(float(v) for v in c) for c in fields.get("class_colors", ())),
+        class_colors=tuple(_rgb(c) for c in fields.get("class_colors", ())),
         info=dict(fields.get("info", {})), scores=scores)
 
 
@@ -164,8 +169,7 @@ def _load_full(path: str) -> Prediction:
     known = {f.name for f in dataclasses.fields(Prediction)}
     fields.update((k, v) for k, v in header.items() if k in known)
     fields["class_names"] = tuple(str(c) for c in fields.get("class_names", ()))
-    fields["class_colors"] = tuple(tuple(float(v) for v in c)
-                                   for c in fields.get("class_colors", ()))
+    fields["class_colors"] = tuple(_rgb(c) for c in fields.get("class_colors", ()))
     fields["temperature"] = float(fields.get("temperature", 1.0))
     logits = torch.from_numpy(np.ascontiguousarray(fields["logits"], dtype=np.float32))
     probs, confidence, entropy = probability_maps(logits, fields["temperature"])

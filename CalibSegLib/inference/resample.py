@@ -77,6 +77,11 @@ def monai_spacing_grid(shape: Sequence[int], affine: np.ndarray, spacing_mm: Seq
     return (size[2], size[1], size[0]), new_affine
 
 
+def _zyx(shape: Sequence[int]) -> tuple[int, int, int]:
+    z, y, x = (int(s) for s in shape)
+    return z, y, x
+
+
 def model_grid(shape: Sequence[int], affine: np.ndarray, spacing_mm: Sequence[float],
                orientation: str = "RAS", tol: float = 1e-4, kind: str = "axis_aligned"
                ) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -109,13 +114,13 @@ def model_grid(shape: Sequence[int], affine: np.ndarray, spacing_mm: Sequence[fl
         grid_shape, grid_affine = monai_spacing_grid(shape, affine, spacing_mm, orientation)
         if same_grid(shape, affine, grid_shape, grid_affine,
                      atol=tol * float(spacing.min())):
-            return tuple(int(s) for s in shape), affine.copy()
+            return _zyx(shape), affine.copy()
         return grid_shape, grid_affine
     if kind != "axis_aligned":
         raise ValueError(f"Unknown model grid kind {kind!r}; use axis_aligned or input_direction.")
     linear = orientation_matrix(orientation) * spacing[None, :]
     if np.allclose(affine[:3, :3], linear, rtol=0.0, atol=tol * float(spacing.min())):
-        return tuple(int(s) for s in shape), affine.copy()
+        return _zyx(shape), affine.copy()
     size_ijk = np.asarray(shape[::-1], dtype=np.float64)
     corners = np.array(np.meshgrid(*[[0.0, n - 1.0] for n in size_ijk], indexing="ij"))
     corners = corners.reshape(3, -1)

@@ -163,6 +163,7 @@ def sliding_window(x: torch.Tensor, network: Callable[[torch.Tensor], Any],
                     "sw_batch_size, or crop the image."
                 ) from exc
             raise
+        assert isinstance(out, torch.Tensor)  # the wrapped network returns one tensor
         info = {"sw_batch_size": batch, "stitch_device": str(out.device), "retries": number,
                 "windows": windows}
         return out, info

@@ -178,10 +178,10 @@ def tail_log_partition(tail: torch.Tensor, d_last: torch.Tensor, n_tail: int, a:
     ceiling = log_n + a * d_last * (1.0 - FLOAT16_ROUNDOFF)
     upper_form, lower_forms = _convex_bounds(a)
     upper = torch.minimum(ceiling, _combine(values, upper_form) + _slack(values, upper_form))
-    lower = None
-    for form in lower_forms:
-        bound = _combine(values, form) - _slack(values, form)
-        lower = bound if lower is None else torch.maximum(lower, bound)
+    bounds = [_combine(values, form) - _slack(values, form) for form in lower_forms]
+    lower = bounds[0]
+    for bound in bounds[1:]:
+        lower = torch.maximum(lower, bound)
     lower = torch.minimum(lower, upper)
     est_w, slope_w = _quadratic(a)
     estimate = torch.minimum(torch.maximum(_combine(tail, est_w), lower), upper)
@@ -330,15 +330,16 @@ class TopKPrediction:
     def __post_init__(self) -> None:
         k, dtype, gap_rows, rows = layout(self.num_classes)
         spatial = tuple(self.indices.shape[1:])
-        expected = {"indices": ((k,) + spatial, dtype),
-                    "gaps": ((gap_rows,) + spatial, np.float16),
-                    "tail": ((rows,) + spatial, np.float16)}
+        expected: dict[str, tuple[tuple[int, ...], np.dtype]] = {
+            "indices": ((k,) + spatial, np.dtype(dtype)),
+            "gaps": ((gap_rows,) + spatial, np.dtype(np.float16)),
+            "tail": ((rows,) + spatial, np.dtype(np.float16))}
         for name, (shape, kind) in expected.items():
             value = getattr(self, name)
             if tuple(value.shape) != shape or value.dtype != kind:
                 raise CalibSegError(
                     f"Top-k prediction array {name!r} is {value.dtype} {tuple(value.shape)}, "
-                    f"expected {np.dtype(kind)} {shape}; the file is damaged or from another "
+                    f"expected {kind} {shape}; the file is damaged or from another "
                     "version.")
             if value.flags.writeable:
                 value.flags.writeable = False
@@ -393,10 +394,11 @@ class TopKPrediction:
         if not isinstance(region, tuple):
             region = (region,)
         key = (slice(None),) + region
-        parts = [np.asarray(a[key]) for a in (self.indices, self.gaps, self.tail)]
-        spatial = parts[0].shape[1:]
+        idx, gaps, tail = (np.asarray(a[key]) for a in (self.indices, self.gaps, self.tail))
+        spatial = tuple(int(s) for s in idx.shape[1:])
         n = int(np.prod(spatial, dtype=np.int64))
-        return (*(p.reshape(p.shape[0], n) for p in parts), spatial)
+        return (idx.reshape(idx.shape[0], n), gaps.reshape(gaps.shape[0], n),
+                tail.reshape(tail.shape[0], n), spatial)
 
     def blocks(self, temperature: float | None = None, region=None,
                chunk_voxels: int = DEFAULT_CHUNK_VOXELS, device=None,
@@ -431,18 +433,14 @@ class TopKPrediction:
         t = self.temperature if temperature is None else check_temperature(temperature)
         if device is None or torch.device(device).type == "cpu":
             return self._maps_cpu(t, region, chunk_voxels, cancel)
-        out_c = out_h = None
-        for start, stop, v, spatial in self.blocks(t, region, chunk_voxels, device):
+        spatial = self._region(region)[3]
+        n = int(np.prod(spatial, dtype=np.int64))
+        out_c, out_h = np.empty(n, np.float32), np.empty(n, np.float32)
+        for start, stop, v, _ in self.blocks(t, region, chunk_voxels, device):
             check_cancel(cancel, "map computation")
-            if out_c is None:
-                n = int(np.prod(spatial, dtype=np.int64))
-                out_c, out_h = np.empty(n, np.float32), np.empty(n, np.float32)
             c, h = confidence_entropy(v, t, self.num_classes)
             out_c[start:stop] = c.cpu().numpy()
             out_h[start:stop] = h.cpu().numpy()
-        if out_c is None:
-            spatial = self._region(region)[3]
-            return np.empty(spatial, np.float32), np.empty(spatial, np.float32)
         return out_c.reshape(spatial), out_h.reshape(spatial)
 
     def _maps_cpu(self, t: float, region, chunk_voxels: int, cancel: CancelCallback | None
@@ -468,7 +466,8 @@ class TopKPrediction:
         if not 0 <= c < self.num_classes:
             raise CalibSegError(
                 f"Class index {class_index} out of range; the model has {self.num_classes}.")
-        pieces, shape = [], ()
+        pieces: list[np.ndarray] = []
+        shape: tuple[int, ...] = ()
         for _, _, v, spatial in self.blocks(temperature, region, device=device):
             pieces.append(class_probability(v, c).cpu().numpy())
             shape = spatial
@@ -487,13 +486,17 @@ class TopKPrediction:
         The bounds hold for any logits consistent with the stored values; zeros
         without a tail.
         """
-        est, low, high, shape = [], [], [], ()
+        est: list[np.ndarray] = []
+        low: list[np.ndarray] = []
+        high: list[np.ndarray] = []
+        shape: tuple[int, ...] = ()
         for _, _, v, spatial in self.blocks(temperature, region, dtype=torch.float64):
             est.append(v.summary.float().numpy())
             low.append(v.summary_low.float().numpy())
             high.append(v.summary_high.float().numpy())
             shape = spatial
-        return tuple(np.concatenate(x).reshape(shape) for x in (est, low, high))
+        return (np.concatenate(est).reshape(shape), np.concatenate(low).reshape(shape),
+                np.concatenate(high).reshape(shape))
 
     def tail_label_fraction(self, target) -> float:
         """Share of voxels whose reference class is not among the top K (NLL is estimated there)."""
@@ -626,10 +629,10 @@ class TopKWriter:
             idx, gaps, tail = compact_block_cpu(z, self.k, self.index_dtype)
             fi[:, start:stop], fg[:, start:stop], ft[:, start:stop] = idx, gaps, tail
             return
-        idx, gaps, tail = compact_block(logits, self.k, self.index_dtype)
-        fi[:, start:stop] = idx.cpu().numpy()
-        fg[:, start:stop] = gaps.cpu().numpy()
-        ft[:, start:stop] = tail.cpu().numpy()
+        t_idx, t_gaps, t_tail = compact_block(logits, self.k, self.index_dtype)
+        fi[:, start:stop] = t_idx.cpu().numpy()
+        fg[:, start:stop] = t_gaps.cpu().numpy()
+        ft[:, start:stop] = t_tail.cpu().numpy()
 
     def write_planes(self, first: int, logits: torch.Tensor) -> None:
         """Store ``(C, planes, Y, X)`` logits of planes ``first:first + planes`` (axis 0)."""

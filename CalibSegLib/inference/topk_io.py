@@ -15,6 +15,7 @@ import json
 import os
 import struct
 import zipfile
+from typing import Literal
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def write_topk(path: str, prediction: TopKPrediction, meta: dict | None = None,
     if prediction.affine is not None:
         arrays["affine"] = np.asarray(prediction.affine, np.float64)
     with atomic_path(str(path)) as tmp:
-        np.savez(tmp, **arrays)  # stored members (no compression): memory-mappable
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]  # stored members: memory-mappable
     return str(path)
 
 
@@ -80,13 +81,14 @@ def _map_member(path: str, handle, info: zipfile.ZipInfo, mmap: bool) -> np.ndar
         raise CalibSegError(f"Member {info.filename} of {path} has npy version {version}.")
     if dtype.hasobject:
         raise CalibSegError(f"Member {info.filename} of {path} holds Python objects; refused.")
-    order = "F" if fortran else "C"
+    order: Literal["F", "C"] = "F" if fortran else "C"
     offset = handle.tell()
-    if mmap and int(np.prod(shape, dtype=np.int64)) > 0:
-        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape),
+    dims = tuple(int(s) for s in shape)
+    if mmap and int(np.prod(dims, dtype=np.int64)) > 0:
+        return np.memmap(path, dtype=np.dtype(dtype), mode="r", offset=offset, shape=dims,
                          order=order)
-    count = int(np.prod(shape, dtype=np.int64))
-    array = np.fromfile(handle, dtype=dtype, count=count).reshape(shape, order=order)
+    count = int(np.prod(dims, dtype=np.int64))
+    array = np.fromfile(handle, dtype=dtype, count=count).reshape(dims, order=order)
     array.flags.writeable = False
     return array
 
