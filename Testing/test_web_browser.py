@@ -128,6 +128,10 @@ def test_view_in_a_headless_browser(server):
             page.wait_for_function(
                 "(before) => document.querySelector('#metrics-table').innerText !== before",
                 arg=before)
+            # the page says what it shows: the visible slices first, the full volume at rest
+            page.wait_for_function(
+                "() => (document.querySelector('#temperature-state') || {innerText: ''})"
+                ".innerText.includes('full volume')")
             after = table.inner_text()
             assert re.search(r"temperature\s+4(\.0+)?\b", after), after
 
