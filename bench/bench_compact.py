@@ -20,8 +20,9 @@ Rows, per class count:
   float32 probabilities of the same voxels.
 
 Extrapolation to 300 slices: streaming = the peak at the larger bench size plus, per missing
-slice, the larger of the top-k bytes of a slice and the measured growth per slice (the slab
-does not grow with the slice count); full precision = linear in the voxel count.
+slice, the larger of the prediction's bytes of a slice (top-k arrays, confidence and entropy)
+and the measured growth per slice (the slab does not grow with the slice count); full
+precision = linear in the voxel count.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Literal
 
 import numpy as np
 import torch
@@ -60,10 +62,10 @@ def ct_volume(slices: int, plane=PLANE) -> np.ndarray:
 
 def network(num_classes: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.Tanh(),
-                              torch.nn.Conv3d(8, num_classes, 1))
+    head = torch.nn.Conv3d(8, num_classes, 1)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.Tanh(), head)
     with torch.no_grad():
-        net[2].weight.mul_(8.0)
+        head.weight.mul_(8.0)
     return net.eval()
 
 
@@ -90,12 +92,15 @@ def _child(kind: str, num_classes: int, slices: int, plane) -> None:
         model.network(torch.from_numpy(volume[:8, :8, :8])[None, None])
     before = _peak_reset()
     start = time.perf_counter()
-    form = "compact" if kind == "stream" else "full"
+    form: Literal["compact", "full"] = "compact" if kind == "stream" else "full"
     prediction = predict(volume, np.eye(4), model, device="cpu", sw_batch_size=2, form=form)
     seconds = time.perf_counter() - start
     assert prediction.info["form"] == form and not prediction.info["resampled"]
-    stored = (prediction.scores.nbytes if prediction.scores is not None
-              else prediction.logits.nbytes + prediction.probs.nbytes)
+    if prediction.scores is not None:
+        stored = prediction.scores.nbytes
+    else:
+        assert prediction.logits is not None and prediction.probs is not None
+        stored = prediction.logits.nbytes + prediction.probs.nbytes
     after = _status_kib("VmHWM") * 1024
     print(json.dumps({"peak_bytes": after - before, "stored_bytes": int(stored),
                       "prediction_bytes": int(prediction.nbytes), "seconds": seconds}))
@@ -175,10 +180,11 @@ def _rows_for(num_classes: int, plane, sizes, full_slices: int) -> list[dict]:
                      "value": stream[s]["seconds"], "target": None, "unit": "s"})
     rows.append({"name": f"{tag} predict seconds, full, {sizes[0]} slices",
                  "value": full["seconds"], "target": None, "unit": "s"})
-    # beyond the slab, only the top-k arrays grow with the slice count: add their bytes for
-    # the missing slices (or the measured growth per slice, if larger)
+    # beyond the slab, only the prediction (top-k arrays and the confidence and entropy maps)
+    # grows with the slice count: add its bytes for the missing slices (or the measured
+    # growth per slice, if larger)
     a, b = sizes[0], sizes[-1]
-    stored_per_slice = stream[b]["stored_bytes"] / b
+    stored_per_slice = stream[b]["prediction_bytes"] / b
     per_slice = max((stream[b]["peak_bytes"] - stream[a]["peak_bytes"]) / (b - a),
                     stored_per_slice)
     peak = stream[b]["peak_bytes"] + per_slice * (full_slices - b)

@@ -52,9 +52,11 @@ from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel,
 class SlabLogits:
     """Checks each slab ``(C, planes, Y, X)`` of network output of ``kind`` and returns logits.
 
-    The check is :func:`~CalibSegLib.models.output_kind.check_output` per slab; for
-    ``logits`` the "already probabilities" test needs the whole volume, so it is
-    decided by :meth:`finish` (every slab looked like probabilities).
+    The check is :func:`~CalibSegLib.models.output_kind.check_output`, plane by plane
+    (temporaries of one plane, not of the slab); probabilities and log-probabilities
+    become logits in place. For ``logits`` the "already probabilities" test needs the
+    whole volume, so it is decided by :meth:`finish` (every plane looked like
+    probabilities; the test stops at the first plane that does not).
     """
 
     def __init__(self, kind: str) -> None:
@@ -62,15 +64,18 @@ class SlabLogits:
         self.all_probabilities = True
 
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
-        batch = block[None]
-        if self.kind == "logits":
-            _check_finite(batch)
-            if self.all_probabilities and (
-                    batch.shape[1] < 2 or _probability_error(batch.float()) > DETECT_TOLERANCE):
-                self.all_probabilities = False
-            return block
-        check_output(batch, self.kind)
-        return to_logits(batch, self.kind)[0]
+        for z in range(int(block.shape[1])):
+            plane = block[:, z:z + 1][None]  # (1, C, 1, Y, X)
+            if self.kind == "logits":
+                _check_finite(plane)
+                if self.all_probabilities and (
+                        plane.shape[1] < 2
+                        or _probability_error(plane.float()) > DETECT_TOLERANCE):
+                    self.all_probabilities = False
+                continue
+            check_output(plane, self.kind)
+            block[:, z:z + 1] = to_logits(plane, self.kind)[0]
+        return block
 
     def finish(self) -> None:
         if self.kind == "logits" and self.all_probabilities:
