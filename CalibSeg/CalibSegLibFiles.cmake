@@ -46,6 +46,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/dicom.py
   CalibSegLib/errors.py
   CalibSegLib/explain/__init__.py
+  CalibSegLib/explain/adapt.py
   CalibSegLib/explain/api.py
   CalibSegLib/explain/faithfulness.py
   CalibSegLib/explain/modeladapter.py
@@ -125,9 +126,12 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/workflows/__init__.py
   CalibSegLib/workflows/console.py
   CalibSegLib/workflows/demo.py
+  CalibSegLib/workflows/explain.py
+  CalibSegLib/workflows/federated.py
   CalibSegLib/workflows/import_model.py
   CalibSegLib/workflows/report.py
   CalibSegLib/workflows/sample_data.py
+  CalibSegLib/workflows/train.py
   )
 
 set(CALIBSEGLIB_PYTHON_RESOURCES

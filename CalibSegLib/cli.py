@@ -1,24 +1,33 @@
 """The ``calibseg`` command line.
 
-Each subcommand lives in its own module under :mod:`CalibSegLib.commands` and
-defines ``NAME``, ``HELP``, ``EXAMPLE``, ``add_arguments(parser)`` and
-``run(args) -> int``. Modules are discovered, so adding a command never edits
-this file. User errors (:class:`CalibSegError`) end with one line and exit code
-2; a traceback is shown only with ``--debug``. Building the parser and checking
-options imports neither torch nor a model, so a wrong option fails at once.
+Each subcommand has an interface module under :mod:`CalibSegLib.commands` that
+defines ``NAME``, ``HELP``, ``EXAMPLE``, ``add_arguments(parser)`` and, optionally,
+``check(args)``; the work is ``run(args) -> int`` of the workflow module of the same
+name under :mod:`CalibSegLib.workflows`. Interface modules are discovered, so adding
+a command never edits this file. Building the parser and running the checks imports
+neither torch nor a model, so a wrong option fails at once; only then is the
+workflow imported, by name (:func:`workflow_of`, the library's one dynamic import,
+like a console-script entry point). A command whose work is light (``view`` starts a
+child process) defines ``run(args)`` in its interface module instead.
+
+User errors (:class:`CalibSegError`) end with one line and exit code 2; a traceback
+is shown only with ``--debug``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import pkgutil
 import sys
+from collections.abc import Callable
 from types import ModuleType
 
+import CalibSegLib.commands
+import CalibSegLib.workflows
 from CalibSegLib import __version__
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.files import check_output_location
 
 #: Order in which commands are listed in ``calibseg --help``; unknown ones follow.
 _ORDER = [
@@ -28,14 +37,14 @@ _ORDER = [
 
 
 def _command_modules() -> list[ModuleType]:
-    import CalibSegLib.commands as pkg
-
+    """The interface modules of every subcommand, in help order."""
+    pkg = CalibSegLib.commands
     modules = []
     for info in pkgutil.iter_modules(pkg.__path__):
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{pkg.__name__}.{info.name}")
-        if hasattr(module, "NAME") and hasattr(module, "run"):
+        if hasattr(module, "NAME") and hasattr(module, "add_arguments"):
             modules.append(module)
 
     def rank(m: ModuleType) -> tuple[int, str]:
@@ -106,25 +115,31 @@ def build_parser() -> argparse.ArgumentParser:
             if action.option_strings and action.help is None and action.default not in (
                     None, False, argparse.SUPPRESS):
                 action.help = "default: %(default)s"
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_command=module)
     return parser
 
 
-def check_output_location(path: str) -> None:
-    """Refuse, before any work, an output whose folder cannot be created or written."""
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            return
-        probe = parent
-    if probe != os.path.abspath(path) and not os.path.isdir(probe):
-        raise CalibSegError(f"cannot write {path}: {probe} is a file, not a folder; "
-                            "choose another output.")
-    folder = probe if os.path.isdir(probe) else os.path.dirname(probe)
-    if not os.access(folder, os.W_OK):
-        raise CalibSegError(f"cannot write {path}: folder {folder} is not writable; "
-                            "choose another output.")
+def workflow_of(command: ModuleType) -> Callable[[argparse.Namespace], int]:
+    """``run`` of the workflow module ``CalibSegLib.workflows.<interface module name>``.
+
+    Imported by name only here, after the checks, so that the interface modules stay
+    free of torch (a command with a light ``run`` in its interface keeps that one).
+    """
+    if hasattr(command, "run"):
+        return command.run
+    name = command.__name__.rsplit(".", 1)[1]
+    return importlib.import_module(f"{CalibSegLib.workflows.__name__}.{name}").run
+
+
+def run_command(command: ModuleType, args: argparse.Namespace) -> int:
+    """Check the options and outputs of ``args``, then run the command's workflow."""
+    for name in ("output", "dicom_out"):
+        if isinstance(getattr(args, name, None), str):
+            check_output_location(getattr(args, name))
+    check = getattr(command, "check", None)
+    if check is not None and not hasattr(command, "run"):
+        check(args)
+    return int(workflow_of(command)(args) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,10 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calibseg {args.command}: {message}", file=stderr)
 
     try:
-        for name in ("output", "dicom_out"):
-            if isinstance(getattr(args, name, None), str):
-                check_output_location(getattr(args, name))
-        return int(args._run(args) or 0)
+        return run_command(args._command, args)
     except CalibSegError as exc:
         if args.debug:
             raise

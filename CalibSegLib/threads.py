@@ -13,19 +13,15 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import torch
+
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
 
 def default_threads() -> int:
     """Threads to use: torch's intra-op setting, at most the CPU count."""
-    try:
-        import torch
-
-        wanted = torch.get_num_threads()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        wanted = os.cpu_count() or 1
-    return max(1, min(wanted, os.cpu_count() or 1))
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
 
 
 def run_parallel(work: Callable[[int], None], count: int) -> None:

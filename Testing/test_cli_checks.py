@@ -199,8 +199,8 @@ def test_help_examples_name_existing_models():
 
 # --------------------------------------------------------------------------- output shape
 def test_error_after_a_progress_bar_gets_its_own_line(monkeypatch, capsys):
-    from CalibSegLib.commands import sample_data
     from CalibSegLib.errors import CalibSegError
+    from CalibSegLib.workflows import sample_data
 
     def half_done(args):
         sys.stderr.write("\r 50%|#####     | generating")

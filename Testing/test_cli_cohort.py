@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from CalibSegLib.cli import main
-from CalibSegLib.report.demo import models_folder
+from CalibSegLib.workflows.demo import models_folder
 
 MODEL = os.path.join(models_folder(), "dicece")
 

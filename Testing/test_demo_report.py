@@ -9,12 +9,12 @@ import re
 import numpy as np
 import pytest
 
-from CalibSegLib.report.demo import DEMO_MODELS, models_folder
+from CalibSegLib.workflows.demo import DEMO_MODELS, models_folder
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    from CalibSegLib.report.demo import run_demo
+    from CalibSegLib.workflows.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo")
     summary = run_demo(str(out), shift_seeds=(1001,), faithfulness=False)
@@ -96,7 +96,7 @@ def test_report_text_matches_the_run(tmp_path, mni_case):
     """No soft reference and no faithfulness: the report says neither was there."""
     import dataclasses
 
-    from CalibSegLib.report.demo import run_report
+    from CalibSegLib.workflows.report import run_report
 
     case = dataclasses.replace(mni_case, reference_probs=None)
     messages = []

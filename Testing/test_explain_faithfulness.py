@@ -159,9 +159,9 @@ def test_building_blocks(toy):
 def test_errors_follow_the_policy(toy):
     """User-chosen options and maps get a CalibSegError; a caller's mistakes a built-in."""
     from CalibSegLib.errors import CalibSegError
+    from CalibSegLib.explain.adapt import as_segmenter
     from CalibSegLib.explain.prototype import rank_prototypes
     from CalibSegLib.explain.region import RegionScore
-    from CalibSegLib.explain.segmenter import as_segmenter
     from CalibSegLib.explain.types import Explanation
 
     seg, image, true_map, _, region = toy

@@ -45,7 +45,8 @@ def test_prototype_explanation_of_a_model(models, mni_case_4mm):
 
 
 def test_segmenter_computes_what_predict_computes(models, mni_case_4mm):
-    from CalibSegLib.explain.segmenter import as_segmenter, predict_logits
+    from CalibSegLib.explain.adapt import as_segmenter
+    from CalibSegLib.explain.segmenter import predict_logits
     from CalibSegLib.inference import predict
 
     case = mni_case_4mm

@@ -122,7 +122,7 @@ def test_probability_model_without_its_kind_would_be_squashed(tmp_path):
 def test_explanations_see_the_same_function_as_the_prediction(tmp_path):
     """The explanation segmenter of an imported (X, Y, Z), probability-output model gives
     the prediction's logits (log p) and is differentiable through the preprocessing."""
-    from CalibSegLib.explain.segmenter import as_segmenter
+    from CalibSegLib.explain.adapt import as_segmenter
 
     _scripted("softmax", str(tmp_path / "net.ts"))
     path = _image_file(str(tmp_path / "case.nii.gz"))

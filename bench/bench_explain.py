@@ -45,10 +45,10 @@ def run(quick: bool = False, model_folder: str | None = None) -> list[dict]:
     import torch
 
     from CalibSegLib.data import sample_case
+    from CalibSegLib.explain.adapt import as_segmenter
     from CalibSegLib.explain.api import explain
     from CalibSegLib.explain.faithfulness import evaluate_faithfulness
     from CalibSegLib.explain.region import region_mask
-    from CalibSegLib.explain.segmenter import as_segmenter
     from CalibSegLib.models import load_model
     from CalibSegLib.models.testing import tiny_model
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from CalibSegLib.calibration.diagram import DiagramBins
 from CalibSegLib.calibration.stats import ReliabilityStats
+from CalibSegLib.io import atomic_path
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 #: Colour of bins below the minimum bin mass.
@@ -33,7 +34,6 @@ def _models(stats_or_models) -> list[tuple[str, ReliabilityStats]]:
 def _save(fig, path: str | None) -> None:
     if path is None:
         return
-    from CalibSegLib.io import atomic_path
 
     fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
     with atomic_path(path) as tmp:

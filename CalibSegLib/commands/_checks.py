@@ -3,19 +3,17 @@
 Everything here reads only small files (JSON cards, file headers) and imports
 neither torch nor a network, so a wrong option or path fails within a second,
 before a model is loaded. The overwrite rule is the library's
-(:func:`CalibSegLib.io.refuse_overwrite`); this module adds its option.
+(:func:`CalibSegLib.files.refuse_overwrite`); this module adds its option.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 from collections.abc import Sequence
 
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.io import OVERWRITE_FLAG, check_image_file
+from CalibSegLib.files import OVERWRITE_FLAG, check_image_file, read_json
 
 #: Card and weight file names of a model folder (as in :mod:`CalibSegLib.models.card`,
 #: repeated here so that checking a folder does not import torch).
@@ -30,11 +28,6 @@ def add_overwrite_argument(parser: argparse.ArgumentParser | argparse._ArgumentG
                              "overwrite anything)")
 
 
-def warn(command: str, message: str) -> None:
-    """One warning line on stderr."""
-    print(f"calibseg {command}: warning: {message}", file=sys.stderr)
-
-
 def model_card(folder: str) -> dict:
     """The parsed ``model.json`` of a model folder, after checking the folder's files."""
     if not os.path.isdir(folder):
@@ -46,13 +39,7 @@ def model_card(folder: str) -> dict:
     if not os.path.isfile(card_path):
         raise CalibSegError(f"{folder} is not a CalibSeg model folder (no {CARD_FILE}); import "
                             "foreign models with 'calibseg import-model'.")
-    try:
-        with open(card_path, encoding="utf-8") as fh:
-            card = json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CalibSegError(f"{card_path}: not a readable JSON model card ({exc}).") from None
-    if not isinstance(card, dict):
-        raise CalibSegError(f"{card_path}: not a model card (expected a JSON object).")
+    card = read_json(card_path, dict, "model card")
     network = card.get("network") if isinstance(card.get("network"), dict) else {}
     weights = network.get("file") if network.get("architecture") == "torchscript" \
         else WEIGHTS_FILE
@@ -103,13 +90,11 @@ def input_file(path: str | None, option: str) -> None:
 
 
 def warn_if_label_image(command: str, array, path: str) -> None:
-    """Warn when an image passed as the intensity input looks like a label map."""
-    from CalibSegLib.io import looks_like_labels
+    """Warn when an image passed as the intensity input looks like a label map.
 
-    if looks_like_labels(array):
-        import numpy as np
+    Called after the image was read; the commands still running their work from
+    their interface module use it from here until they have a workflow module.
+    """
+    from CalibSegLib.workflows.console import warn_if_label_image as warn_labels
 
-        values = np.unique(array)
-        warn(command, f"{path} holds only {values.size} integer values "
-                      f"({', '.join(str(v) for v in values[:6])}{' …' if values.size > 6 else ''})"
-                      "; it looks like a label map, not an intensity image. Pass the scan itself.")
+    warn_labels(command, array, path)

@@ -1,13 +1,16 @@
-"""``calibseg explain``: explanation maps of a model's segmentation, with faithfulness scores."""
+"""``calibseg explain``: explanation maps of a model's segmentation, with faithfulness scores
+(options and checks)."""
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
-import sys
 
 from CalibSegLib.commands import _checks
 from CalibSegLib.commands._checks import add_overwrite_argument
+from CalibSegLib.errors import CalibSegError
+from CalibSegLib.files import image_stem, refuse_overwrite
 
 NAME = "explain"
 HELP = ("explain a model's segmentation of an image (prototypes, Grad-CAM, Grad-CAM++ or "
@@ -48,21 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_overwrite_argument(parser)
 
 
-def _stem(path: str) -> str:
-    from CalibSegLib.io import image_suffix
+def check(args: argparse.Namespace) -> None:
+    """Options, files, class and outputs before any model is loaded.
 
-    name = os.path.basename(os.path.normpath(path))
-    suffix = image_suffix(name)
-    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
-
-
-def check(args: argparse.Namespace) -> int | None:
-    """Options, files, class and outputs before any model is loaded; the class index."""
-    import glob
-
-    from CalibSegLib.errors import CalibSegError
-    from CalibSegLib.io import refuse_overwrite
-
+    Sets ``args.class_index`` (the ``--class`` as an index, or ``None``).
+    """
     _checks.input_image(args.image)
     for path in (args.roi, args.reference):
         if path:
@@ -72,94 +65,7 @@ def check(args: argparse.Namespace) -> int | None:
             raise CalibSegError(f"{option} {value}: give at least 1.")
     names = _checks.model_class_names(args.model)
     target = _checks.class_index(args.target_class, names, args.model)
-    base = os.path.join(args.output, f"{_stem(args.image)}_{args.method}")
+    base = os.path.join(args.output, f"{image_stem(args.image)}_{args.method}")
     refuse_overwrite([base + args.format, base + ".json"]
                      + sorted(glob.glob(glob.escape(base) + "_*" + args.format)), args.overwrite)
-    return target
-
-
-def _progress_printer(quiet: bool):
-    if quiet:
-        return None
-
-    def show(fraction: float, message: str) -> None:
-        bar = "#" * int(30 * fraction)
-        sys.stderr.write(f"\r[{bar:<30}] {100 * fraction:5.1f}% {message[:40]:<40}")
-        if fraction >= 1.0:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    return show
-
-
-def _read_on_grid(path: str, shape, affine, what: str):
-    import numpy as np
-
-    from CalibSegLib.errors import CalibSegError
-    from CalibSegLib.io import read_image
-
-    array, other = read_image(path)
-    if array.shape != tuple(shape) or not np.allclose(other, affine, atol=1e-3):
-        raise CalibSegError(
-            f"{path}: the {what} is not on the image grid (shape {array.shape} vs "
-            f"{tuple(shape)}); resample it onto the image first."
-        )
-    return array
-
-
-def run(args: argparse.Namespace) -> int:
-    from CalibSegLib.io import read_image
-
-    target = check(args)
-    quiet = getattr(args, "quiet", False)
-    image, affine = read_image(args.image)
-    _checks.warn_if_label_image(NAME, image, args.image)
-    roi = _read_on_grid(args.roi, image.shape, affine, "ROI") if args.roi else None
-    reference = (_read_on_grid(args.reference, image.shape, affine, "reference segmentation")
-                 .astype("int64") if args.reference else None)
-    if args.faithfulness and not quiet:
-        print(f"calibseg explain: scoring faithfulness re-runs the model for {args.steps} "
-              f"deletion and insertion steps, {args.blocks} random blocks and the random "
-              "baselines: about a minute or more on a CPU", file=sys.stderr)
-
-    from CalibSegLib.explain.api import explain, save_explanation
-    from CalibSegLib.explain.table import prototype_evidence
-    from CalibSegLib.models import load_model
-
-    model = load_model(args.model)
-    explanation = explain(
-        image, affine, model, args.method, target, roi, layer=args.layer,
-        faithfulness=args.faithfulness, reference=reference, device=args.device,
-        faithfulness_options={"steps": args.steps, "baseline": args.baseline,
-                              "n_blocks": args.blocks, "seed": args.seed},
-        progress=_progress_printer(quiet), top_prototypes=None,
-    )
-    if reference is not None and not args.faithfulness:
-        from CalibSegLib.explain.faithfulness import activation_precision
-
-        explanation.details["plausibility"] = {
-            "activation_precision": activation_precision(
-                explanation.map, reference == explanation.target_class),
-            "top_percent": 10.0}
-    os.makedirs(args.output, exist_ok=True)
-    written = save_explanation(explanation, args.output, stem=_stem(args.image),
-                               suffix=args.format)
-    note = explanation.details.get("note")
-    if note:
-        print(f"calibseg explain: warning: {note}", file=sys.stderr)
-    if not quiet:
-        print(f"{explanation.method} explanation of {explanation.region}")
-        f = explanation.faithfulness
-        if f:
-            m = f["explanation"]
-            print(f"  deletion AUC {m['deletion_auc']:.3f}, insertion AUC "
-                  f"{m['insertion_auc']:.3f}, correlation {m['correlation']:.3f}; "
-                  f"beats random: {'yes' if f.get('beats_random') else 'NO'}")
-        for row in prototype_evidence(explanation.prototypes or [], top=3):
-            src = row["source"]
-            print(f"  evidence {row['side']:<7} #{row['rank']}: prototype {row['index']} "
-                  f"({row['class_name']}) {row['evidence']:+.3f} of the region's prototype "
-                  f"evidence, from {src.get('case', '?')} at {src.get('voxel')}")
-        for path in written:
-            print(f"wrote {path}")
-    return 0
+    args.class_index = target

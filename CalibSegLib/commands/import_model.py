@@ -1,10 +1,11 @@
-"""``calibseg import-model``: wrap a MONAI bundle or TorchScript file into a model folder."""
+"""``calibseg import-model``: wrap a MONAI bundle, TorchScript file or nnU-Net folder into a
+model folder (options and checks)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+
+from CalibSegLib.files import read_json
 
 NAME = "import-model"
 HELP = "import a MONAI bundle or TorchScript model into a CalibSeg model folder"
@@ -49,50 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_preprocessing(path: str) -> list:
-    from CalibSegLib.errors import CalibSegError
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            items = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise CalibSegError(f"{path}: cannot read the preprocessing list ({exc}).") from exc
-    if not isinstance(items, list):
-        raise CalibSegError(f"{path}: expected a JSON list of {{transform, args}} objects.")
-    return items
+    return read_json(path, list, "preprocessing list of {transform, args} objects")
 
 
-def run(args: argparse.Namespace) -> int:
-    from CalibSegLib.models import load_model
-    from CalibSegLib.models.importers import detect_kind, import_model
-    from CalibSegLib.models.preprocessing import describe
-
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    options = {"axis_order": args.axis_order, "output_kind": args.output_kind}
-    if args.preprocessing:
-        options["preprocessing"] = _read_preprocessing(args.preprocessing)
-    if (args.kind or detect_kind(args.source)) == "nnunet":
-        import_model(args.source, args.output, kind="nnunet", name=args.name,
-                     configuration=args.configuration, folds=args.folds,
-                     checkpoint=args.checkpoint, mirroring=args.mirroring,
-                     overwrite=args.overwrite)
-    else:
-        import_model(args.source, args.output, kind=args.kind, name=args.name,
-                     class_names=classes, spacing_mm=args.spacing,
-                     patch_size=args.patch_size, overwrite=args.overwrite, **options)
-    folder = os.path.abspath(args.output)
-    model = load_model(folder)
-    if not getattr(args, "quiet", False):
-        card = model.card
-        print(f"imported {card.name} ({card.architecture}) -> {folder}")
-        print(f"classes: {', '.join(card.class_names)}; spacing {card.spacing_mm} mm; "
-              f"patch {card.patch_size}; axis order {card.axis_order}; "
-              f"output {card.output_kind}")
-        if card.architecture == "nnunet":
-            nn = card.nnunet
-            print(f"nnU-Net {nn['configuration']}, folds {card.network['folds']}: its own "
-                  f"preprocessing ({', '.join(nn['normalization_schemes'])}), sliding window "
-                  f"and resampling; mirroring {'on' if nn['mirroring'] else 'off'}")
-        else:
-            print(f"preprocessing: {describe(card.preprocessing)}")
-        print(f"review and edit {folder}/model.json before use (generated card).")
-    return 0
+def check(args: argparse.Namespace) -> None:
+    """The preprocessing file before anything is imported; sets ``args.preprocessing_items``."""
+    args.preprocessing_items = _read_preprocessing(args.preprocessing) \
+        if args.preprocessing else None

@@ -1,12 +1,14 @@
-"""``calibseg sample-data``: write an embedded sample case to image files."""
+"""``calibseg sample-data``: write an embedded sample case to image files (options and checks)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from CalibSegLib.commands._checks import add_overwrite_argument
+from CalibSegLib.data.case import available_cases
+from CalibSegLib.errors import CalibSegError
+from CalibSegLib.files import refuse_overwrite
 
 NAME = "sample-data"
 HELP = "write an embedded sample case (image, labels, soft reference) to files"
@@ -31,12 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_overwrite_argument(parser)
 
 
-def check(args: argparse.Namespace) -> float:
-    """Options and outputs before any data is generated; the resolution to use."""
-    from CalibSegLib.data.sample import available_cases
-    from CalibSegLib.errors import CalibSegError
-    from CalibSegLib.io import refuse_overwrite
-
+def check(args: argparse.Namespace) -> None:
+    """Options and outputs before any data is generated; sets ``args.resolution`` to use."""
     if args.case not in available_cases():
         raise CalibSegError(f"Unknown sample case {args.case!r}; choose one of "
                             f"{', '.join(available_cases())}.")
@@ -57,48 +55,4 @@ def check(args: argparse.Namespace) -> float:
     if args.dicom:
         planned.append(stem + "_dicom")
     refuse_overwrite(planned, args.overwrite)
-    return float(resolution)
-
-
-def run(args: argparse.Namespace) -> int:
-    resolution = check(args)
-    from CalibSegLib.data import sample_case
-    from CalibSegLib.io import atomic_path, write_image
-
-    case = sample_case(args.case, resolution_mm=resolution, shift_seed=args.shift_seed)
-    os.makedirs(args.output, exist_ok=True)
-    stem = os.path.join(args.output, case.name)
-    written = [
-        write_image(stem + "_image" + args.format, case.image, case.affine),
-        write_image(stem + "_labels" + args.format, case.labels, case.affine),
-    ]
-    if case.reference_probs is not None:
-        written.append(
-            write_image(stem + "_probs" + args.format, case.reference_probs.transpose(1, 2, 3, 0),
-                        case.affine, vector=True)
-        )
-    if args.dicom:
-        from CalibSegLib.dicom import write_series
-
-        modality = "CT" if args.case == "ct-chest" else "MR"
-        folder = stem + "_dicom"
-        if os.path.isdir(folder):  # only with --overwrite: a stale slice must not stay
-            import shutil
-
-            shutil.rmtree(folder)
-        write_series(case.image, case.affine, folder, modality=modality,
-                     series_description=f"CalibSeg sample {case.name}",
-                     body_part="CHEST" if args.case == "ct-chest" else "HEAD")
-        written.append(folder)
-    meta = {
-        "name": case.name, "class_names": list(case.class_names),
-        "class_colors": [list(c) for c in case.class_colors], "attribution": case.attribution,
-        "files": [os.path.basename(p) for p in written],
-    }
-    with atomic_path(stem + ".json") as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=2)
-    if not getattr(args, "quiet", False):
-        print(case.summary())
-        for path in written:
-            print(f"wrote {path}")
-    return 0
+    args.resolution = float(resolution)

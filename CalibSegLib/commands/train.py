@@ -1,11 +1,18 @@
-"""``calibseg train``: train a (calibration-aware, optionally prototype) segmentation model."""
+"""``calibseg train``: train a (calibration-aware, optionally prototype) segmentation model
+(options and checks)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 
+from CalibSegLib.commands import _checks
 from CalibSegLib.commands._checks import add_overwrite_argument
+from CalibSegLib.data.case import available_cases
+from CalibSegLib.data.seeds import parse_seeds
+from CalibSegLib.errors import CalibSegError
+from CalibSegLib.training.config import TrainConfig
 
 NAME = "train"
 HELP = ("train a segmentation model folder from image/label pairs or the sample case, with "
@@ -29,8 +36,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from CalibSegLib.training.config import TrainConfig
-
+    """Add the ``calibseg train`` options to ``parser``."""
     d = TrainConfig()
     data = parser.add_argument_group("data")
     data.add_argument("data", nargs="?", default=None,
@@ -141,9 +147,8 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
-def _parse_crop(text: str | None):
-    from CalibSegLib.errors import CalibSegError
-
+def parse_crop(text: str | None) -> tuple[slice, slice, slice] | None:
+    """``--crop Z0:Z1,Y0:Y1,X0:X1`` as three slices, or ``None``."""
     if not text:
         return None
     try:
@@ -154,80 +159,8 @@ def _parse_crop(text: str | None):
             from exc
     if len(crop) != 3:
         raise CalibSegError("--crop needs three ranges Z0:Z1,Y0:Y1,X0:X1.")
-    return crop
-
-
-def load_data(args: argparse.Namespace, progress=None):
-    """``(train cases, validation cases, class names, colours, data description)``."""
-    from CalibSegLib.errors import CalibSegError
-    from CalibSegLib.training import data as td
-
-    if args.sample and args.data:
-        raise CalibSegError("Give either DATA (folder/CSV) or --sample, not both.")
-    if args.sample:
-        train_seeds = td.parse_seeds(args.train_seeds)
-        val_seeds = td.parse_seeds(args.val_seeds)
-        overlap = set(train_seeds) & set(val_seeds)
-        if overlap:
-            raise CalibSegError(
-                f"Training and validation seeds overlap ({td.format_seeds(sorted(overlap))}); "
-                "make them disjoint."
-            )
-        crop = _parse_crop(args.crop)
-        cases = td.sample_cases(args.sample, train_seeds + val_seeds, args.resolution, crop,
-                                progress=progress)
-        train, val = cases[: len(train_seeds)], cases[len(train_seeds):]
-        import numpy as np
-
-        from CalibSegLib.data import sample_case
-
-        reference = sample_case(args.sample, resolution_mm=args.resolution)
-        names, colors = list(reference.class_names), [list(c) for c in reference.class_colors]
-        spacing = [round(float(v), 4) for v in
-                   np.linalg.norm(np.asarray(reference.affine)[:3, :3], axis=0)]
-        description = {
-            "kind": "sample", "sample": args.sample,
-            "resolution_mm": args.resolution if args.sample == "mni-t1" else None,
-            "spacing_mm": spacing,
-            "train_seeds": td.format_seeds(train_seeds), "val_seeds": td.format_seeds(val_seeds),
-            "crop_zyx": args.crop, "train_cases": len(train), "val_cases": len(val),
-            "note": "shifted variants (MONAI affine, bias field, gamma, low resolution, noise) "
-                    f"of the embedded case; regenerate one with calibseg sample-data "
-                    f"{args.sample} --shift-seed N",
-        }
-    elif args.data:
-        import os
-
-        def read(path):
-            return td.csv_cases(path) if path.lower().endswith(".csv") else td.folder_cases(path)
-
-        cases = read(args.data)
-        if args.val:
-            train, val = cases, read(args.val)
-        else:
-            if len(cases) <= args.val_count:
-                raise CalibSegError(
-                    f"{args.data} holds {len(cases)} case(s); at least {args.val_count + 1} are "
-                    "needed to hold some out for validation (or pass --val)."
-                )
-            train, val = cases[: -args.val_count], cases[-args.val_count:]
-        top = max(int(c.labels.max()) for c in cases)
-        names = [f"class{i}" for i in range(top + 1)]
-        names[0] = "background"
-        colors = None
-        description = {
-            "kind": "files", "data": os.path.abspath(args.data),
-            "val": os.path.abspath(args.val) if args.val else None,
-            "train_cases": [c.case_id for c in train], "val_cases": [c.case_id for c in val],
-        }
-    else:
-        raise CalibSegError(
-            "No training data: give a folder/CSV of image/label pairs or --sample mni-t1."
-        )
-    if args.classes:
-        names = [n.strip() for n in args.classes.split(",")]
-        colors = colors if colors is not None and len(colors) == len(names) else None
-    return train, val, names, colors, description
+    z, y, x = crop
+    return z, y, x
 
 
 def stage_steps(args: argparse.Namespace) -> tuple[int, int, int]:
@@ -236,8 +169,6 @@ def stage_steps(args: argparse.Namespace) -> tuple[int, int, int]:
     Fills ``args.warmup_steps`` / ``args.last_layer_steps`` when not given (so the
     recorded command line spells them out).
     """
-    from CalibSegLib.errors import CalibSegError
-
     total = int(args.steps)
     if total < 1:
         raise CalibSegError(f"--steps {total}: give at least 1 step.")
@@ -264,8 +195,6 @@ def stage_steps(args: argparse.Namespace) -> tuple[int, int, int]:
 
 def config_from_args(args: argparse.Namespace, class_names: list[str]):
     """The :class:`~CalibSegLib.training.TrainConfig` described by ``args``."""
-    from CalibSegLib.training.config import TrainConfig
-
     warmup, joint, last = stage_steps(args)
     patch = tuple(args.patch) * 3 if len(args.patch) == 1 else tuple(args.patch)
     return TrainConfig(
@@ -283,12 +212,6 @@ def config_from_args(args: argparse.Namespace, class_names: list[str]):
 
 def check(args: argparse.Namespace) -> None:
     """Options, data paths and output before any case is generated or torch imported."""
-    import os
-
-    from CalibSegLib.commands import _checks
-    from CalibSegLib.errors import CalibSegError
-    from CalibSegLib.training import data as td
-
     if args.sample and args.data:
         raise CalibSegError("Give either DATA (folder/CSV) or --sample, not both.")
     if not args.sample and not args.data:
@@ -299,14 +222,12 @@ def check(args: argparse.Namespace) -> None:
     if args.val:
         _checks.input_file(args.val, "--val")
     if args.sample:
-        from CalibSegLib.data.sample import available_cases
-
         if args.sample not in available_cases():
             raise CalibSegError(f"Unknown sample case {args.sample!r}; choose one of "
                                 f"{', '.join(available_cases())}.")
-        td.parse_seeds(args.train_seeds)
-        td.parse_seeds(args.val_seeds)
-        _parse_crop(args.crop)
+        parse_seeds(args.train_seeds)
+        parse_seeds(args.val_seeds)
+        parse_crop(args.crop)
     stage_steps(args)
     names = ([n.strip() for n in args.classes.split(",")] if args.classes else ["a", "b"])
     config_from_args(args, names)  # validates sizes, losses, patch divisibility
@@ -315,50 +236,3 @@ def check(args: argparse.Namespace) -> None:
         raise CalibSegError(f"{args.output} already holds a trained model or checkpoint; pass "
                             "--resume to continue it, --overwrite to start again, or choose "
                             "another output folder.")
-
-
-def run(args: argparse.Namespace) -> int:
-    import os
-    import sys
-    import time
-
-    started = time.perf_counter()
-    check(args)
-    import torch
-
-    from CalibSegLib.training import train
-
-    quiet = getattr(args, "quiet", False)
-    torch.set_num_threads(max(1, args.threads))
-
-    def say(message: str) -> None:
-        if not quiet:
-            print(message, file=sys.stderr)
-
-    say("generating / reading training cases ...")
-    train_cases, val_cases, names, colors, description = load_data(args)
-    config = config_from_args(args, names)
-    command = command_line(args)
-    stages = ", ".join(f"{n} {name}" for name, n in config.stages() if n)
-    say(f"{len(train_cases)} training and {len(val_cases)} validation cases; "
-        f"{config.total_steps} steps ({stages}) of {config.batch_size} x "
-        f"{config.patch_size} patches")
-    try:
-        result = train(
-            config, train_cases, val_cases, args.output, resume=args.resume,
-            overwrite=args.overwrite, command=command, data_description=description,
-            keep_checkpoint=args.keep_checkpoint, show_progress=not quiet, class_colors=colors,
-            name=args.name or os.path.basename(os.path.normpath(args.output)),
-        )
-    except KeyboardInterrupt:
-        print(f"calibseg train: interrupted; the last checkpoint in {args.output}/checkpoint is "
-              "intact, continue with the same command plus --resume", file=sys.stderr)
-        raise
-    s = result.summary
-    wall = time.perf_counter() - started
-    say(f"done in {wall:.0f} s: {s['steps']} steps ({s['seconds']:.0f} s of optimisation at "
-        f"{s['iterations_per_second']:.2f} it/s, {s['voxels_per_second']:.3g} voxels/s; the "
-        f"rest is data, validation and the prototype push); temperature "
-        f"{result.temperature:.3f}")
-    print(args.output)
-    return 0

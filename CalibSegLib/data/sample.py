@@ -17,66 +17,27 @@ like Slicer's IJKToRAS matrix.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
-from dataclasses import dataclass, field
 
+import nibabel as nib
+import nrrd
 import numpy as np
+import slicerio
 
+from CalibSegLib.data.case import (
+    MNI_CLASS_COLORS,
+    MNI_CLASS_NAMES,
+    SampleCase,
+    available_cases,
+)
+from CalibSegLib.data.shift import shifted_case
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.io import LPS_TO_RAS
 
-MNI_CLASS_NAMES = ("background", "grey matter", "white matter")
-MNI_CLASS_COLORS = ((0.0, 0.0, 0.0), (0.86, 0.55, 0.35), (0.95, 0.95, 0.80))
+__all__ = ["MNI_CLASS_COLORS", "MNI_CLASS_NAMES", "SampleCase", "available_cases",
+           "sample_case"]
 
-
-
-@dataclass
-class SampleCase:
-    """One image with its reference segmentation (and soft reference when known)."""
-
-    name: str
-    image: np.ndarray  #: (Z, Y, X) float32 intensities
-    affine: np.ndarray  #: (4, 4) float64, voxel (i, j, k) -> RAS mm
-    labels: np.ndarray  #: (Z, Y, X) uint8 class indices
-    class_names: tuple[str, ...]
-    class_colors: tuple[tuple[float, float, float], ...]
-    reference_probs: np.ndarray | None = None  #: (C, Z, Y, X) float32 summing to 1, or None
-    description: str = ""
-    attribution: str = ""
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def spacing(self) -> tuple[float, float, float]:
-        """Voxel size in mm along (i, j, k) = (X, Y, Z)."""
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def summary(self) -> str:
-        """A few human-readable lines describing the case."""
-        counts = np.bincount(self.labels.ravel(), minlength=self.num_classes)
-        fractions = ", ".join(
-            f"{n} {100.0 * c / self.labels.size:.1f}%" for n, c in zip(self.class_names, counts)
-        )
-        lines = [
-            f"{self.name}: {self.description}",
-            f"  array (Z, Y, X) {tuple(self.image.shape)}, spacing (mm, X/Y/Z) "
-            + " x ".join(f"{s:g}" for s in self.spacing),
-            f"  intensities {float(self.image.min()):g} .. {float(self.image.max()):g}",
-            f"  classes: {fractions}",
-            "  soft reference: "
-            + ("yes, (C, Z, Y, X) " + str(tuple(self.reference_probs.shape))
-               if self.reference_probs is not None else "no"),
-            f"  source: {self.attribution}",
-        ]
-        return "\n".join(lines)
-
-
-def available_cases() -> tuple[str, ...]:
-    """Names accepted by :func:`sample_case`."""
-    return ("mni-t1", "ct-chest")
 
 
 def sample_case(
@@ -105,8 +66,6 @@ def sample_case(
             f"Unknown sample case {name!r}; choose one of {', '.join(available_cases())}."
         )
     if shift_seed is not None:
-        from CalibSegLib.data.shift import shifted_case
-
         case = shifted_case(case, shift_seed)
     return case
 
@@ -115,8 +74,6 @@ def sample_case(
 
 def _nilearn_data_dir() -> str:
     """The data folder of the installed nilearn wheel (found without importing nilearn)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         raise CalibSegError(
@@ -129,8 +86,6 @@ def _nilearn_data_dir() -> str:
 @functools.lru_cache(maxsize=1)
 def _mni_native() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """T1, GM, WM as (I, J, K) float32 in [0, 1] for the maps, and the affine."""
-    import nibabel as nib
-
     folder = _nilearn_data_dir()
     arrays = []
     affine = None
@@ -207,9 +162,6 @@ def _mni_case(resolution_mm: float) -> SampleCase:
 
 @functools.lru_cache(maxsize=1)
 def _ct_native():
-    import nrrd
-    import slicerio
-
     try:
         ct_path = slicerio.get_testdata_file("CTChest4.nrrd")
         seg_path = slicerio.get_testdata_file("Segmentation.seg.nrrd")

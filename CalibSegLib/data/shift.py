@@ -13,20 +13,20 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandAffined,
+    RandBiasFieldd,
+    RandGaussianNoised,
+    RandSimulateLowResolutiond,
+)
 
-from CalibSegLib.data.sample import SampleCase
+from CalibSegLib.data.case import SampleCase
 
 
 def _transforms(keys_linear: list[str], key_labels: str | None, intensity_range: float):
-    from monai.transforms import (
-        Compose,
-        RandAdjustContrastd,
-        RandAffined,
-        RandBiasFieldd,
-        RandGaussianNoised,
-        RandSimulateLowResolutiond,
-    )
-
     spatial_keys = keys_linear + ([key_labels] if key_labels else [])
     modes = ["bilinear"] * len(keys_linear) + (["nearest"] if key_labels else [])
     return Compose(
@@ -50,8 +50,6 @@ def _transforms(keys_linear: list[str], key_labels: str | None, intensity_range:
 
 def shifted_case(case: SampleCase, seed: int) -> SampleCase:
     """Return the shifted variant of ``case`` determined by ``seed`` (the input is untouched)."""
-    import torch
-
     lo, hi = float(case.image.min()), float(case.image.max())
     span = max(hi - lo, 1e-6)
     data: dict[str, torch.Tensor] = {

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from CalibSegLib.explain.segmenter import Segmenter, unet_divisor
+from CalibSegLib.inference.predict import from_network_axes, to_network_axes
+from CalibSegLib.inference.resample import model_grid, same_grid
 from CalibSegLib.models.card import ModelCard
 from CalibSegLib.models.normalization import torch_normalizer
 from CalibSegLib.models.output_kind import to_logits
@@ -71,8 +73,6 @@ class _ModelSegmenter(Segmenter):
     _grid_shape: tuple[int, ...] | None = None
 
     def set_input_grid(self, shape: tuple[int, ...]) -> None:
-        from CalibSegLib.inference.resample import model_grid, same_grid
-
         self._grid_shape = tuple(int(s) for s in shape)
         if self.input_affine is None:
             self.grid = None
@@ -103,8 +103,6 @@ class _ModelSegmenter(Segmenter):
 
     def _network_call(self, x: torch.Tensor) -> torch.Tensor:
         """The network on ``(B, 1, Z, Y, X)`` in its own axis order; logits back in ours."""
-        from CalibSegLib.inference.predict import from_network_axes, to_network_axes
-
         order = self.card.axis_order
         out = self.network(to_network_axes(x, order))
         if isinstance(out, Mapping):

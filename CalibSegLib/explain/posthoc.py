@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 import torch
+from monai.visualize import GradCAM, GradCAMpp, OcclusionSensitivity
 from torch import nn
 
 from CalibSegLib.errors import CalibSegError
@@ -160,8 +161,6 @@ def gradcam_map(
     info : dict
         ``layer``, ``feature_shape``, ``upsampling``.
     """
-    from monai.visualize import GradCAM, GradCAMpp
-
     image = np.asarray(image, dtype=np.float32)
     network = segmenter.network
     if layer is None:
@@ -254,8 +253,6 @@ def occlusion_map(
     info : dict
         ``mask_size``, ``overlap``, ``mode``, ``forward_passes``.
     """
-    from monai.visualize import OcclusionSensitivity
-
     image = np.asarray(image, dtype=np.float32)
     if mask_size is None:
         mask_size = occlusion_mask_size(image.shape)

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from CalibSegLib.explain.api import explain
+from CalibSegLib.explain.prototype import is_prototype_network
+from CalibSegLib.models import load_model
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report, scaled
 
 METRICS = ("deletion_auc", "insertion_auc", "correlation")
@@ -14,8 +16,6 @@ METRICS = ("deletion_auc", "insertion_auc", "correlation")
 
 def _load(model):
     if isinstance(model, str) or hasattr(model, "__fspath__"):
-        from CalibSegLib.models import load_model
-
         model = load_model(str(model))
     card = getattr(model, "card", None)
     name = (card.get("name") if isinstance(card, dict) else getattr(card, "name", None)) or type(
@@ -34,7 +34,6 @@ def _case(case, index: int) -> tuple[str, np.ndarray, np.ndarray, np.ndarray | N
 def _is_prototype(model) -> bool:
     if hasattr(model, "is_prototype"):
         return bool(model.is_prototype)
-    from CalibSegLib.explain.prototype import is_prototype_network
 
     net = getattr(model, "network", model)
     return is_prototype_network(net)

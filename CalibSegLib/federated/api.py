@@ -11,13 +11,12 @@ from CalibSegLib.federated.loopback import Fault
 from CalibSegLib.federated.simulation import run_federation
 from CalibSegLib.federated.sites import SiteSpec
 from CalibSegLib.io import refuse_overwrite
+from CalibSegLib.models import load_model
 from CalibSegLib.progress import CancelCallback, ProgressCallback
 
 
 def _model(model):
     if isinstance(model, str | os.PathLike):
-        from CalibSegLib.models import load_model
-
         return load_model(os.fspath(model))
     return model
 

@@ -21,7 +21,9 @@ from flwr.app import Context, UserConfigValue
 from flwr.serverapp import Grid, ServerApp
 
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.federated import outputs, server
 from CalibSegLib.federated.client import build_client_app
+from CalibSegLib.models import load_model
 
 client_app = build_client_app()
 server_app = ServerApp()
@@ -36,9 +38,6 @@ def expected_sites(config: Mapping[str, UserConfigValue]) -> list[str]:
 
 def run_task(grid: Grid, config: Mapping[str, UserConfigValue]) -> dict:
     """Run the task named in ``config`` over ``grid``; write its outputs; return a summary."""
-    from CalibSegLib.federated import outputs, server
-    from CalibSegLib.models import load_model
-
     task = str(config.get("task", "evaluate"))
     if task not in TASKS:
         raise CalibSegError(f"Unknown task {task!r}; use {', '.join(TASKS)}.")

@@ -17,6 +17,8 @@ from flwr.clientapp import ClientApp
 
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.federated import protocol
+from CalibSegLib.federated.reliability import encode_stats
+from CalibSegLib.federated.site import local_finetune, site_nll, site_statistics
 from CalibSegLib.federated.sites import SiteSpec, load_cohort
 from CalibSegLib.federated.transport import model_from_records
 
@@ -60,9 +62,6 @@ def _site_and_cases(message: Message, context: Context, model):
 
 def handle_stats(message: Message, context: Context) -> Message:
     """Reliability statistics of the sent model on this site's cohort."""
-    from CalibSegLib.federated.reliability import encode_stats
-    from CalibSegLib.federated.site import site_statistics
-
     config = message.content.config_records["config"]
     model = model_from_records(str(message.content["model"]["card"]),
                                message.content.array_records["weights"])
@@ -76,8 +75,6 @@ def handle_stats(message: Message, context: Context) -> Message:
 
 def handle_nll(message: Message, context: Context) -> Message:
     """NLL sums of the sent model over the server's temperature grid."""
-    from CalibSegLib.federated.site import site_nll
-
     model = model_from_records(str(message.content["model"]["card"]),
                                message.content.array_records["weights"])
     spec, cases = _site_and_cases(message, context, model)
@@ -94,8 +91,6 @@ def handle_nll(message: Message, context: Context) -> Message:
 
 def handle_train(message: Message, context: Context) -> Message:
     """A few local steps from the global weights; reply with the new weights (FedAvg)."""
-    from CalibSegLib.federated.site import local_finetune
-
     config = message.content.config_records["config"]
     model = model_from_records(str(message.content["model"]["card"]),
                                message.content.array_records["arrays"])

@@ -22,7 +22,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.federated.sites import check_site_name
 
 #: Default names the SuperLink certificate is valid for (a local test federation).
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -68,8 +74,6 @@ def _refuse_overwrite(paths: Sequence[str], overwrite: bool) -> None:
 
 
 def _subject_alt_names(hosts: Sequence[str]):
-    from cryptography import x509
-
     names: list[x509.GeneralName] = []
     for host in hosts:
         try:
@@ -86,11 +90,6 @@ def create_certificates(folder: str, hosts: Sequence[str] = LOCAL_HOSTS, *,
     ``hosts`` are the DNS names and IP addresses SuperNodes use to reach the
     SuperLink (the certificate's subject alternative names). Keys are ECDSA P-384.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
     hosts = [h.strip() for h in hosts if h.strip()]
     if not hosts:
         raise CalibSegError("Name at least one host the SuperLink is reached by (--host).")
@@ -146,11 +145,6 @@ def create_certificates(folder: str, hosts: Sequence[str] = LOCAL_HOSTS, *,
 def create_supernode_keys(folder: str, sites: Sequence[str], *,
                           overwrite: bool = False) -> list[NodeKeys]:
     """One ECDSA P-384 key pair per site (OpenSSH format) in ``folder``."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from CalibSegLib.federated.sites import check_site_name
-
     if not sites:
         raise CalibSegError("Name at least one site (--site NAME) to create keys for.")
     if len(set(sites)) != len(sites):

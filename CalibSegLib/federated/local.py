@@ -19,7 +19,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.federated.credentials import create_certificates, create_supernode_keys
@@ -237,8 +237,6 @@ class LocalFederation:
         site = self.site(name)
         plan = self.plan
         if credentials is not None:
-            from dataclasses import replace
-
             plan = replace(plan, credentials=credentials)
         command = plan.supernode_command(site, runtime_port=free_port(),
                                          node_config=site.spec.node_config(),

@@ -13,6 +13,9 @@ import datetime
 import os
 import re
 
+from CalibSegLib.io import refuse_overwrite
+from CalibSegLib.models import save_model
+
 #: Files of a model folder that are rewritten, never copied from the base model.
 _REWRITTEN = ("model.json", "model.safetensors", "model.ts")
 
@@ -61,9 +64,6 @@ def save_derived_model(output: str, model, network, *, suffix: str, record_key: 
     card_changes
         Further card fields to set (e.g. ``temperature``).
     """
-    from CalibSegLib.io import refuse_overwrite
-    from CalibSegLib.models import save_model
-
     refuse_overwrite([output], overwrite)
     base = model.card
     training = dict(base.training or {})

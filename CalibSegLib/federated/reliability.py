@@ -18,12 +18,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from CalibSegLib.calibration import ReliabilityStats
 from CalibSegLib.federated.protocol import PayloadRejected, check_array
 
 
 def _stats_class():
-    from CalibSegLib.calibration import ReliabilityStats
-
     return ReliabilityStats
 
 

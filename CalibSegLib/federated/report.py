@@ -7,6 +7,8 @@ import json
 import logging
 import os
 
+import numpy as np
+
 from CalibSegLib.errors import CalibSegError
 
 LOG = logging.getLogger("CalibSegLib.federated")
@@ -36,8 +38,6 @@ def write_statistics(path: str, stats) -> str:
     They merge exactly with statistics of later evaluations
     (``ReliabilityStats.from_arrays(dict(np.load(path)))``).
     """
-    import numpy as np
-
     tmp = path + ".tmp.npz"
     np.savez(tmp, allow_pickle=False, **{k: np.asarray(v) for k, v in stats.to_arrays().items()})
     os.replace(tmp, path)

@@ -11,6 +11,7 @@ as ``min_sites`` sites delivered valid results.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,10 +30,16 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from CalibSegLib.calibration import fit_temperature_from_grid
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.federated import protocol
+from CalibSegLib.federated import reliability as statistics
+from CalibSegLib.federated.drift import calibration_drift
+from CalibSegLib.federated.loopback import LoopbackGrid
 from CalibSegLib.federated.protocol import PayloadRejected, SiteMeta
+from CalibSegLib.federated.reliability import summary_metrics
 from CalibSegLib.federated.transport import model_to_records, weights_to_state_dict
+from CalibSegLib.models import Model
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
 
 LOG = logging.getLogger("CalibSegLib.federated")
@@ -85,8 +92,6 @@ def wait_for_sites(grid: Grid, min_sites: int, timeout: float,
     an error naming the sites that did not connect. An in-process grid cannot gain
     sites, so too few fail at once.
     """
-    from CalibSegLib.federated.loopback import LoopbackGrid
-
     if min_sites < 1:
         raise CalibSegError(f"The minimum number of sites must be at least 1, not {min_sites}.")
     end = time.monotonic() + float(timeout)
@@ -207,20 +212,14 @@ class EvaluationResult:
 
     def site_metrics(self) -> dict[str, dict]:
         """Per site, computed from that site's merged statistics."""
-        from CalibSegLib.federated.reliability import summary_metrics
-
         return {name: summary_metrics(s) for name, s in sorted(self.site_stats.items())}
 
     def pooled_metrics(self) -> dict:
         """Computed from the statistics merged over every site (the pooled diagram's numbers)."""
-        from CalibSegLib.federated.reliability import summary_metrics
-
         return summary_metrics(self.pooled)
 
     def case_mean_metrics(self) -> dict:
         """Per case, then the mean over all cases of all sites (labelled as a mean)."""
-        from CalibSegLib.federated.reliability import summary_metrics
-
         return summary_metrics(self.pooled, reduction="macro")
 
 
@@ -231,9 +230,6 @@ def evaluation_round(grid: Grid, model, *, n_bins: int = 20, min_sites: int = 1,
                      cancel: CancelCallback | None = None, expected: Sequence[str] = (),
                      ) -> EvaluationResult:
     """Collect, check and merge every site's reliability statistics of ``model``."""
-    from CalibSegLib.federated import reliability as statistics
-    from CalibSegLib.federated.drift import calibration_drift
-
     report(progress, 0.0, f"evaluation round: sending {model.name} {model.version} to sites")
     config: dict[str, ConfigRecordValues] = {"n-bins": int(n_bins), "max-cases": int(max_cases),
                                              "round": group}
@@ -295,8 +291,6 @@ def temperature_round(grid: Grid, model, *, temperatures: Sequence[float] = DEFA
     the grid temperature with the smallest pooled NLL — exactly the choice a
     central fit on the pooled data over the same grid makes.
     """
-    from CalibSegLib.calibration import fit_temperature_from_grid
-
     grid_t = tuple(float(t) for t in temperatures)
     if not grid_t or any(not np.isfinite(t) or t <= 0 for t in grid_t):
         raise CalibSegError("Temperatures must be positive finite numbers.")
@@ -447,10 +441,6 @@ def finetune_rounds(grid: Grid, model, *, rounds: int = 1, local_steps: int = 2,
     The returned model keeps the card of ``model`` with version ``<version>+fed<rounds>``
     and a ``training.federated`` entry recording rounds, sites, settings and metrics.
     """
-    import copy
-
-    from CalibSegLib.models import Model
-
     if rounds < 1 or local_steps < 1:
         raise CalibSegError("Use at least one round and one local step.")
     before = after = None

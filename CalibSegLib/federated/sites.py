@@ -12,8 +12,10 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from CalibSegLib.cohort import read_cohort
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.progress import CancelCallback, ProgressCallback
+from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
+from CalibSegLib.training.data import parse_seeds, sample_cases
 
 
 def check_site_name(name: str) -> str:
@@ -73,8 +75,6 @@ class SiteSpec:
         if "cohort" in config:
             return cls(name=str(config["site"]), folder=str(config["cohort"]))
         if "seeds" in config:
-            from CalibSegLib.training.data import parse_seeds
-
             return cls(
                 name=str(config["site"]), sample=str(config.get("sample", "mni-t1")),
                 seeds=tuple(parse_seeds(str(config["seeds"]))),
@@ -108,8 +108,6 @@ def simulated_sites(n_sites: int, cases_per_site: int = 1, *, resolution_mm: flo
 
 @functools.lru_cache(maxsize=64)
 def _sample_variant(sample: str, seed: int, resolution_mm: float):
-    from CalibSegLib.training.data import sample_cases
-
     (case,) = sample_cases(sample, seeds=[seed], resolution_mm=resolution_mm)
     return case
 
@@ -131,11 +129,7 @@ def load_cohort(spec: SiteSpec, progress: ProgressCallback | None = None,
     Sample variants are generated once per process and shared (not to be modified), on the
     grid of :func:`sample_resolution`.
     """
-    from CalibSegLib.progress import check_cancel, report
-
     if spec.folder is not None:
-        from CalibSegLib.cohort import read_cohort
-
         return read_cohort(spec.folder)
     cases = []
     for n, seed in enumerate(spec.seeds):

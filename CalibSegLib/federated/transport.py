@@ -12,6 +12,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.models import Model, ModelCard, build_network
+from CalibSegLib.models.store import check_state_dict
 
 
 def model_to_records(model) -> tuple[ConfigRecord, ArrayRecord]:
@@ -27,9 +29,6 @@ def model_to_records(model) -> tuple[ConfigRecord, ArrayRecord]:
 
 def model_from_records(card_json: str, weights: ArrayRecord, device: str = "cpu"):
     """Rebuild a :class:`~CalibSegLib.models.Model` from :func:`model_to_records` output."""
-    from CalibSegLib.models import Model, ModelCard, build_network
-    from CalibSegLib.models.store import check_state_dict
-
     card = ModelCard.from_json(card_json, source="model card sent by the server")
     network = build_network(card)
     tensors = weights_to_state_dict(weights)

@@ -14,6 +14,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from monai.bundle import ConfigParser
 from torch import nn
 
 from CalibSegLib.errors import CalibSegError
@@ -102,8 +103,6 @@ def network_config(config: Mapping[str, Any], network_key: str) -> dict[str, Any
 
 def build_bundle_network(config: Mapping[str, Any], network_key: str) -> nn.Module:
     """Instantiate the network item of a checked bundle config with MONAI's ConfigParser."""
-    from monai.bundle import ConfigParser
-
     items = network_config(config, network_key)
     parser = ConfigParser(items)
     try:

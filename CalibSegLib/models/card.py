@@ -24,9 +24,13 @@ import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from typing import Any
 
+import jsonschema
+
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.models.preprocessing import check_preprocessing, legacy_to_transforms, legacy_view
 
 FORMAT_VERSION = 2
 
@@ -48,8 +52,6 @@ DEFAULT_COLORS = (
 @functools.lru_cache(maxsize=1)
 def card_schema() -> dict:
     """The model-card JSON Schema (draft 2020-12) as a dict."""
-    from importlib import resources
-
     text = resources.files("CalibSegLib").joinpath("resources/model_card.schema.json").read_text(
         encoding="utf-8"
     )
@@ -78,8 +80,6 @@ def migrate_card(data: Mapping[str, Any], source: str = "model card") -> dict[st
     Format-2 data is returned as a deep copy. Predictions are unchanged by the migration:
     the transform list computes the same values as the version-1 normalisation.
     """
-    from CalibSegLib.models.preprocessing import legacy_to_transforms
-
     out = copy.deepcopy(dict(data))
     if out.get("format_version") != 1:
         return out
@@ -108,8 +108,6 @@ def validate_card(data: Mapping[str, Any], source: str = "model card") -> None:
     CalibSegError
         Naming the first bad field (as ``a.b[0].c``) and what is expected there.
     """
-    import jsonschema
-
     if not isinstance(data, Mapping):
         raise CalibSegError(f"{source}: expected a JSON object, got {type(data).__name__}.")
     validator = jsonschema.Draft202012Validator(card_schema())
@@ -129,8 +127,6 @@ def validate_card(data: Mapping[str, Any], source: str = "model card") -> None:
 
 def _check_rules(data: Mapping[str, Any], source: str) -> None:
     if data["format_version"] != 1:
-        from CalibSegLib.models.preprocessing import check_preprocessing
-
         if "normalization" in data:
             raise CalibSegError(
                 f"{source}: field 'normalization' belongs to format 1; a format-2 card lists its "
@@ -313,8 +309,6 @@ class ModelCard:
         ``{"type": "transforms", "transforms": [names]}`` when one format-1
         normalisation cannot express it; use :attr:`preprocessing` for computing.
         """
-        from CalibSegLib.models.preprocessing import legacy_view
-
         return legacy_view(self._data["preprocessing"])
 
     @property
@@ -469,8 +463,6 @@ def new_card(
     ``preprocessing`` (a transform list) or, in the format-1 form, ``normalization``
     (default z-score); the network takes ``(Z, Y, X)`` arrays and gives logits.
     """
-    from CalibSegLib.models.preprocessing import legacy_to_transforms
-
     if preprocessing is not None and normalization is not None:
         raise CalibSegError("Give preprocessing or normalization, not both.")
     if preprocessing is None:

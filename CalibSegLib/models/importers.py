@@ -34,6 +34,7 @@ from CalibSegLib.models.card import (
     TORCHSCRIPT_FILE,
     ModelCard,
 )
+from CalibSegLib.models.nnunet_import import import_nnunet
 from CalibSegLib.models.output_kind import OUTPUT_KINDS, check_output, detect_output_kind
 from CalibSegLib.models.preprocessing import check_preprocessing, legacy_to_transforms
 from CalibSegLib.models.store import check_state_dict, load_torchscript, save_model
@@ -436,8 +437,6 @@ def import_model(source: str, destination: str, kind: str | None = None, *,
         folder = import_torchscript(source, destination, progress=progress, cancel=cancel,
                                     **options)
     elif kind == "nnunet":
-        from CalibSegLib.models.nnunet_import import import_nnunet
-
         folder = import_nnunet(source, destination, progress=progress, cancel=cancel,
                                **options)
     else:

@@ -20,9 +20,13 @@ from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from monai.networks.nets import BasicUNet, UNet
 from torch import nn
 
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.models.bundle import build_bundle_network
+from CalibSegLib.models.card import ModelCard
+from CalibSegLib.models.nnunet import build_nnunet_network
 
 DEFAULT_EPSILON = 1e-4
 
@@ -60,8 +64,6 @@ def build_backbone(network: Mapping[str, Any], out_channels: int) -> nn.Module:
     """
     arch = network.get("architecture")
     if arch == "monai.UNet":
-        from monai.networks.nets import UNet
-
         kwargs: dict[str, Any] = {
             "channels": tuple(int(c) for c in network["channels"]),
             "strides": tuple(int(s) for s in network["strides"]),
@@ -76,8 +78,6 @@ def build_backbone(network: Mapping[str, Any], out_channels: int) -> nn.Module:
             kwargs["act"] = _norm(network["act"])
         return UNet(spatial_dims=3, in_channels=1, out_channels=int(out_channels), **kwargs)
     if arch == "monai.BasicUNet":
-        from monai.networks.nets import BasicUNet
-
         kwargs = {"features": tuple(int(f) for f in network["features"]),
                   "dropout": float(network.get("dropout", 0.0))}
         for key in ("act", "norm"):
@@ -281,8 +281,6 @@ def build_network(card: Any) -> nn.Module:
         :class:`LinearSegNet` or :class:`PrototypeSegNet` for U-Nets; the bundle's
         network for ``monai.bundle``.
     """
-    from CalibSegLib.models.card import ModelCard
-
     if not isinstance(card, ModelCard):
         card = ModelCard(card)
     network, head = card.network, card.head
@@ -292,12 +290,8 @@ def build_network(card: Any) -> nn.Module:
             "A TorchScript model is loaded from its folder, not built; use load_model(folder)."
         )
     if arch == "monai.bundle":
-        from CalibSegLib.models.bundle import build_bundle_network
-
         return build_bundle_network(network["config"], network["network_key"])
     if arch == "nnunet":
-        from CalibSegLib.models.nnunet import build_nnunet_network
-
         return build_nnunet_network(card)
     feature_size = int(head.get("feature_size", 16))
     backbone = build_backbone(network, feature_size)

@@ -20,6 +20,7 @@ import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import monai.transforms
 import numpy as np
 import torch
 
@@ -115,8 +116,6 @@ def check_preprocessing(items: Any, where: str = "preprocessing") -> None:
 
 def build_transforms(items: Sequence[Mapping[str, Any]]) -> list[Callable]:
     """MONAI transform objects for a checked ``preprocessing`` list, in order."""
-    import monai.transforms
-
     check_preprocessing(list(items))
     transforms = []
     for n, item in enumerate(items):

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from CalibSegLib.inference.sliding import sliding_window
+from CalibSegLib.io import write_image
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
 from CalibSegLib.training import heads
 from CalibSegLib.training.data import TrainingCase
@@ -31,8 +33,6 @@ def case_features(network: nn.Module, image: np.ndarray, patch_size: Sequence[in
     training patch size (so instance normalisation sees patch-sized inputs, as in
     training) with Gaussian blending; the features are the blended backbone outputs.
     """
-    from CalibSegLib.inference.sliding import sliding_window
-
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
     num_classes = None
 
@@ -161,8 +161,6 @@ def push_prototypes(
         crop, affine, lo, hi = gallery_crop(case, zyx, gallery_size)
         gallery = None
         if gallery_folder is not None:
-            from CalibSegLib.io import write_image
-
             name = f"proto_{proto:03d}.nii.gz"
             write_image(os.path.join(gallery_folder, name), crop, affine)
             gallery = f"{os.path.basename(os.path.normpath(gallery_folder))}/{name}"

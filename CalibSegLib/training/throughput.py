@@ -8,8 +8,17 @@ from collections.abc import Sequence
 import torch
 
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
+from CalibSegLib.training import card as card_mod
 from CalibSegLib.training.config import TrainConfig
 from CalibSegLib.training.data import TrainingCase, sample_cases
+from CalibSegLib.training.loop import (
+    _set_determinism,
+    _train_step,
+    make_optimizer,
+    stage_parameters,
+)
+from CalibSegLib.training.losses import SegmentationObjective
+from CalibSegLib.training.patches import PatchSampler
 
 
 def measure_throughput(
@@ -41,16 +50,6 @@ def measure_throughput(
         ``seconds_per_iteration``, ``iterations_per_second``, ``voxels_per_second``,
         ``threads``.
     """
-    from CalibSegLib.training import card as card_mod
-    from CalibSegLib.training.loop import (
-        _set_determinism,
-        _train_step,
-        make_optimizer,
-        stage_parameters,
-    )
-    from CalibSegLib.training.losses import SegmentationObjective
-    from CalibSegLib.training.patches import PatchSampler
-
     base = config or TrainConfig()
     if cases is None:
         cases = sample_cases("mni-t1", seeds=(1, 2))
