@@ -21,7 +21,6 @@ section, so the card and weights alone describe the model.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import pickle
 import re
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.io import read_json
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
 
 INSTALL_HINT = ('nnU-Net v2 models need the nnunetv2 package: pip install "CalibSegLib[nnunet]" '
@@ -144,14 +144,7 @@ def _read_json(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise CalibSegError(f"{path} is missing; an nnU-Net results folder holds plans.json and "
                             "dataset.json next to its fold_N folders.")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise CalibSegError(f"{path}: not readable JSON ({exc}).") from exc
-    if not isinstance(data, dict):
-        raise CalibSegError(f"{path}: expected a JSON object.")
-    return data
+    return read_json(path, dict, "nnU-Net " + os.path.basename(path))
 
 
 def available_folds(source: str, checkpoint: str = DEFAULT_CHECKPOINT) -> list[int | str]:

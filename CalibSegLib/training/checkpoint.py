@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.io import atomic_path
+from CalibSegLib.io import atomic_path, read_json
 
 FORMAT = "calibseg-checkpoint/1"
 STATE_FILE = "state.json"
@@ -124,11 +124,7 @@ def load_checkpoint(folder: str) -> tuple[dict, dict[str, torch.Tensor], dict | 
             f"No checkpoint in {folder}; start without --resume or point at the model folder "
             "of an interrupted run."
         )
-    try:
-        with open(path, encoding="utf-8") as fh:
-            state = json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CalibSegError(f"{path}: unreadable checkpoint state ({exc}).") from exc
+    state = read_json(path, dict, "checkpoint state")
     if state.get("format") != FORMAT:
         raise CalibSegError(f"{path}: not a CalibSeg checkpoint (format {state.get('format')!r}).")
     weights = _load_tensors(os.path.join(folder, state["weights"]))
