@@ -72,7 +72,7 @@ def test_unwritable_output_is_refused_before_work(files, capsys, command):
 
 
 def test_file_system_errors_met_mid_way_are_one_line(files, capsys, monkeypatch):
-    import CalibSegLib.commands.sample_data as sample_data
+    import CalibSegLib.workflows.sample_data as sample_data
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", "out/x.nii.gz")
@@ -92,3 +92,61 @@ def test_unknown_labels_in_reference(files, capsys, mni_case_4mm, tmp_path):
                  files["model"], "--reference", str(bad), "-o", str(out)]) == 2
     assert "label" in _one_line_error(capsys).lower()
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------- the error policy
+def test_user_errors_met_inside_explain_are_one_line(files, capsys, mni_case_4mm, tmp_path):
+    """Errors the explanation library meets in the user's input reach the user as one line."""
+    empty_roi = tmp_path / "roi.nii.gz"
+    write_image(str(empty_roi), np.zeros_like(mni_case_4mm.labels), mni_case_4mm.affine)
+    runs = {
+        "no layer 'no.such.layer'": ["--method", "gradcam", "--layer", "no.such.layer"],
+        "region of interest is empty": ["--method", "gradcam", "--roi", str(empty_roi)],
+    }
+    for expected, options in runs.items():
+        out = tmp_path / "out"
+        argv = ["-q", "explain", files["image"], "--model", files["model"], "-o", str(out)]
+        assert main(argv + options) == 2
+        assert expected in _one_line_error(capsys)
+        assert not out.exists()
+
+
+def test_programmer_errors_are_not_dressed_as_user_errors(files, capsys, monkeypatch):
+    """A TypeError/ValueError is a bug: the command line lets it through with its traceback."""
+    import CalibSegLib.workflows.explain as explain_command
+
+    def broken(args):
+        raise TypeError("as_segmenter got a str")
+
+    monkeypatch.setattr(explain_command, "run", broken)
+    with pytest.raises(TypeError, match="as_segmenter"):
+        main(["-q", "explain", files["image"], "--model", files["model"], "-o",
+              str(files["root"] / "unused")])
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_json_files_are_read_with_one_rule(files, capsys, tmp_path):
+    """Model cards, preprocessing lists and checkpoint states: one line naming the file."""
+    import shutil
+
+    from CalibSegLib.errors import CalibSegError
+    from CalibSegLib.io import read_json
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(files["model"], broken)
+    (broken / "model.json").write_text('{"name": "x",')
+    assert main(["-q", "predict", files["image"], "--model", str(broken), "-o",
+                 str(tmp_path / "p")]) == 2
+    line = _one_line_error(capsys)
+    assert "model.json: the model card is not valid JSON" in line and "fix or replace" in line
+
+    listed = tmp_path / "preprocessing.json"
+    listed.write_text('{"transform": "NormalizeIntensity"}')
+    assert main(["-q", "import-model", str(tmp_path / "none.ts"), "--preprocessing",
+                 str(listed), "-o", str(tmp_path / "m")]) == 2
+    assert "must hold a list in JSON, not an object" in _one_line_error(capsys)
+    assert not (tmp_path / "m").exists()
+
+    assert read_json(str(listed)) == {"transform": "NormalizeIntensity"}
+    with pytest.raises(CalibSegError, match="no such checkpoint state"):
+        read_json(str(tmp_path / "state.json"), dict, "checkpoint state")
