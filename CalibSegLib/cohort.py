@@ -17,7 +17,7 @@ from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel,
 
 def read_cohort(path: str):
     """The cases of a cohort folder or CSV (see the module docstring)."""
-    from CalibSegLib.training.data import csv_cases, folder_cases
+    from CalibSegLib.data.pairs import csv_cases, folder_cases
 
     if os.path.isdir(path):
         return folder_cases(path)

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from CalibSegLib.calibration import plots
 from CalibSegLib.errors import CalibSegError
 
 LOG = logging.getLogger("CalibSegLib.federated")
@@ -90,11 +91,6 @@ def write_evaluation_report(result, output: str, plots: bool = True) -> dict[str
 
 
 def _plots(result, output: str) -> dict[str, str]:
-    try:
-        from CalibSegLib.calibration import plots
-    except ImportError:  # pragma: no cover - plots are part of the library
-        LOG.warning("calibration plots are not available; PNG figures skipped")
-        return {}
     files = {}
     pairs = [("pooled", result.pooled), *sorted(result.site_stats.items())]
     for name, stats in pairs:
