@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -223,3 +224,24 @@ def _json_kind(value: Any) -> str:
     names = {dict: "an object", list: "a list", str: "a string", bool: "true/false",
              int: "a number", float: "a number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` as plain JSON: numpy (or torch) arrays and scalars become Python lists
+    and numbers, tuples lists, dictionary keys strings, and non-finite floats ``None``."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return json_ready(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value
+
+
+def write_json(path: str, value: Any, indent: int = 2) -> str:
+    """Write :func:`json_ready` ``(value)`` to ``path`` atomically; return ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(json_ready(value), fh, indent=indent)
+    return path
