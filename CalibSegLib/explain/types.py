@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from CalibSegLib.files import json_ready
 
 #: Methods an :class:`Explanation` can come from.
 METHODS = ("prototype", "gradcam", "gradcampp", "occlusion", "random")
@@ -69,7 +70,7 @@ class Explanation:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the arrays, JSON-serialisable (NaN becomes ``None``)."""
-        return json_safe({
+        return json_ready({
             "method": self.method,
             "target_class": int(self.target_class),
             "class_name": self.class_name,
@@ -85,19 +86,5 @@ class Explanation:
         })
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with numpy scalars/arrays turned into Python and non-finite floats into None."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
+#: The old name of :func:`CalibSegLib.files.json_ready` (kept while callers move).
+json_safe = json_ready
