@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -236,8 +235,8 @@ def save_explanation(explanation: Explanation, output: str, stem: str = "explana
     list of str
         Written paths: ``{stem}_{method}{suffix}``, extra maps, ``{stem}_{method}.json``.
     """
-    from CalibSegLib.explain.types import json_safe
-    from CalibSegLib.io import atomic_path, write_image
+    from CalibSegLib.files import write_json
+    from CalibSegLib.io import write_image
 
     os.makedirs(output, exist_ok=True)
     base = os.path.join(output, f"{stem}_{explanation.method}")
@@ -248,7 +247,5 @@ def save_explanation(explanation: Explanation, output: str, stem: str = "explana
             written.append(write_image(f"{base}_{name}{suffix}", array, explanation.affine))
             files[name] = os.path.basename(written[-1])
     meta = explanation.to_dict() | {"files": files}
-    with atomic_path(base + ".json") as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(json_safe(meta), fh, indent=2)
-    written.append(base + ".json")
+    written.append(write_json(base + ".json", meta))
     return written
