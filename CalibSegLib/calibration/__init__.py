@@ -3,6 +3,7 @@
 ACE here is the *Average* Calibration Error (mean gap over non-empty bins).
 """
 
+from CalibSegLib.calibration.backend import KernelFallbackWarning
 from CalibSegLib.calibration.binned_errors import compute_calibration_errors, compute_dice
 from CalibSegLib.calibration.binning import bin_centres, bin_edges, bin_index
 from CalibSegLib.calibration.diagram import (
@@ -20,12 +21,14 @@ from CalibSegLib.calibration.losses import (
     soft_l1_ace,
 )
 from CalibSegLib.calibration.metric import ReliabilityMetric, compute_reliability_stats
+from CalibSegLib.calibration.modes import Backend, Binning, LossReduction, Reduction
 from CalibSegLib.calibration.plots import (
     plot_dataset_reliability_histogram,
     plot_reliability_diagram,
     save_dataset_reliability_histogram,
     save_reliability_diagram,
 )
+from CalibSegLib.calibration.reliability_metrics import ClassMetrics, ReliabilityMetrics
 from CalibSegLib.calibration.stats import ReliabilityStats
 from CalibSegLib.calibration.temperature import (
     apply_temperature_to_logits,
@@ -43,5 +46,6 @@ __all__ = [
     "default_temperature_grid", "fit_temperature", "fit_temperature_from_grid",
     "hard_l1_ace", "nll_over_temperature_grid", "plot_dataset_reliability_histogram",
     "plot_reliability_diagram", "save_dataset_reliability_histogram",
-    "save_reliability_diagram", "soft_l1_ace",
+    "save_reliability_diagram", "soft_l1_ace", "Backend", "Binning", "ClassMetrics",
+    "KernelFallbackWarning", "LossReduction", "Reduction", "ReliabilityMetrics",
 ]

@@ -54,7 +54,8 @@ def is_compile_error(exc: BaseException) -> bool:
 def resolve_backend(backend: Backend | str, device: str | None) -> Backend:
     """The back end that will run: ``auto`` picks torch for tensors on an accelerator
     (``device`` not ``None``/``"cpu"``) and the compiled kernel otherwise; the compiled
-    kernel becomes torch when numba cannot run. Raises ``CalibSegError`` on an unknown name."""
+    kernel becomes torch when numba cannot run. Raises ``ValueError`` on an unknown name
+    (the back end is chosen by code, not typed by a user)."""
     chosen = Backend.parse(backend, "backend")
     if chosen is Backend.AUTO:
         chosen = Backend.TORCH if device not in (None, "cpu") else Backend.NUMBA

@@ -1,4 +1,4 @@
-"""Calibration errors (ECE, ACE, MCE) from binned sums: the functional core.
+"""Calibration errors (ECE, ACE, MCE) and Dice from binned sums: the functional core.
 
 Here ACE is the *Average* Calibration Error (mean gap over non-empty bins), not
 the *Adaptive* calibration error of some other libraries.
