@@ -171,6 +171,16 @@ def test_errors_follow_the_policy(toy):
         _scores(toy, true_map, random_variants=("shuffled",))
     with pytest.raises(CalibSegError, match="map made on this image's grid"):
         _scores(toy, true_map[:-1])
+
+    class Untouchable(torch.nn.Module):
+        def forward(self, x):
+            raise AssertionError("the network ran before the options were checked")
+
+    from CalibSegLib.explain import explain
+
+    with pytest.raises(CalibSegError, match="Unknown baseline 'zeros'"):
+        explain(image, np.eye(4), Untouchable(), "gradcam", faithfulness=True,
+                faithfulness_options={"baseline": "zeros"})
     for call, error in [
         (lambda: RegionScore(seg, region, reduction="max"), ValueError),
         (lambda: Explanation(map=true_map, affine=np.eye(4), method="lime", target_class=1),

@@ -37,6 +37,25 @@ BASELINES = ("blur", "mean")
 RANDOM_VARIANTS = ("permuted", "smoothed")
 
 
+def check_options(baseline: str = "blur", random_variants: Sequence[str] = RANDOM_VARIANTS,
+                  **_: object) -> None:
+    """Refuse an unknown ``baseline`` or random map before any work (a user's options).
+
+    Takes the keyword arguments of :func:`evaluate_faithfulness` (others are ignored).
+
+    Raises
+    ------
+    CalibSegError
+        Naming the unknown value and the accepted ones.
+    """
+    if baseline not in BASELINES:
+        raise CalibSegError(f"Unknown baseline {baseline!r}; use {' or '.join(BASELINES)}.")
+    for variant in random_variants:
+        if variant not in RANDOM_VARIANTS:
+            raise CalibSegError(
+                f"Unknown random map {variant!r}; use {' or '.join(RANDOM_VARIANTS)}.")
+
+
 # ---------------------------------------------------------------------------- building blocks
 def baseline_image(image: np.ndarray, kind: str = "blur", sigma: float | None = None
                    ) -> tuple[np.ndarray, dict]:
@@ -60,8 +79,7 @@ def baseline_image(image: np.ndarray, kind: str = "blur", sigma: float | None = 
     image = np.asarray(image, dtype=np.float32)
     if kind == "mean":
         return np.full_like(image, float(image.mean())), {"kind": "mean"}
-    if kind != "blur":
-        raise CalibSegError(f"Unknown baseline {kind!r}; use {' or '.join(BASELINES)}.")
+    check_options(baseline=kind)
     if sigma is None:
         sigma = max(2.0, min(image.shape) / 16.0)
     blurred = ndimage.gaussian_filter(image, sigma=float(sigma), mode="nearest")
@@ -328,6 +346,7 @@ def evaluate_faithfulness(
         variant; positive is better), ``beats_random``, the settings used, and
         optionally ``plausibility``.
     """
+    check_options(baseline, random_variants)
     image = np.asarray(image, dtype=np.float32)
     attribution = np.asarray(attribution, dtype=np.float32)
     if attribution.shape != image.shape:
@@ -343,11 +362,8 @@ def evaluate_faithfulness(
     for variant in random_variants:
         if variant == "permuted":
             maps[variant] = random_map(attribution, seed + 1)
-        elif variant == "smoothed":
+        else:  # smoothed
             maps[variant] = random_map(attribution, seed + 2, smooth_sigma=smooth_sigma)
-        else:
-            raise CalibSegError(
-                f"Unknown random map {variant!r}; use {' or '.join(RANDOM_VARIANTS)}.")
     share = 1.0 / (len(maps) + 1)
     drops = block_drops(score, image, base, blocks, scaled(progress, 0.0, share), cancel)
     results = {}
