@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.explain.faithfulness import evaluate_faithfulness, random_map
+from CalibSegLib.explain.faithfulness import check_options, evaluate_faithfulness, random_map
 from CalibSegLib.explain.posthoc import gradcam_map, occlusion_map
 from CalibSegLib.explain.prototype import (
     contribution_maps,
@@ -118,6 +118,8 @@ def explain(
     """
     if method not in EXPLAIN_METHODS:
         raise CalibSegError(f"Unknown method {method!r}; use {', '.join(EXPLAIN_METHODS)}.")
+    if faithfulness:
+        check_options(**(faithfulness_options or {}))
     image = np.asarray(image)
     if image.ndim != 3:
         raise CalibSegError(f"Expected a 3D image (Z, Y, X); got shape {image.shape}.")
