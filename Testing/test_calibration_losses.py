@@ -109,6 +109,29 @@ def test_dice_ce_ace_combination():
     assert float(combined(logits, labels)) == pytest.approx(float(expected), rel=1e-6)
 
 
+@pytest.mark.parametrize("binning", ["none", "hard", "soft"])
+def test_training_objective_is_the_one_dice_ce_ace_loss(binning):
+    from monai.losses import DiceCELoss
+
+    from CalibSegLib.training.config import TrainConfig
+    from CalibSegLib.training.losses import SegmentationObjective
+
+    logits, labels = batch(7)
+    config = TrainConfig(calibration_loss=binning, calibration_weight=0.4, bins=15)
+    total, logged = SegmentationObjective(config)(logits, labels)
+    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)(logits, labels)
+    expected = dice_ce
+    if binning != "none":
+        cls = HardL1ACELoss if binning == "hard" else SoftL1ACELoss
+        ace = cls(n_bins=15, to_onehot_y=True, softmax=True)(logits, labels)
+        expected = dice_ce + 0.4 * ace
+        assert logged["ace"] == pytest.approx(float(ace), rel=1e-6)
+    else:
+        assert "ace" not in logged
+    assert logged["dicece"] == pytest.approx(float(dice_ce), rel=1e-6)
+    assert float(total) == pytest.approx(float(expected), rel=1e-6)
+
+
 # ----------------------------------------------------------------------------- temperature
 def synthetic_logits(t_true, n=60_000, c=4, seed=0):
     rng = np.random.default_rng(seed)
