@@ -175,6 +175,8 @@ class CalibSegWebApp(TrameApp):
             with self.state:
                 self.state.reference = "uploaded"
             self._refresh()
+            if self.session.refreshing:
+                create_task(self._followRefresh())
 
     def _saveUpload(self, files) -> tuple[str, str]:
         """``(path in the private folder, the file's own name)`` of the first uploaded file."""
@@ -248,6 +250,16 @@ class CalibSegWebApp(TrameApp):
             self._showOverlay()
             self._render()
         self._refresh()
+        await self._followRefresh()
+
+    async def _followRefresh(self, ticket: int | None = None) -> None:
+        """Poll the whole-volume refresh (temperature, statistics) until it is shown; stop
+        when a newer temperature change (``ticket``) took over."""
+        while self.session.refreshing and (ticket is None or ticket == self._temperatureTicket):
+            await asyncio.sleep(POLL_SECONDS)
+            if self.guarded(self.session.pollTemperatures):
+                self._render()
+                self._refresh()
 
     def cancel(self) -> None:
         self.guarded(self.session.cancelRun)
@@ -310,11 +322,7 @@ class CalibSegWebApp(TrameApp):
         self.guarded(self.session.applyTemperatures)
         self._render()
         self._refresh()
-        while self.session.refreshing and ticket == self._temperatureTicket:
-            await asyncio.sleep(POLL_SECONDS)  # the whole volume, in the background
-            if self.guarded(self.session.pollTemperatures):
-                self._render()
-                self._refresh()
+        await self._followRefresh(ticket)  # the whole volume, in the background
 
     def fitTemperature(self) -> None:
         self.guarded(self.session.fitTemperatures)
@@ -328,6 +336,8 @@ class CalibSegWebApp(TrameApp):
         which = SAMPLE_REFERENCE if reference == SAMPLE_REFERENCE else None
         self.guarded(self.session.chooseReference, which)
         self._refresh()
+        if self.session.refreshing:
+            create_task(self._followRefresh())
 
     def exportResults(self):
         out = self.guarded(self.session.exportZip)

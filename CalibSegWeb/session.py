@@ -242,7 +242,8 @@ class ViewerSession:
                 self.logic.removeResult(slot)
                 self.shownModels.pop(slot, None)
         if self.referenceNodeID is not None:
-            self.logic.setReference(self.scene.GetNodeByID(self.referenceNodeID))
+            self.logic.setReference(self.scene.GetNodeByID(self.referenceNodeID),
+                                    background=None)
         return slots
 
     def _checkIdle(self) -> None:
@@ -253,7 +254,9 @@ class ViewerSession:
     def chooseReference(self, which: str | None, path: str | None = None) -> dict:
         """Use a reference segmentation: the sample's labels (``"sample"``) or a label file.
 
-        Returns the metrics per slot (empty until a model has run); None or "" removes it.
+        Returns the metrics per slot (empty until a model has run; on large volumes an
+        estimate from a voxel sample until :meth:`pollTemperatures` shows the whole
+        volume's); None or "" removes it.
         """
         if not which and not path:
             self.referenceNodeID = None
@@ -283,7 +286,8 @@ class ViewerSession:
         node.SetAttribute(ROLE, "reference")
         self.scene.AddNode(node)
         try:
-            metrics = self.logic.setReference(node) if self.logic.results else {}
+            metrics = (self.logic.setReference(node, background=None)
+                       if self.logic.results else {})
         except Exception:
             self.scene.RemoveNode(node)
             raise

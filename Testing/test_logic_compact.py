@@ -207,3 +207,35 @@ def test_probe_export_fit_and_comparison_read_the_compact_form(shown, tmp_path):
     assert logic.showLayout(compare=True) == layouts.LAYOUT_COMPARE
     assert layouts.compositeNode(scene, layouts.COMPARE_VIEW).GetForegroundVolumeID() == \
         logic.results["B"].nodeIDs["confidence"]
+
+
+def test_a_reference_on_a_large_volume_is_estimated_first_then_exact():
+    scene = new_scene()
+    case = case4()
+    volume = add_volume(scene, case.image, case.affine, "mni-t1")
+    layouts.sliceNode(scene, "Red", "Axial")
+    logic = CalibSegLogic(scene)
+    logic.backgroundVoxels = 0
+    model, compact, _ = predictions()
+    logic.addPrediction(volume, model, compact, slot="A")
+    reference = add_volume(scene, case.labels.astype(np.int16), case.affine, "reference",
+                           "vtkMRMLLabelMapVolumeNode")
+    maps = node_array(logic, "confidence").copy()
+    estimate = logic.setReference(reference, background=None)["A"]
+    result = logic.results["A"]
+    assert result.statsEstimated and "estimate" in scene.GetNodeByID(logic.chartNodeID).GetTitle()
+    assert logic.waitForRefresh() == ["A"] and not result.statsEstimated
+    exact = metric_dict(compact.reliability_stats(case.labels, 20))
+    for key in METRICS:
+        assert result.metrics[key] == pytest.approx(exact[key], rel=1e-12, abs=1e-12), key
+        assert estimate[key] == pytest.approx(exact[key], abs=5e-2), key
+    assert result.current is compact  # statistics only: the maps were already right
+    np.testing.assert_array_equal(node_array(logic, "confidence"), maps)
+    # A previewed temperature is applied with a new reference (script default: at once).
+    logic.previewTemperature(2.0, "A")
+    logic.setReference(reference)
+    assert not logic.refreshing and result.temperature == pytest.approx(2.0)
+    at2 = apply_temperature(compact, 2.0)
+    np.testing.assert_array_equal(node_array(logic, "confidence"), at2.confidence)
+    assert result.metrics["ece"] == pytest.approx(
+        metric_dict(at2.reliability_stats(case.labels, 20))["ece"], rel=1e-12)

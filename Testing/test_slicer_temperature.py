@@ -22,7 +22,7 @@ from CalibSegSlicer.logic import CalibSegLogic  # noqa: E402
 from CalibSegSlicer.panel import CalibSegPanel  # noqa: E402
 from CalibSegSlicer.process import InProcessRunner  # noqa: E402
 from logic_support import add_volume, case4, model_folders, new_scene  # noqa: E402
-from widget_support import ManualDebounce, fake_ui, run_until_idle  # noqa: E402
+from widget_support import ManualDebounce, fake_ui  # noqa: E402
 
 from CalibSegLib.inference import apply_temperature, predict  # noqa: E402
 from CalibSegLib.models import load_model  # noqa: E402
@@ -55,9 +55,9 @@ def test_slider_on_a_compact_prediction_previews_then_shows_the_full_volume():
     ui.referenceSelector.node = add_volume(scene, case.labels.astype(np.int16), case.affine,
                                            "reference", "vtkMRMLLabelMapVolumeNode")
     panel.apply()
-    run_until_idle(panel)
+    poll_until_full(panel)  # the run, then the reference's statistics (in the background)
     result = logic.results["A"]
-    assert result.prediction.is_compact
+    assert result.prediction.is_compact and not result.statsEstimated
     assert ui.temperatureStateLabel.text == "Showing: full volume"
     compact = predict(case.image, case.affine, load_model(linear), device="cpu", form="compact")
     node = logic.node("A", "confidence")

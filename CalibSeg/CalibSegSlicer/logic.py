@@ -162,7 +162,7 @@ class CalibSegLogic:
         except CalibSegError:  # the chosen overlay needs a prototype model: show confidence
             self.showOverlay("confidence", self.opacity)
         if self.referenceLabels is not None:
-            self._updateStats([slot])
+            self._updateStats([slot], background=self._large())
         return result
 
     def node(self, slot: str, key: str):
@@ -255,32 +255,54 @@ class CalibSegLogic:
     def _classNames(self) -> tuple[str, ...]:
         return next(iter(self.results.values())).classNames
 
-    def setReference(self, referenceNode) -> dict:
+    def setReference(self, referenceNode, background: bool | None = False) -> dict:
         """Compute reliability statistics against ``referenceNode``; draw diagram and table.
 
-        A temperature change still under way is finished first (its statistics need the
-        reference it will be shown with).
+        A temperature previewed or still being applied is applied with it (its statistics
+        need the new reference). With ``background`` (``None``: volumes of at least
+        :attr:`backgroundVoxels` voxels) the diagram and table first show an estimate
+        from a voxel sample and the whole volume's statistics follow in a worker thread
+        (:meth:`pollRefresh`); the metrics returned are then the estimates.
         """
         if not self.results:
             raise CalibSegError("No model result yet: apply a model before choosing a reference.")
-        self.finishTemperatures()
         volumeNode = self.scene.GetNodeByID(self.inputNodeID)
         labels = reference.referenceLabels(self.scene, referenceNode, volumeNode,
                                            self._classNames())
         previous = (self.referenceLabels, self.referenceNodeID)
         self.referenceLabels, self.referenceNodeID = labels, referenceNode.GetID()
         try:
-            return self._updateStats()
+            return self._updateStats(background=self._large() if background is None
+                                     else background)
         except Exception:
             self.referenceLabels, self.referenceNodeID = previous
             raise
 
-    def _updateStats(self, slots=None) -> dict:
-        """(Re)compute the whole-volume statistics of ``slots``; refresh chart and table."""
+    def _large(self) -> bool:
+        """Whether the case's volume is refreshed in the background (see backgroundVoxels)."""
+        voxels = int(np.prod(self.inputShape)) if self.inputShape else 0
+        return voxels >= self.backgroundVoxels
+
+    def _updateStats(self, slots=None, background: bool = False) -> dict:
+        """(Re)compute the whole-volume statistics of ``slots`` against the reference, at
+        the temperature each model is going to (a previewed or refreshing one, else its
+        own); refresh chart and table.
+
+        In the ``background``: an estimate from a voxel sample now, the whole volume in a
+        worker thread (statistics only when the maps are already at that temperature).
+        """
         for slot in slots or list(self.results):
             result = self.results[slot]
-            result.setStats(result.current.reliability_stats(self.referenceLabels, N_BINS),
-                            result.temperature, estimated=False)
+            running = self.refreshes.get(slot)
+            value = self.pendingTemperatures.pop(
+                slot, running.temperature if running is not None else result.temperature)
+            start = result.current if value == result.temperature else None
+            if background:
+                region = sampleRegion(self.inputShape)
+                result.setStats(regionStats(result.current, self.referenceLabels, value,
+                                            region, N_BINS), value, estimated=True)
+            self._startRefresh(slot, value, background, start)
+        self.pollRefresh()
         self.chart.update(self.results)
         return {slot: r.metrics for slot, r in self.results.items()}
 
@@ -347,8 +369,7 @@ class CalibSegLogic:
         returns.
         """
         if background is None:
-            voxels = int(np.prod(self.inputShape)) if self.inputShape else 0
-            background = voxels >= self.backgroundVoxels
+            background = self._large()
         started = []
         for slot, value in list(self.pendingTemperatures.items()):
             if slot in self.results:
@@ -358,10 +379,12 @@ class CalibSegLogic:
         self.pollRefresh()
         return started
 
-    def _startRefresh(self, slot: str, value: float, background: bool) -> None:
+    def _startRefresh(self, slot: str, value: float, background: bool,
+                      start: Prediction | None = None) -> None:
+        """Whole volume of ``slot`` at ``value`` from ``start`` (default: as inferred)."""
         self._cancelRefresh(slot)
-        job = VolumeRefresh(slot, self.results[slot].prediction, value,
-                                        self.referenceLabels, N_BINS)
+        job = VolumeRefresh(slot, start or self.results[slot].prediction, value,
+                            self.referenceLabels, N_BINS)
         self.refreshes[slot] = job
         if background:
             job.start()
@@ -391,8 +414,9 @@ class CalibSegLogic:
                 if job.state == "failed":
                     failed.append(job.error)
                 continue
-            result.current = job.current
-            results.refreshTemperatureNodes(self.scene, result, self.inputAffine)
+            if job.current is not result.current:
+                result.current = job.current
+                results.refreshTemperatureNodes(self.scene, result, self.inputAffine)
             if self.referenceLabels is not None:
                 stats = job.stats if job.reference is self.referenceLabels else \
                     result.current.reliability_stats(self.referenceLabels, N_BINS)

@@ -323,7 +323,7 @@ class CalibSegPanel:
         referenceNode = self.ui.referenceSelector.currentNode()
         if referenceNode is not None:
             try:
-                self.logic.setReference(referenceNode)
+                self.logic.setReference(referenceNode, background=None)
             except CalibSegError as exc:
                 status = f"Done; the reference was not used: {exc}"
         self.ui.compareCheckBox.checked = False
@@ -408,7 +408,7 @@ class CalibSegPanel:
     def onReference(self, node=None) -> None:
         node = node if node is not None else self.ui.referenceSelector.currentNode()
         if node is not None and self.logic.results:
-            self.logic.setReference(node)
+            self.logic.setReference(node, background=None)  # large volumes: estimate first
             self.showMetrics()
         self.updateButtons()
 

@@ -65,7 +65,8 @@ def regionStats(prediction: Prediction, reference: np.ndarray, temperature: floa
 
 
 class VolumeRefresh:
-    """One model's whole volume at one temperature: maps, and statistics against the reference.
+    """One model's whole volume at one temperature: maps, and statistics against the reference
+    (only the statistics when ``prediction`` is already at that temperature).
 
     :meth:`start` runs :meth:`run` in a worker thread (:meth:`run` alone runs it here).
     States: ``"ready"`` -> ``"running"`` -> ``"finished"`` | ``"failed"`` | ``"cancelled"``;
@@ -102,9 +103,12 @@ class VolumeRefresh:
         share = 0.5 if self.reference is not None else 1.0
         try:
             check_cancel(cancel, "temperature change")
-            current = apply_temperature(
-                self.prediction, self.temperature,
-                progress=lambda f, m="": self._progress(share * f, m), cancel=cancel)
+            if self.temperature == float(self.prediction.temperature):
+                current = self.prediction  # its maps are at that temperature: statistics only
+            else:
+                current = apply_temperature(
+                    self.prediction, self.temperature,
+                    progress=lambda f, m="": self._progress(share * f, m), cancel=cancel)
             stats = None
             if self.reference is not None:
                 check_cancel(cancel, "temperature change")
