@@ -5,6 +5,7 @@ it explains, how it reached that grid and, on request, faithfulness scores
 against random maps of equal histogram.
 """
 
+from CalibSegLib.explain.adapt import as_segmenter
 from CalibSegLib.explain.api import (
     check_contributions,
     explain,
@@ -28,7 +29,7 @@ from CalibSegLib.explain.posthoc import (
 )
 from CalibSegLib.explain.prototype import rank_prototypes
 from CalibSegLib.explain.region import RegionScore, region_mask
-from CalibSegLib.explain.segmenter import Segmenter, as_segmenter
+from CalibSegLib.explain.segmenter import Segmenter
 from CalibSegLib.explain.table import explanation_table, format_table
 from CalibSegLib.explain.types import METHODS, Explanation
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.explain.adapt import as_segmenter
 from CalibSegLib.explain.faithfulness import check_options, evaluate_faithfulness, random_map
 from CalibSegLib.explain.posthoc import gradcam_map, occlusion_map
 from CalibSegLib.explain.prototype import (
@@ -18,8 +19,10 @@ from CalibSegLib.explain.prototype import (
     rank_prototypes,
 )
 from CalibSegLib.explain.region import region_mask
-from CalibSegLib.explain.segmenter import as_segmenter, predict_logits
+from CalibSegLib.explain.segmenter import predict_logits
 from CalibSegLib.explain.types import Explanation
+from CalibSegLib.files import write_json
+from CalibSegLib.io import write_image
 from CalibSegLib.progress import CancelCallback, ProgressCallback, report, scaled
 
 #: The methods :func:`explain` computes (``"random"`` maps come from :func:`random_explanation`).
@@ -237,9 +240,6 @@ def save_explanation(explanation: Explanation, output: str, stem: str = "explana
     list of str
         Written paths: ``{stem}_{method}{suffix}``, extra maps, ``{stem}_{method}.json``.
     """
-    from CalibSegLib.files import write_json
-    from CalibSegLib.io import write_image
-
     os.makedirs(output, exist_ok=True)
     base = os.path.join(output, f"{stem}_{explanation.method}")
     written = [write_image(base + suffix, explanation.map, explanation.affine)]

@@ -19,8 +19,10 @@ from typing import cast
 import numpy as np
 import torch
 import torch.nn.functional as nnf
+from monai.inferers import sliding_window_inference
 from torch import nn
 
+from CalibSegLib.inference.resample import resample
 from CalibSegLib.models.networks import MapsNetwork, SimilarityNetwork
 
 
@@ -82,8 +84,6 @@ class Segmenter(nn.Module):
         return self.window is not None and not self._whole
 
     def _windowed(self, x: torch.Tensor, predictor: Callable) -> torch.Tensor:
-        from monai.inferers import sliding_window_inference
-
         w = self.window
         assert w is not None, "sliding windows need a window"
         # MONAI types the result loosely (tensor, tuple or dict); a tensor predictor gives a tensor
@@ -110,15 +110,11 @@ class Segmenter(nn.Module):
         return self._restore(maps, tuple(input_shape))
 
     def _to_model(self, x: torch.Tensor) -> torch.Tensor:
-        from CalibSegLib.inference.resample import resample
-
         assert self.grid is not None
         src, shape, dst = self.grid
         return resample(x, src, shape, dst)
 
     def _to_input(self, x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-        from CalibSegLib.inference.resample import resample
-
         assert self.grid is not None
         src, _, dst = self.grid
         return resample(x, dst, shape, src)
@@ -192,25 +188,6 @@ def unet_divisor(network: nn.Module) -> int:
         if strides is not None and hasattr(module, "channels"):
             return int(np.prod([int(np.max(s)) for s in strides]))
     return 1
-
-
-def as_segmenter(obj: nn.Module | Segmenter, divisor: int | None = None,
-                 affine: np.ndarray | None = None) -> Segmenter:
-    """A :class:`Segmenter` for a segmenter, a CalibSeg ``Model`` or a bare network.
-
-    ``affine`` (the image's voxel-to-RAS matrix) lets a model resample images
-    whose voxel size differs from its own; it is an array of shape (4, 4).
-    """
-    if isinstance(obj, Segmenter):
-        return obj
-    network = getattr(obj, "network", None)
-    if isinstance(network, nn.Module) and hasattr(obj, "card"):
-        from CalibSegLib.explain.modeladapter import model_segmenter
-
-        return model_segmenter(obj, affine)
-    if not isinstance(obj, nn.Module):
-        raise TypeError(f"cannot explain a {type(obj).__name__}; pass a network or a Model")
-    return Segmenter(obj, divisor=unet_divisor(obj) if divisor is None else divisor)
 
 
 def predict_logits(segmenter: nn.Module, image: np.ndarray, device: str | torch.device = "cpu"

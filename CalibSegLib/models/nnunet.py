@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy._core import multiarray
 from torch import nn
 
 from CalibSegLib.errors import CalibSegError
@@ -63,8 +64,6 @@ def require_nnunetv2() -> None:
 
 def _numpy_safe_globals() -> list[Any]:
     """numpy scalar reconstruction and dtypes: what nnU-Net's training log pickles."""
-    from numpy._core import multiarray
-
     items: list[Any] = [np.dtype, np.ndarray]
     for name in ("scalar", "_reconstruct"):
         # numpy 2 pickles them from numpy._core, numpy 1 (most trained models) from numpy.core

@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.io import atomic_path, read_json
@@ -23,16 +24,12 @@ STATE_FILE = "state.json"
 
 
 def _save_tensors(path: str, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(clean, tmp)
 
 
 def _load_tensors(path: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     if not os.path.exists(path):
         raise CalibSegError(f"Checkpoint file {path} is missing; the checkpoint is incomplete.")
     return load_file(path)
