@@ -50,6 +50,14 @@ PENDING = (
 PENDING_IMPORTS = {("CalibSegLib/commands/_checks.py", "CalibSegLib.workflows.console"),
                    ("CalibSegLib/calibration/stats.py", "CalibSegLib.calibration.topk_stats")}
 
+#: Import cycles between modules still to be broken (top-k prediction and its kernels and
+#: statistics; the compact and full predict paths). Emptied when they are converted.
+PENDING_CYCLES = [
+    {"CalibSegLib.inference.topk", "CalibSegLib.inference.topk_kernel"},
+    {"CalibSegLib.calibration.stats", "CalibSegLib.calibration.topk_stats"},
+    {"CalibSegLib.inference.predict", "CalibSegLib.inference.predict_compact"},
+]
+
 #: The only places that load modules by name (``importlib.import_module``): the command
 #: line (interfaces discovered, a workflow loaded after its checks) and the lazy exports
 #: of packages whose light modules the command line reads (training.config, data.case).
@@ -112,6 +120,49 @@ def test_imports_sit_at_module_level_except_optional_dependencies():
     assert not offenders, ("imports inside functions (move them to the top of the module, or "
                            "add an optional dependency to OPTIONAL and docs/design.md):\n"
                            + "\n".join(offenders))
+
+
+def _import_cycles() -> list[set[str]]:
+    """Groups of modules that import each other (strongly connected, imports in functions
+    included), from grimp's graph of the library."""
+    import grimp
+
+    graph = grimp.build_graph("CalibSegLib", cache_dir=None)
+    edges = {m: sorted(graph.find_modules_directly_imported_by(m) & graph.modules)
+             for m in graph.modules}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[set[str]] = []
+
+    def visit(module: str) -> None:  # Tarjan's strongly connected components
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in edges[module]:
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            group = set()
+            while True:
+                member = stack.pop()
+                group.add(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                cycles.append(group)
+
+    for module in sorted(edges):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_no_import_cycles():
+    unexpected = [sorted(c) for c in _import_cycles() if c not in PENDING_CYCLES]
+    assert not unexpected, f"modules importing each other: {unexpected}"
 
 
 def test_function_level_import_finder_sees_nested_and_method_imports(tmp_path):
