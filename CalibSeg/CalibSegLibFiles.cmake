@@ -77,7 +77,6 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/federated/transport.py
   CalibSegLib/files.py
   CalibSegLib/inference/__init__.py
-  CalibSegLib/inference/compact.py
   CalibSegLib/inference/nnunet.py
   CalibSegLib/inference/nnunet_io.py
   CalibSegLib/inference/predict.py

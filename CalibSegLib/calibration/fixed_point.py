@@ -2,7 +2,7 @@
 
 A probability ``p`` in [0, 1] is stored as ``q = round(p * 65535)`` (absolute error at
 most 7.7e-6, uniform over [0, 1]); :class:`~CalibSegLib.calibration.ReliabilityStats`
-and compact predictions (:mod:`CalibSegLib.inference.compact`) read it as ``q / 65535``.
+reads it as ``q / 65535``.
 """
 
 from __future__ import annotations

@@ -343,7 +343,7 @@ class Prediction:
 
 def _float32(array: np.ndarray) -> np.ndarray:
     """float32 probabilities (uint16 fixed point read as ``q / 65535``)."""
-    from CalibSegLib.inference.compact import from_fixed_point
+    from CalibSegLib.calibration.fixed_point import from_fixed_point
 
     return np.asarray(from_fixed_point(np.asarray(array)))
 

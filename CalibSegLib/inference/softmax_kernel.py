@@ -7,8 +7,8 @@ exponential per class and one logarithm per voxel give all three maps, and the
 logits are read once. Voxels are processed in blocks with class-major inner
 loops (contiguous reads of each class row), one block range per thread
 (``nogil``; threads as torch's intra-op setting). Probabilities are written as
-float32 or, for compact storage, as uint16 fixed point ``round(p * 65535)``
-(:mod:`CalibSegLib.inference.compact`).
+float32 or as uint16 fixed point ``round(p * 65535)``
+(:mod:`CalibSegLib.calibration.fixed_point`).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def probability_maps_cpu(logits: np.ndarray, temperature: float, fixed_point: bo
     Logits that are not C-contiguous float32 (e.g. float16) are converted ``chunk``
     voxels at a time, so the extra memory is bounded by the chunk.
     """
-    from CalibSegLib.inference.compact import FIXED_POINT_SCALE
+    from CalibSegLib.calibration.fixed_point import FIXED_POINT_SCALE
 
     logits = np.asarray(logits)
     num_classes = logits.shape[0]

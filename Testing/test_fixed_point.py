@@ -1,28 +1,21 @@
-"""uint16 fixed-point probabilities and float16 similarity maps (the codec the statistics
-read). The metrics of the top-k form against full precision are tested in test_topk.py."""
+"""uint16 fixed-point probabilities (``CalibSegLib.calibration.fixed_point``): the codec,
+the softmax kernel writing it, and the statistics reading it as ``q / 65535``. (Compact
+predictions are the top-k form now; its bounds are tested in test_topk.py.)"""
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import pytest
 import torch
 
 from CalibSegLib.calibration import ReliabilityStats
-from CalibSegLib.errors import CalibSegError
-from CalibSegLib.inference import predict
-from CalibSegLib.inference.compact import (
+from CalibSegLib.calibration.fixed_point import (
     FIXED_POINT_SCALE,
-    compact_prediction,
     from_fixed_point,
-    prediction_nbytes,
     to_fixed_point,
 )
+from CalibSegLib.errors import CalibSegError
 from CalibSegLib.inference.softmax_kernel import probability_maps_cpu
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METRICS = ("ece", "ace", "mce", "marginal_ece", "marginal_ace", "marginal_mce")
 
 
 def _probs(shape=(3, 11, 17, 23), seed=0):
@@ -68,25 +61,6 @@ def test_statistics_read_fixed_point_as_q_over_65535():
         np.testing.assert_allclose(a[key], c[key], rtol=1e-9, atol=1e-6)
     with pytest.raises(CalibSegError, match="uint16 fixed point"):
         ReliabilityStats.from_probs(p.astype(np.int32), target)
-
-
-@pytest.fixture(scope="module")
-def demo_prediction():
-    from CalibSegLib.data import sample_case
-    from CalibSegLib.models import load_model
-
-    case = sample_case("mni-t1", resolution_mm=2.0, shift_seed=1003)
-    model = load_model(os.path.join(ROOT, "Resources", "Models", "dicece"))
-    return case, predict(case.image, case.affine, model, device="cpu", temperature=1.0)
-
-
-def test_compact_prediction_is_smaller_and_read_only(demo_prediction):
-    _, prediction = demo_prediction
-    compact = compact_prediction(prediction)
-    assert compact.similarity.dtype == np.float16 and not compact.probs.flags.writeable
-    assert prediction_nbytes(compact) < 0.7 * prediction_nbytes(prediction)
-    np.testing.assert_array_equal(compact.logits, prediction.logits)  # logits stay exact
-    assert prediction.probs.dtype == np.float32  # the original is untouched
 
 
 def test_kernel_edge_shapes():
