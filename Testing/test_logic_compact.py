@@ -209,7 +209,7 @@ def test_probe_export_fit_and_comparison_read_the_compact_form(shown, tmp_path):
         logic.results["B"].nodeIDs["confidence"]
 
 
-def test_a_reference_on_a_large_volume_is_estimated_first_then_exact():
+def test_a_reference_on_a_large_volume_is_estimated_first_then_exact(monkeypatch):
     scene = new_scene()
     case = case4()
     volume = add_volume(scene, case.image, case.affine, "mni-t1")
@@ -221,9 +221,21 @@ def test_a_reference_on_a_large_volume_is_estimated_first_then_exact():
     reference = add_volume(scene, case.labels.astype(np.int16), case.affine, "reference",
                            "vtkMRMLLabelMapVolumeNode")
     maps = node_array(logic, "confidence").copy()
+    held = []  # the worker threads start when the test says so
+    realStart = temperature_module.VolumeRefresh.start
+
+    def hold(job):
+        job.state = "running"
+        held.append(job)
+        return job
+
+    monkeypatch.setattr(temperature_module.VolumeRefresh, "start", hold)
     estimate = logic.setReference(reference, background=None)["A"]
     result = logic.results["A"]
     assert result.statsEstimated and "estimate" in scene.GetNodeByID(logic.chartNodeID).GetTitle()
+    assert logic.refreshing and logic.pollRefresh() == []
+    assert [job.slot for job in held] == ["A"]
+    realStart(held[0])
     assert logic.waitForRefresh() == ["A"] and not result.statsEstimated
     exact = metric_dict(compact.reliability_stats(case.labels, 20))
     for key in METRICS:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -16,7 +17,7 @@ slicer = pytest.importorskip("slicer")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "CalibSeg"))
 
-from CalibSegSlicer import display, layouts  # noqa: E402
+from CalibSegSlicer import display, layouts, temperature  # noqa: E402
 from CalibSegSlicer.catalog import MemorySettings, ModelCatalog  # noqa: E402
 from CalibSegSlicer.logic import CalibSegLogic  # noqa: E402
 from CalibSegSlicer.panel import CalibSegPanel  # noqa: E402
@@ -38,7 +39,7 @@ def poll_until_full(panel, timeout=60.0):
         time.sleep(0.02)
 
 
-def test_slider_on_a_compact_prediction_previews_then_shows_the_full_volume():
+def test_slider_on_a_compact_prediction_previews_then_shows_the_full_volume(monkeypatch):
     scene = new_scene()
     layouts.sliceNode(scene, "Red", "Axial")
     layouts.sliceNode(scene, "Green", "Coronal")
@@ -78,14 +79,29 @@ def test_slider_on_a_compact_prediction_previews_then_shows_the_full_volume():
         changed[region] = True
     np.testing.assert_array_equal(shown[~changed], before[~changed])
 
-    # The slider pauses: the whole volume follows in the background; the label waits.
+    # The slider pauses: the whole volume follows in the background (held here until the
+    # test lets it go); the label says the preview is shown and how far the volume is.
+    entered, release = threading.Event(), threading.Event()
+    real = temperature.apply_temperature
+
+    def held(prediction, t, progress=None, cancel=None):
+        entered.set()
+        assert release.wait(30)
+        return real(prediction, t, progress=progress, cancel=cancel)
+
+    monkeypatch.setattr(temperature, "apply_temperature", held)
     debounce.fire()
-    assert panel.busy and logic.refreshing
+    assert entered.wait(30) and panel.busy and logic.refreshing
     refresh = logic.refreshes["A"]
+    assert panel.poll()  # still running: nothing shown yet
+    assert ui.temperatureStateLabel.text == \
+        "Showing: preview: visible slices (whole volume: 0 %)"
     # It moves again before the refresh is shown: that refresh is cancelled.
     panel.onTemperatureSlider(0.7)
-    assert refresh.wait(30) in ("cancelled", "finished") and "A" not in logic.refreshes
+    release.set()
+    assert refresh.wait(30) == "cancelled" and "A" not in logic.refreshes
     assert ui.temperatureStateLabel.text == "Showing: preview: visible slices"
+    monkeypatch.setattr(temperature, "apply_temperature", real)
     debounce.fire()
     poll_until_full(panel)
     assert ui.temperatureStateLabel.text == "Showing: full volume"

@@ -397,6 +397,10 @@ class CalibSegPanel:
             shown = []
         if shown:
             self.showMetrics()
+        if self.logic.refreshing:
+            done = min(job.fraction for job in self.logic.refreshes.values())
+            self.ui.temperatureStateLabel.text = (
+                f"Showing: {SHOWING[self.logic.showing()]} (whole volume: {100 * done:.0f} %)")
         return self.logic.refreshing
 
     def fitTemperature(self, *_) -> None:
