@@ -129,7 +129,7 @@ def validation_logits(network: nn.Module, card, cases: Sequence[TrainingCase],
     for case in cases:
         check_cancel(cancel, "validation")
         prediction = predict(case.image, case.affine, model, device=str(device), maps=False,
-                             temperature=1.0, cancel=cancel)
+                             temperature=1.0, cancel=cancel, form="full")
         out.append(torch.from_numpy(np.array(prediction.logits, dtype=np.float32)))
     network.train()
     return out
