@@ -24,10 +24,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import set_determinism
 from torch import nn
+from tqdm import tqdm
 
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.inference import predict
+from CalibSegLib.models import Model
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report, scaled
+from CalibSegLib.training import card as card_mod
 from CalibSegLib.training import heads
 from CalibSegLib.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from CalibSegLib.training.config import TrainConfig
@@ -96,8 +101,6 @@ def make_optimizer(config: TrainConfig, params: Sequence[nn.Parameter]) -> torch
 
 
 def _set_determinism(seed: int) -> None:
-    from monai.utils import set_determinism
-
     torch.manual_seed(seed)
     set_determinism(seed=seed)
 
@@ -121,9 +124,6 @@ def validation_logits(network: nn.Module, card, cases: Sequence[TrainingCase],
                       cancel: CancelCallback | None = None) -> list[torch.Tensor]:
     """Logits ``(C, Z, Y, X)`` of each case exactly as :func:`CalibSegLib.inference.predict`
     computes them (card normalisation, sliding window over the card's patch size)."""
-    from CalibSegLib.inference import predict
-    from CalibSegLib.models import Model
-
     model = Model(card=card, network=network)
     out = []
     for case in cases:
@@ -221,8 +221,6 @@ def train(
     TrainResult or None
         ``None`` only when ``stop_after`` stopped the run early.
     """
-    from CalibSegLib.training import card as card_mod
-
     config = config.validate()
     if not train_cases:
         raise CalibSegError("No training cases; give a data folder, a CSV or --sample seeds.")
@@ -284,8 +282,6 @@ def train(
 
     bar = None
     if show_progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=total, initial=step, file=sys.stderr, unit="it", dynamic_ncols=True,
                    desc="train")
     optimizer, current, lr = None, None, 0.0
