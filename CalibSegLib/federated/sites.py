@@ -13,9 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from CalibSegLib.cohort import read_cohort
+from CalibSegLib.data.seeds import parse_seeds
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
-from CalibSegLib.training.data import parse_seeds, sample_cases
+from CalibSegLib.training.data import sample_cases
 
 
 def check_site_name(name: str) -> str:

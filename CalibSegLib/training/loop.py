@@ -28,6 +28,7 @@ from monai.utils import set_determinism
 from torch import nn
 from tqdm import tqdm
 
+from CalibSegLib.data.pairs import TrainingCase
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.inference import predict
 from CalibSegLib.models import Model
@@ -36,7 +37,7 @@ from CalibSegLib.training import card as card_mod
 from CalibSegLib.training import heads
 from CalibSegLib.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from CalibSegLib.training.config import TrainConfig
-from CalibSegLib.training.data import TrainingCase, check_labels
+from CalibSegLib.training.data import check_labels
 from CalibSegLib.training.losses import SegmentationObjective, cluster_cost, off_class_l1
 from CalibSegLib.training.patches import PatchSampler
 from CalibSegLib.training.push import case_features, push_prototypes

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from CalibSegLib.data.pairs import TrainingCase
 from CalibSegLib.inference.sliding import sliding_window
 from CalibSegLib.io import write_image
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
 from CalibSegLib.training import heads
-from CalibSegLib.training.data import TrainingCase
 
 
 @torch.no_grad()

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 
 import torch
 
+from CalibSegLib.data.pairs import TrainingCase
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
 from CalibSegLib.training import card as card_mod
 from CalibSegLib.training.config import TrainConfig
-from CalibSegLib.training.data import TrainingCase, sample_cases
+from CalibSegLib.training.data import sample_cases
 from CalibSegLib.training.loop import (
     _set_determinism,
     _train_step,
