@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
 
 from CalibSegLib.errors import CalibSegError
 
@@ -26,8 +28,6 @@ def default_temperature_grid(n: int = 241, low: float = DEFAULT_BOUNDS[0],
 
 
 def _torch(x):
-    import torch
-
     if type(x).__module__.startswith("torch"):
         return x.detach()
     array = np.ascontiguousarray(x)
@@ -66,7 +66,6 @@ def _sample(z, t, max_voxels: int, seed: int):
     if max_voxels and n > max_voxels:
         rng = np.random.default_rng(seed)
         idx = np.sort(rng.choice(n, size=int(max_voxels), replace=False))
-        import torch
 
         idx = torch.from_numpy(idx).to(z.device)
         return z[:, idx], t[idx]
@@ -74,8 +73,6 @@ def _sample(z, t, max_voxels: int, seed: int):
 
 
 def _mean_nll(z, t, temperature: float) -> float:
-    import torch
-
     s = z.double() / temperature
     return float((torch.logsumexp(s, dim=0) - s.gather(0, t[None])[0]).mean())
 
@@ -99,8 +96,6 @@ def fit_temperature(logits, target, *, max_voxels: int = 2_000_000, seed: int = 
     bounds
         Search interval for T.
     """
-    from scipy.optimize import minimize_scalar
-
     z, t = _flat_logits_and_labels(logits, target, mask)
     z, t = _sample(z, t, max_voxels, seed)
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
@@ -119,8 +114,6 @@ def nll_over_temperature_grid(logits, target, grid=None, *, mask=None,
     Sums add up over voxels, images and sites, so pooled sums give the same
     choice as one central computation (:func:`fit_temperature_from_grid`).
     """
-    import torch
-
     grid = default_temperature_grid() if grid is None else np.asarray(grid, dtype=np.float64)
     if grid.ndim != 1 or grid.size == 0 or np.any(~np.isfinite(grid)) or np.any(grid <= 0):
         raise CalibSegError("The temperature grid must be a 1-D list of positive numbers.")
@@ -183,8 +176,6 @@ def fit_temperature_from_grid(nll_sums, grid=None) -> float:
 
 def apply_temperature_to_logits(logits, temperature: float):
     """``softmax(logits / T)`` over the class axis 0 (numpy in, numpy float32 out)."""
-    import torch
-
     if not (temperature > 0 and math.isfinite(temperature)):
         raise CalibSegError(f"The temperature must be a positive number, got {temperature!r}.")
     is_torch = type(logits).__module__.startswith("torch")

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from CalibSegLib.errors import CalibSegError
@@ -97,9 +99,6 @@ class Model:
 
 
 def _read_safetensors(path: str, device: str) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if not os.path.isfile(path):
         raise CalibSegError(f"{path} is missing; the model folder needs its weights file.")
     try:
@@ -270,7 +269,6 @@ def _write_weights(tmp: str, card: ModelCard, network: nn.Module) -> None:
             )
         torch.jit.save(network, os.path.join(tmp, card.network["file"]))
         return
-    from safetensors.torch import save_file
 
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in network.state_dict().items()}
     check_state_dict(build_network(card), state, "save_model")

@@ -17,6 +17,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from CalibSegLib.calibration import ReliabilityStats, fit_temperature
+from CalibSegLib.models import build_network, save_model
+from CalibSegLib.models.card import new_card
+from CalibSegLib.models.normalization import normalizer
 from CalibSegLib.training.config import TrainConfig
 
 INTENDED_USE = (
@@ -52,8 +56,6 @@ def initial_card(config: TrainConfig, name: str = "model", command: str | None =
                  data: dict | None = None, affine: np.ndarray | None = None,
                  class_colors: Sequence[Sequence[float]] | None = None):
     """The :class:`~CalibSegLib.models.ModelCard` of the untrained network."""
-    from CalibSegLib.models.card import new_card
-
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
     spacing = [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)]
     return new_card(
@@ -74,15 +76,11 @@ def initial_card(config: TrainConfig, name: str = "model", command: str | None =
 
 def build(card) -> torch.nn.Module:
     """The untrained network of ``card``."""
-    from CalibSegLib.models import build_network
-
     return build_network(card)
 
 
 def normaliser(card):
     """``raw image -> network input`` as the card (and so inference) defines it."""
-    from CalibSegLib.models.normalization import normalizer
-
     return normalizer(card)
 
 
@@ -104,8 +102,6 @@ def loss_description(config: TrainConfig) -> dict:
 def fit_validation_temperature(logits: Sequence[torch.Tensor],
                                labels: Sequence[np.ndarray]) -> float:
     """Temperature fitted on all validation voxels (``CalibSegLib.calibration``)."""
-    from CalibSegLib.calibration import fit_temperature
-
     flat = torch.cat([lg.reshape(lg.shape[0], -1) for lg in logits], dim=1)
     target = torch.cat([torch.from_numpy(np.asarray(lb, dtype=np.int64).reshape(-1))
                         for lb in labels])
@@ -116,8 +112,6 @@ def fit_validation_temperature(logits: Sequence[torch.Tensor],
 def validation_metrics(logits: Sequence[torch.Tensor], cases, temperature: float,
                        config: TrainConfig) -> dict:
     """Dice / ECE / ACE / NLL on the validation cases at T = 1 and at the fitted T."""
-    from CalibSegLib.calibration import ReliabilityStats
-
     out = {}
     for label, t in (("T=1", 1.0), ("fitted", float(temperature))):
         stats = None
@@ -158,8 +152,6 @@ def final_card(card, config: TrainConfig, temperature: float, catalogue: list[di
 def save(output: str, card, network: torch.nn.Module, history: list[dict],
          keep: Sequence[str] = ()) -> str:
     """Write the model folder (replacing ``output``) with gallery, log and command line."""
-    from CalibSegLib.models import save_model
-
     extra: dict[str, str | bytes] = {
         TRAINING_LOG_FILE: json.dumps({"history": history,
                                        "summary": card.training.get("log_summary", {})},

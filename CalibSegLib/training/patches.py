@@ -11,8 +11,17 @@ from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
+from monai.transforms import (
+    Compose,
+    FgBgToIndicesd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    SpatialPadd,
+)
 
-from CalibSegLib.training.data import TrainingCase
+from CalibSegLib.data.pairs import TrainingCase
 
 
 def patch_transform(patch_size: Sequence[int], pos: float = 2.0, neg: float = 1.0,
@@ -22,15 +31,6 @@ def patch_transform(patch_size: Sequence[int], pos: float = 2.0, neg: float = 1.
     Foreground-centred crops (``pos : neg`` odds against background-centred ones), a
     left-right flip and small intensity scale/shift changes.
     """
-    from monai.transforms import (
-        Compose,
-        RandCropByPosNegLabeld,
-        RandFlipd,
-        RandScaleIntensityd,
-        RandShiftIntensityd,
-        SpatialPadd,
-    )
-
     keys = ["image", "label"]
     steps = [
         SpatialPadd(keys=keys, spatial_size=tuple(patch_size), mode="constant"),
@@ -63,8 +63,6 @@ class PatchSampler:
     def __init__(self, cases: Sequence[TrainingCase], normalise: Callable[[np.ndarray], np.ndarray],
                  patch_size: Sequence[int], batch_size: int, seed: int,
                  flip: bool = True, intensity: bool = True) -> None:
-        from monai.transforms import FgBgToIndicesd, SpatialPadd
-
         self.patch_size = tuple(int(p) for p in patch_size)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
