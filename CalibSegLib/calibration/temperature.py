@@ -65,9 +65,9 @@ def _sample(z, t, max_voxels: int, seed: int):
     n = t.numel()
     if max_voxels and n > max_voxels:
         rng = np.random.default_rng(seed)
-        idx = np.sort(rng.choice(n, size=int(max_voxels), replace=False))
+        chosen = np.sort(rng.choice(n, size=int(max_voxels), replace=False))
 
-        idx = torch.from_numpy(idx).to(z.device)
+        idx = torch.from_numpy(chosen).to(z.device)
         return z[:, idx], t[idx]
     return z, t
 

@@ -55,7 +55,10 @@ def orientation_code(affine: np.ndarray) -> str:
 def initial_card(config: TrainConfig, name: str = "model", command: str | None = None,
                  data: dict | None = None, affine: np.ndarray | None = None,
                  class_colors: Sequence[Sequence[float]] | None = None):
-    """The :class:`~CalibSegLib.models.ModelCard` of the untrained network."""
+    """The :class:`~CalibSegLib.models.ModelCard` of the untrained network.
+
+    ``affine`` (voxel-to-RAS, array of shape (4, 4)) gives the spacing and orientation.
+    """
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
     spacing = [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)]
     return new_card(
@@ -101,7 +104,10 @@ def loss_description(config: TrainConfig) -> dict:
 
 def fit_validation_temperature(logits: Sequence[torch.Tensor],
                                labels: Sequence[np.ndarray]) -> float:
-    """Temperature fitted on all validation voxels (``CalibSegLib.calibration``)."""
+    """Temperature fitted on all validation voxels (``CalibSegLib.calibration``).
+
+    ``logits`` are tensors of shape (C, Z, Y, X), ``labels`` arrays of shape (Z, Y, X).
+    """
     flat = torch.cat([lg.reshape(lg.shape[0], -1) for lg in logits], dim=1)
     target = torch.cat([torch.from_numpy(np.asarray(lb, dtype=np.int64).reshape(-1))
                         for lb in labels])
@@ -111,7 +117,10 @@ def fit_validation_temperature(logits: Sequence[torch.Tensor],
 
 def validation_metrics(logits: Sequence[torch.Tensor], cases, temperature: float,
                        config: TrainConfig) -> dict:
-    """Dice / ECE / ACE / NLL on the validation cases at T = 1 and at the fitted T."""
+    """Dice / ECE / ACE / NLL on the validation cases at T = 1 and at the fitted T.
+
+    ``logits`` are tensors of shape (C, Z, Y, X), one per case of ``cases``.
+    """
     out = {}
     for label, t in (("T=1", 1.0), ("fitted", float(temperature))):
         stats = None

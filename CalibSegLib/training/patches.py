@@ -14,6 +14,7 @@ import torch
 from monai.transforms import (
     Compose,
     FgBgToIndicesd,
+    MapTransform,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandScaleIntensityd,
@@ -32,7 +33,7 @@ def patch_transform(patch_size: Sequence[int], pos: float = 2.0, neg: float = 1.
     left-right flip and small intensity scale/shift changes.
     """
     keys = ["image", "label"]
-    steps = [
+    steps: list[MapTransform] = [
         SpatialPadd(keys=keys, spatial_size=tuple(patch_size), mode="constant"),
         RandCropByPosNegLabeld(
             keys=keys, label_key="label", spatial_size=tuple(patch_size), pos=pos, neg=neg,
