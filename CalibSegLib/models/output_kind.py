@@ -93,7 +93,7 @@ def check_output(out: torch.Tensor, kind: str, tolerance: float = CHECK_TOLERANC
         softmax would be applied twice).
     """
     if kind not in OUTPUT_KINDS:
-        raise CalibSegError(f"Unknown output kind {kind!r}; use {', '.join(OUTPUT_KINDS)}.")
+        raise ValueError(f"unknown output kind {kind!r}; use {', '.join(OUTPUT_KINDS)}")
     if torch.isnan(out).any() or torch.isposinf(out).any() or (
             kind != "log_probabilities" and torch.isneginf(out).any()):
         raise CalibSegError(
@@ -130,7 +130,7 @@ def to_probabilities(out: torch.Tensor, kind: str) -> torch.Tensor:
         return torch.exp(out.float())
     if kind == "probabilities":
         return out
-    raise CalibSegError(f"Unknown output kind {kind!r}; use {', '.join(OUTPUT_KINDS)}.")
+    raise ValueError(f"unknown output kind {kind!r}; use {', '.join(OUTPUT_KINDS)}")
 
 
 def to_logits(out: torch.Tensor, kind: str) -> torch.Tensor:
@@ -147,4 +147,4 @@ def to_logits(out: torch.Tensor, kind: str) -> torch.Tensor:
         return torch.log(out.clamp_min(PROBABILITY_FLOOR))
     if kind == "log_probabilities":
         return out.clamp_min(floor)
-    raise CalibSegError(f"Unknown output kind {kind!r}; use {', '.join(OUTPUT_KINDS)}.")
+    raise ValueError(f"unknown output kind {kind!r}; use {', '.join(OUTPUT_KINDS)}")

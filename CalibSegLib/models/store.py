@@ -264,8 +264,8 @@ def _umask() -> int:
 def _write_weights(tmp: str, card: ModelCard, network: nn.Module) -> None:
     if card.architecture == "torchscript":
         if not isinstance(network, torch.jit.ScriptModule):
-            raise CalibSegError(
-                "A card with architecture 'torchscript' needs a TorchScript module."
+            raise TypeError(
+                "a card with architecture 'torchscript' needs a torch.jit.ScriptModule"
             )
         torch.jit.save(network, os.path.join(tmp, card.network["file"]))
         return
