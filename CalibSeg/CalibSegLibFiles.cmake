@@ -1,6 +1,6 @@
 # CalibSegLib files installed with the Slicer extension (paths from the repository
-# root). Keep in sync with the repository: Testing/test_extension_packaging.py
-# checks it and `python Testing/test_extension_packaging.py --write-cmake`
+# root). Keep in sync with the repository: Testing/slicer/test_extension_packaging.py
+# checks it and `python Testing/slicer/test_extension_packaging.py --write-cmake`
 # regenerates it.
 set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/__init__.py
@@ -107,7 +107,6 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/progress.py
   CalibSegLib/report/__init__.py
   CalibSegLib/report/comparison.py
-  CalibSegLib/report/demo.py
   CalibSegLib/report/figures.py
   CalibSegLib/report/html.py
   CalibSegLib/threads.py
@@ -123,11 +122,15 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/training/push.py
   CalibSegLib/training/throughput.py
   CalibSegLib/workflows/__init__.py
+  CalibSegLib/workflows/calibrate.py
+  CalibSegLib/workflows/compare.py
   CalibSegLib/workflows/console.py
   CalibSegLib/workflows/demo.py
+  CalibSegLib/workflows/evaluate.py
   CalibSegLib/workflows/explain.py
   CalibSegLib/workflows/federated.py
   CalibSegLib/workflows/import_model.py
+  CalibSegLib/workflows/predict.py
   CalibSegLib/workflows/report.py
   CalibSegLib/workflows/sample_data.py
   CalibSegLib/workflows/train.py

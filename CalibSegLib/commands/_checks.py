@@ -87,14 +87,3 @@ def input_file(path: str | None, option: str) -> None:
         raise CalibSegError(f"{option} {path}: no such file or folder.")
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise CalibSegError(f"{option} {path}: the file is empty.")
-
-
-def warn_if_label_image(command: str, array, path: str) -> None:
-    """Warn when an image passed as the intensity input looks like a label map.
-
-    Called after the image was read; the commands still running their work from
-    their interface module use it from here until they have a workflow module.
-    """
-    from CalibSegLib.workflows.console import warn_if_label_image as warn_labels
-
-    warn_labels(command, array, path)

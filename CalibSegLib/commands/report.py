@@ -1,13 +1,15 @@
-"""``calibseg report``: one self-contained HTML report for one or two models on an image."""
+"""``calibseg report``: one self-contained HTML report for one or two models on an image
+(options and checks; the work is :func:`CalibSegLib.workflows.report.run`)."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from CalibSegLib.commands import _checks
 from CalibSegLib.commands._checks import add_overwrite_argument
+from CalibSegLib.errors import CalibSegError
+from CalibSegLib.files import refuse_overwrite
 
 NAME = "report"
 HELP = ("write a self-contained HTML report (model cards, metrics, reliability diagrams, "
@@ -20,6 +22,7 @@ REPORT_FILES = ("report.html", "metrics.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``calibseg report`` options to ``parser``."""
     parser.add_argument("image", help="image file or DICOM series folder")
     parser.add_argument("--reference", required=True, help="reference label map on its grid")
     parser.add_argument("--model", action="append", required=True,
@@ -34,9 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check(args: argparse.Namespace) -> None:
     """Options, files, models and outputs before any model is loaded (no torch import)."""
-    from CalibSegLib.errors import CalibSegError
-    from CalibSegLib.io import refuse_overwrite
-
     if not 1 <= len(args.model) <= 2:
         raise CalibSegError("report takes one or two --model folders.")
     _checks.input_image(args.image)
@@ -46,46 +46,3 @@ def check(args: argparse.Namespace) -> None:
         raise CalibSegError("The models have different classes; compare models of the same "
                             "task.")
     refuse_overwrite([os.path.join(args.output, f) for f in REPORT_FILES], args.overwrite)
-
-
-def run(args: argparse.Namespace) -> int:
-    check(args)
-    import numpy as np
-    from tqdm import tqdm
-
-    from CalibSegLib.data.sample import SampleCase
-    from CalibSegLib.errors import CalibSegError
-    from CalibSegLib.io import read_image
-    from CalibSegLib.report.demo import run_report
-
-    image, affine = read_image(args.image)
-    _checks.warn_if_label_image(NAME, image, args.image)
-    labels, ref_affine = read_image(args.reference)
-    if labels.shape != image.shape or not np.allclose(ref_affine, affine, atol=1e-3):
-        raise CalibSegError(f"{args.reference}: geometry differs from {args.image}; resample "
-                            "the reference onto the image grid.")
-    if labels.min() < 0 or not np.array_equal(labels, np.round(labels)):
-        raise CalibSegError(f"{args.reference}: labels must be whole numbers 0, 1, 2 ...")
-    name = os.path.basename(os.path.normpath(args.image)).split(".")[0]
-    case = SampleCase(name=name, image=image.astype(np.float32), affine=affine,
-                      labels=labels.astype(np.uint8), class_names=(), class_colors=(),
-                      reference_probs=None)
-    quiet = getattr(args, "quiet", False)
-    if not args.no_faithfulness and not quiet:
-        print("calibseg report: the faithfulness scores of the explanation take about a minute "
-              "on a CPU (--no-faithfulness skips them)", file=sys.stderr)
-    bar = tqdm(total=100, disable=quiet, file=sys.stderr,
-               bar_format="{percentage:3.0f}%|{bar:30}| {desc}")
-
-    def progress(fraction: float, message: str) -> None:
-        bar.n = int(100 * fraction)
-        bar.set_description_str(message[:70])
-
-    try:
-        summary = run_report(args.model, [case], args.output, focus_index=0,
-                             faithfulness=not args.no_faithfulness, progress=progress,
-                             subtitle=f"{len(args.model)} model(s) on {name}")
-    finally:
-        bar.close()
-    print(f"report: {summary['report']}")
-    return 0

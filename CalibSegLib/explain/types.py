@@ -84,7 +84,3 @@ class Explanation:
             "faithfulness": self.faithfulness,
             "extras": sorted(self.extras),
         })
-
-
-#: The old name of :func:`CalibSegLib.files.json_ready` (kept while callers move).
-json_safe = json_ready

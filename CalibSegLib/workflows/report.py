@@ -1,19 +1,32 @@
-"""Compare models on cases: predict, measure calibration, recalibrate, explain, write the report."""
+"""Compare models on cases: predict, measure calibration, recalibrate, explain, write the report.
+
+:func:`run_report` is the job behind ``calibseg demo`` and ``calibseg report``;
+:func:`run` is ``calibseg report`` after its checks (one image and its reference).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 import time
 from typing import Any
 
+import numpy as np
+from tqdm import tqdm
+
+from CalibSegLib.data.case import SampleCase
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.explain import explain
 from CalibSegLib.inference import apply_temperature, predict
-from CalibSegLib.io import write_image
+from CalibSegLib.io import read_image, write_image
 from CalibSegLib.models import load_model
 from CalibSegLib.progress import ProgressCallback, report
 from CalibSegLib.report.comparison import comparison_page
+from CalibSegLib.workflows.console import warn_if_label_image
+
+NAME = "report"
 
 
 def run_report(folders, cases, output: str, focus_index: int = 0, faithfulness: bool = True,
@@ -105,3 +118,38 @@ def run_report(folders, cases, output: str, focus_index: int = 0, faithfulness: 
         json.dump(summary, fh, indent=2, default=float)
     report(progress, 1.0, "done")
     return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    """``calibseg report`` after its checks: the comparison report of the models on the image."""
+    image, affine = read_image(args.image)
+    warn_if_label_image(NAME, image, args.image)
+    labels, ref_affine = read_image(args.reference)
+    if labels.shape != image.shape or not np.allclose(ref_affine, affine, atol=1e-3):
+        raise CalibSegError(f"{args.reference}: geometry differs from {args.image}; resample "
+                            "the reference onto the image grid.")
+    if labels.min() < 0 or not np.array_equal(labels, np.round(labels)):
+        raise CalibSegError(f"{args.reference}: labels must be whole numbers 0, 1, 2 ...")
+    name = os.path.basename(os.path.normpath(args.image)).split(".")[0]
+    case = SampleCase(name=name, image=image.astype(np.float32), affine=affine,
+                      labels=labels.astype(np.uint8), class_names=(), class_colors=(),
+                      reference_probs=None)
+    quiet = getattr(args, "quiet", False)
+    if not args.no_faithfulness and not quiet:
+        print("calibseg report: the faithfulness scores of the explanation take about a minute "
+              "on a CPU (--no-faithfulness skips them)", file=sys.stderr)
+    bar = tqdm(total=100, disable=quiet, file=sys.stderr,
+               bar_format="{percentage:3.0f}%|{bar:30}| {desc}")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = int(100 * fraction)
+        bar.set_description_str(message[:70])
+
+    try:
+        summary = run_report(args.model, [case], args.output, focus_index=0,
+                             faithfulness=not args.no_faithfulness, progress=progress,
+                             subtitle=f"{len(args.model)} model(s) on {name}")
+    finally:
+        bar.close()
+    print(f"report: {summary['report']}")
+    return 0
