@@ -1,7 +1,7 @@
 # Files of the repository's Resources folder installed with the Slicer extension
 # (paths relative to Resources/): requirements, demo models, sample data.
-# Testing/test_extension_packaging.py checks it and
-# `python Testing/test_extension_packaging.py --write-cmake` regenerates it.
+# Testing/slicer/test_extension_packaging.py checks it and
+# `python Testing/slicer/test_extension_packaging.py --write-cmake` regenerates it.
 set(CALIBSEG_SHARED_RESOURCES
   Models/dicece-hardace/gallery/proto_000.nii.gz
   Models/dicece-hardace/gallery/proto_001.nii.gz

@@ -42,7 +42,7 @@ Error bounds (``u = 2**-11``, float16 rounding):
 
 On the sample cases (3 classes: no tail) and a 25-class synthetic case all of
 ECE, ACE, MCE (top-label and marginal), Dice, NLL and Brier stay within 1e-3 of
-the full-precision values at T in [0.5, 3] (``Testing/test_topk.py``); readings,
+the full-precision values at T in [0.5, 3] (``Testing/inference/test_topk.py``); readings,
 and a stress case where they do not, in ``docs/bench/compact.md``.
 """
 
