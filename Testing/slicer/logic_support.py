@@ -1,4 +1,4 @@
-"""Shared set-up of the MRML logic tests (imported by Testing/test_logic*.py; no tests here).
+"""Shared set-up of the MRML logic tests (imported by Testing/slicer/test_logic*.py; no tests here).
 
 Predictions of two tiny untrained models on the 4 mm sample case are computed once
 per test process and shared.
