@@ -19,7 +19,6 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/calibration/reliability_metrics.py
   CalibSegLib/calibration/stats.py
   CalibSegLib/calibration/temperature.py
-  CalibSegLib/calibration/topk_stats.py
   CalibSegLib/calibration/torch_kernel.py
   CalibSegLib/cli.py
   CalibSegLib/cohort.py
@@ -77,6 +76,8 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/federated/transport.py
   CalibSegLib/files.py
   CalibSegLib/inference/__init__.py
+  CalibSegLib/inference/compiled.py
+  CalibSegLib/inference/network_input.py
   CalibSegLib/inference/nnunet.py
   CalibSegLib/inference/nnunet_io.py
   CalibSegLib/inference/predict.py
@@ -90,6 +91,7 @@ set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/inference/topk.py
   CalibSegLib/inference/topk_io.py
   CalibSegLib/inference/topk_kernel.py
+  CalibSegLib/inference/topk_stats.py
   CalibSegLib/io.py
   CalibSegLib/models/__init__.py
   CalibSegLib/models/bundle.py

@@ -11,13 +11,16 @@ import os
 
 import numpy as np
 
+from CalibSegLib.calibration import default_temperature_grid, fit_temperature_from_grid
+from CalibSegLib.data.pairs import csv_cases, folder_cases
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.files import image_suffix
+from CalibSegLib.inference import load_prediction, predict
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
 
 
 def read_cohort(path: str):
     """The cases of a cohort folder or CSV (see the module docstring)."""
-    from CalibSegLib.data.pairs import csv_cases, folder_cases
 
     if os.path.isdir(path):
         return folder_cases(path)
@@ -41,7 +44,6 @@ def evaluate_cohort(model, cases, n_bins: int = 20, temperature: float | None = 
     Returns ``(stats, rows)``: the merged :class:`ReliabilityStats` (one image per
     case) and one metrics dict per case (``case`` key added).
     """
-    from CalibSegLib.inference import predict
 
     stats = None
     rows = []
@@ -71,8 +73,6 @@ def saved_prediction(folder: str | None, case):
     """
     if not folder or "image" not in getattr(case, "source", {}):
         return None
-    from CalibSegLib.inference import load_prediction
-    from CalibSegLib.io import image_suffix
 
     name = os.path.basename(case.source["image"])
     suffix = image_suffix(name)
@@ -98,8 +98,6 @@ def fit_cohort_temperature(model, cases, grid=None, device: str = "auto",
     cohort's images (either form, see :func:`saved_prediction`); those cases are
     not run again. ``info["saved"]`` counts them.
     """
-    from CalibSegLib.calibration import default_temperature_grid, fit_temperature_from_grid
-    from CalibSegLib.inference import predict
 
     grid = default_temperature_grid() if grid is None else np.asarray(grid, dtype=np.float64)
     sums = np.zeros(grid.size)

@@ -152,8 +152,8 @@ def _status_kib(key: str) -> int:
 
 
 def _rows_for(num_classes: int, plane, sizes, full_slices: int) -> list[dict]:
-    from CalibSegLib.calibration import ReliabilityStats
     from CalibSegLib.inference.streaming import sliding_window_topk
+    from CalibSegLib.inference.topk_stats import stats_from_topk
 
     tag = f"C={num_classes}"
     label = f"{plane[0]}x{plane[1]}x{full_slices}"
@@ -210,8 +210,8 @@ def _rows_for(num_classes: int, plane, sizes, full_slices: int) -> list[dict]:
     target = np.asarray(small.labels()).astype(np.uint8)
     probs = torch.softmax(logits / 1.7, 0)
     t_sum = best_time(lambda: probs.sum(), 3)
-    ReliabilityStats.from_topk(small, target, temperature=1.0)  # warm up
-    t_stats = best_time(lambda: ReliabilityStats.from_topk(small, target, temperature=1.7), 2)
+    stats_from_topk(small, target, temperature=1.0)  # warm up
+    t_stats = best_time(lambda: stats_from_topk(small, target, temperature=1.7), 2)
     rows.append({"name": f"{tag} stats from top-k / probs.sum(), {sizes[0]} slices",
                  "value": t_stats / t_sum, "target": None, "unit": "x"})
     rows.append({"name": f"{tag} stats from top-k, {sizes[0]} slices", "value": t_stats,
@@ -220,7 +220,7 @@ def _rows_for(num_classes: int, plane, sizes, full_slices: int) -> list[dict]:
                  "target": None, "unit": "s"})
     big_target = np.ascontiguousarray(np.asarray(big.labels()))
     rows.append({"name": f"{tag} stats from top-k, {label}",
-                 "value": best_time(lambda: ReliabilityStats.from_topk(
+                 "value": best_time(lambda: stats_from_topk(
                      big, big_target, temperature=1.7), 1), "target": None, "unit": "s"})
     return rows
 

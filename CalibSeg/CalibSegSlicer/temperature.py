@@ -20,7 +20,12 @@ import numpy as np
 
 from CalibSegLib.calibration import ReliabilityStats
 from CalibSegLib.errors import Cancelled
-from CalibSegLib.inference import Prediction, apply_temperature, probability_maps
+from CalibSegLib.inference import (
+    Prediction,
+    apply_temperature,
+    probability_maps,
+    stats_from_topk,
+)
 from CalibSegLib.progress import check_cancel, report
 
 PREVIEW, FULL = "preview", "full"
@@ -56,7 +61,7 @@ def regionStats(prediction: Prediction, reference: np.ndarray, temperature: floa
     target = np.ascontiguousarray(np.asarray(reference)[region])
     if prediction.is_compact:
         part = prediction.scores.subvolume(region)
-        return ReliabilityStats.from_topk(part, target, nBins, temperature=temperature)
+        return stats_from_topk(part, target, nBins, temperature=temperature)
     import torch
 
     logits = np.ascontiguousarray(prediction.logits[(slice(None), *region)])

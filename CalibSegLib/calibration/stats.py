@@ -175,18 +175,8 @@ class ReliabilityStats:
                 disable_numba(f"the kernel does not compile ({type(exc).__name__})")
                 acc = Accumulators(num_classes, n_bins, soft=reference_probs is not None)
                 _run_torch(acc, *args)
-        _raise_on_bad_input(acc.scalars)
+        raise_on_bad_input(acc.scalars)
         return cls._from_accumulators(str(image_id), n_bins, acc, class_names)
-
-    @classmethod
-    def from_topk(cls, prediction, target, n_bins: int = 20, **options) -> ReliabilityStats:
-        """Statistics of a :class:`~CalibSegLib.inference.topk.TopKPrediction` (no
-        ``C × N`` expansion); options as
-        :func:`~CalibSegLib.calibration.topk_stats.stats_from_topk`."""
-        # lazy: the top-k kernels need numba, an optional dependency here (see backend.py)
-        from CalibSegLib.calibration.topk_stats import stats_from_topk
-
-        return stats_from_topk(prediction, target, n_bins, **options)
 
     @classmethod
     def _from_accumulators(cls, image_id, n_bins, acc: Accumulators, class_names):
@@ -688,7 +678,10 @@ def _run_torch(acc, probs, target, reference, mask, edges, chunk, progress, canc
         report(progress, stop / max(n, 1), "calibration statistics")
 
 
-def _raise_on_bad_input(scalars: np.ndarray) -> None:
+def raise_on_bad_input(scalars: np.ndarray) -> None:
+    """One CalibSegError when the accumulator ``scalars`` (array of shape (S,), the slots of
+    :class:`~CalibSegLib.calibration.accumulators.Scalar`) counted NaN probabilities,
+    unknown reference labels or probabilities that do not sum to 1 (any back end)."""
     bad_label, bad_nan, bad_sum = (int(scalars[slot]) for slot in (
         Scalar.BAD_LABELS, Scalar.NAN_VALUES, Scalar.BAD_SUMS))
     if bad_nan:

@@ -11,13 +11,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from monai.losses import DiceCELoss
 
+from CalibSegLib.calibration import HardL1ACELoss
+from CalibSegLib.inference import predict
+from CalibSegLib.models import normalizer
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
 
 
 def case_prediction(model, case):
     """:func:`CalibSegLib.inference.predict` of ``model`` on one case (CPU, no maps)."""
-    from CalibSegLib.inference import predict
 
     return predict(case.image, case.affine, model, device="cpu", maps=False)
 
@@ -67,10 +70,6 @@ def local_finetune(model, cases: Sequence, *, steps: int = 2, lr: float = 1e-3,
     Returns the updated state dict and ``{"loss": mean loss of the last step,
     "steps": steps, "voxels": voxels seen per step}``. Deterministic for a seed.
     """
-    from monai.losses import DiceCELoss
-
-    from CalibSegLib.models import normalizer
-
     torch.manual_seed(int(seed))
     network = model.network
     network.train()
@@ -93,7 +92,7 @@ def local_finetune(model, cases: Sequence, *, steps: int = 2, lr: float = 1e-3,
         for x, y, shape in batch:
             logits = network(x)[(slice(None), slice(None)) + tuple(slice(0, n) for n in shape)]
             loss = dicece(logits, y)
-            if ace is not None and calibration_weight > 0:
+            if calibration_weight > 0:
                 loss = loss + calibration_weight * ace(logits, y)
             (loss / len(batch)).backward()
             total += float(loss.detach()) / len(batch)
@@ -115,11 +114,7 @@ def _pad_to_multiple(x: torch.Tensor, divisor: int) -> tuple[torch.Tensor, tuple
     return x, shape
 
 
-def _ace_loss(n_bins: int):
-    """The project's hard-binned mL1-ACE loss, or None when it is not installed."""
-    try:
-        from CalibSegLib.calibration import HardL1ACELoss
-    except ImportError:  # pragma: no cover - calibration is part of the library
-        return None
+def _ace_loss(n_bins: int) -> HardL1ACELoss:
+    """The project's hard-binned mL1-ACE loss."""
     return HardL1ACELoss(n_bins=int(n_bins), include_background=True, to_onehot_y=True,
                          softmax=True)

@@ -19,9 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import nibabel
 import numpy as np
+import SimpleITK as sitk
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.io import to_sitk
 from CalibSegLib.models.nnunet import SUPPORTED_READERS
 
 Restore = Callable[[np.ndarray], np.ndarray]
@@ -69,9 +73,7 @@ def reader_input(array: np.ndarray, affine: np.ndarray, reader: str
 
 def _sitk_reoriented(array: np.ndarray, affine: np.ndarray
                      ) -> tuple[np.ndarray, dict[str, Any], Restore]:
-    import SimpleITK as sitk
 
-    from CalibSegLib.io import to_sitk
 
     image = to_sitk(array, affine)
     original = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(
@@ -93,8 +95,6 @@ def _sitk_reoriented(array: np.ndarray, affine: np.ndarray
 
 def _nibabel_reoriented(array: np.ndarray, affine: np.ndarray
                         ) -> tuple[np.ndarray, dict[str, Any], Restore]:
-    import nibabel
-    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
     image = nibabel.Nifti1Image(array.transpose(2, 1, 0), affine)
     orientation = io_orientation(affine)

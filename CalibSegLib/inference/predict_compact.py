@@ -35,6 +35,14 @@ import numpy as np
 import torch
 
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.inference.network_input import (
+    CheckedNetwork,
+    from_network_axes,
+    model_input,
+    to_network_axes,
+    window_in_network_axes,
+)
+from CalibSegLib.inference.nnunet import nnunet_logits
 from CalibSegLib.inference.resample import resample
 from CalibSegLib.inference.sliding import sliding_window
 from CalibSegLib.inference.streaming import sliding_window_topk
@@ -130,19 +138,9 @@ def network_topk(array: np.ndarray, matrix: np.ndarray, model: Any, dev: torch.d
     """The model's class scores on the input grid as a :class:`TopKPrediction` (temperature
     1, no affine or names yet) and run information. Called under ``torch.no_grad()``
     with the network on ``dev``."""
-    from CalibSegLib.inference.predict import (
-        _CheckedNetwork,
-        from_network_axes,
-        model_input,
-        to_network_axes,
-        window_in_network_axes,
-    )
-
     card = model.card
     num_classes = int(card.num_classes)
     if card.architecture == "nnunet":
-        from CalibSegLib.inference.nnunet import nnunet_logits
-
         out, info = nnunet_logits(array, matrix, model, dev, progress, cancel)
         kind = str(info.pop("returned_as", card.output_kind))
         logits = to_logits(out, kind)[0]
@@ -152,7 +150,7 @@ def network_topk(array: np.ndarray, matrix: np.ndarray, model: Any, dev: torch.d
     x, grid_shape, grid_affine, resampled = model_input(array, matrix, card, dev)
     check_cancel(cancel, "prediction")
     report(progress, 0.05, "sliding window")
-    checked = _CheckedNetwork(model.network, num_classes, "classes")
+    checked = CheckedNetwork(model.network, num_classes, "classes")
     options: dict[str, Any] = dict(
         sw_batch_size=sw_batch_size, overlap=float(window["overlap"]), mode=str(window["mode"]),
         sigma_scale=float(window["sigma_scale"]), padding_mode=str(window["padding_mode"]),

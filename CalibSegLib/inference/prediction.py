@@ -22,17 +22,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from CalibSegLib.calibration.fixed_point import from_fixed_point
+from CalibSegLib.calibration.stats import ReliabilityStats
+from CalibSegLib.calibration.temperature import nll_over_temperature_grid
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.inference.topk import TopKPrediction
+from CalibSegLib.inference import compiled
+from CalibSegLib.inference.topk import TopKPrediction, check_temperature
+from CalibSegLib.inference.topk_stats import nll_over_temperatures_topk, stats_from_topk
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
-
-if TYPE_CHECKING:
-    from CalibSegLib.calibration.stats import ReliabilityStats
 
 
 def _readonly(array: np.ndarray | None) -> np.ndarray | None:
@@ -47,16 +49,29 @@ def probability_maps(logits: torch.Tensor, temperature: float
 
     ``probs = softmax(logits / T)`` over the first axis, ``confidence`` its maximum,
     ``entropy`` the Shannon entropy divided by ``log C`` (so in [0, 1]). On the CPU a
-    fused one-pass kernel (:mod:`CalibSegLib.inference.softmax_kernel`); on other
-    devices :func:`probability_maps_torch`.
+    fused one-pass kernel (:mod:`CalibSegLib.inference.softmax_kernel`) when numba
+    runs; on other devices (and without numba) :func:`probability_maps_torch`.
     """
-    if logits.device.type == "cpu" and logits.is_floating_point():
-        from CalibSegLib.inference.softmax_kernel import probability_maps_cpu
-
+    if logits.device.type == "cpu" and logits.is_floating_point() and compiled.available():
         array = logits.detach().float().numpy()
-        probs, confidence, entropy = probability_maps_cpu(array, temperature)
+        probs, confidence, entropy = compiled.softmax_kernel.probability_maps_cpu(
+            array, temperature)
         return torch.from_numpy(probs), torch.from_numpy(confidence), torch.from_numpy(entropy)
     return probability_maps_torch(logits, temperature)
+
+
+def probability_maps_array(logits: np.ndarray, temperature: float
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(probs, confidence, entropy)`` float32 arrays of ``(C, ...)`` logits (any float
+    dtype, memory-mapped too): the compiled kernel when numba runs, else torch on the CPU."""
+    if compiled.available():
+        return compiled.softmax_kernel.probability_maps_cpu(logits, temperature)
+    array = np.asarray(logits)
+    tensor = torch.from_numpy(np.array(array, dtype=np.float32, copy=True)
+                              if array.dtype != np.float32 or not array.flags.writeable
+                              else array)
+    probs, confidence, entropy = probability_maps_torch(tensor, temperature)
+    return probs.numpy(), confidence.numpy(), entropy.numpy()
 
 
 def probability_maps_torch(logits: torch.Tensor, temperature: float
@@ -276,14 +291,12 @@ class Prediction:
         labels = self.labels[key]
         if temperature is None or float(temperature) == self.temperature:
             return labels, self.confidence[key], self.entropy[key]
-        t = _check_temperature(temperature)
+        t = check_temperature(temperature)
         if self.scores is not None:
             confidence, entropy = self.scores.maps(t, key if key else None)
             return labels, confidence, entropy
-        from CalibSegLib.inference.softmax_kernel import probability_maps_cpu
-
         assert self.logits is not None
-        _, confidence, entropy = probability_maps_cpu(
+        _, confidence, entropy = probability_maps_array(
             np.asarray(self.logits[(slice(None), *key)]), t)
         return labels, confidence.reshape(labels.shape), entropy.reshape(labels.shape)
 
@@ -294,14 +307,13 @@ class Prediction:
         prediction's temperature.
 
         Full form: :meth:`ReliabilityStats.from_probs`; compact form:
-        :meth:`ReliabilityStats.from_topk` (no ``C × N`` expansion). ``options``
-        (``image_id``, ``mask``, ``class_names``, ``progress``, ``cancel`` ...) as those.
+        :func:`~CalibSegLib.inference.topk_stats.stats_from_topk` (no ``C × N`` expansion).
+        ``options`` (``image_id``, ``mask``, ``class_names``, ``progress``, ``cancel`` ...)
+        as those.
         """
-        from CalibSegLib.calibration.stats import ReliabilityStats
-
         if self.scores is not None:
             options.setdefault("temperature", self.temperature)
-            return ReliabilityStats.from_topk(self.scores, reference, n_bins, **options)
+            return stats_from_topk(self.scores, reference, n_bins, **options)
         return ReliabilityStats.from_probs(self.probs, reference, n_bins, **options)
 
     def nll_over_temperatures(self, reference: Any, grid: Any = None, *, mask: Any = None
@@ -311,14 +323,10 @@ class Prediction:
         :func:`~CalibSegLib.calibration.temperature.fit_temperature_from_grid`).
 
         Compact form: from the top-k arrays without expanding them
-        (:func:`~CalibSegLib.calibration.topk_stats.nll_over_temperatures_topk`).
+        (:func:`~CalibSegLib.inference.topk_stats.nll_over_temperatures_topk`).
         """
         if self.scores is not None:
-            from CalibSegLib.calibration.topk_stats import nll_over_temperatures_topk
-
             return nll_over_temperatures_topk(self.scores, reference, grid, mask=mask)
-        from CalibSegLib.calibration.temperature import nll_over_temperature_grid
-
         return nll_over_temperature_grid(self.logits, reference, grid, mask=mask)
 
     # -------------------------------------------------------------- prototype models
@@ -343,15 +351,7 @@ class Prediction:
 
 def _float32(array: np.ndarray) -> np.ndarray:
     """float32 probabilities (uint16 fixed point read as ``q / 65535``)."""
-    from CalibSegLib.calibration.fixed_point import from_fixed_point
-
     return np.asarray(from_fixed_point(np.asarray(array)))
-
-
-def _check_temperature(temperature: Any) -> float:
-    from CalibSegLib.inference.topk import check_temperature
-
-    return check_temperature(temperature)
 
 
 #: Planes per step of :func:`apply_temperature` on a compact prediction (progress, cancel).
@@ -391,16 +391,14 @@ def apply_temperature(prediction: Prediction, temperature: float,
     Cancelled
         When ``cancel()`` returned true (nothing kept).
     """
-    t = _check_temperature(temperature)
+    t = check_temperature(temperature)
     check_cancel(cancel, "temperature scaling")
     if prediction.scores is not None:
         scores = prediction.scores.with_temperature(t)
         confidence, entropy = topk_maps(scores, progress, cancel)
         return dataclasses.replace(prediction, confidence=confidence, entropy=entropy,
                                    temperature=t, info=dict(prediction.info), scores=scores)
-    from CalibSegLib.inference.softmax_kernel import probability_maps_cpu
-
-    probs, confidence, entropy = probability_maps_cpu(np.asarray(prediction.logits), t)
+    probs, confidence, entropy = probability_maps_array(np.asarray(prediction.logits), t)
     check_cancel(cancel, "temperature scaling")
     report(progress, 1.0, "temperature")
     return dataclasses.replace(

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.inference.prediction import Prediction, probability_maps
+from CalibSegLib.files import atomic_path
+from CalibSegLib.inference.prediction import Prediction, probability_maps, topk_maps
 from CalibSegLib.inference.topk_io import is_topk_file, read_topk_file, write_topk
 
 #: Fields of the full layout recomputed from the logits on loading.
@@ -72,7 +73,6 @@ def save_prediction(path: str, prediction: Prediction) -> str:
         A path not ending in ``.npz``, or an output folder that does not exist or
         is not writable.
     """
-    from CalibSegLib.io import atomic_path
 
     if not str(path).endswith(".npz"):
         raise CalibSegError(f"A prediction file ends in .npz, got {path!r}.")
@@ -139,7 +139,6 @@ def _load_compact(path: str, mmap: bool) -> Prediction:
     if "confidence" in extra and "entropy" in extra:
         confidence, entropy = extra["confidence"], extra["entropy"]
     else:  # a bare top-k file: maps computed now
-        from CalibSegLib.inference.prediction import topk_maps
 
         confidence, entropy = topk_maps(scores)
     affine = np.eye(4) if scores.affine is None else np.asarray(scores.affine, np.float64)

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import nibabel.orientations as nio
 import numpy as np
 import torch
 import torch.nn.functional as nnf
+from monai.data.utils import compute_shape_offset, zoom_affine
 
 _AXES = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0),
          "I": (2, -1.0)}
@@ -45,7 +47,6 @@ def reoriented_grid(shape: Sequence[int], affine: np.ndarray, orientation: str =
     The same voxels, relabelled (no interpolation): what MONAI's ``Orientation``
     does. Shapes are ``(Z, Y, X)``, affines IJK-to-RAS.
     """
-    import nibabel.orientations as nio
 
     affine = np.asarray(affine, dtype=np.float64)
     ornt = nio.ornt_transform(nio.io_orientation(affine),
@@ -66,7 +67,6 @@ def monai_spacing_grid(shape: Sequence[int], affine: np.ndarray, spacing_mm: Seq
     Directions are the reoriented input's (oblique stays oblique), voxel sizes the
     card's, extent MONAI's own (``compute_shape_offset``).
     """
-    from monai.data.utils import compute_shape_offset, zoom_affine
 
     r_shape, r_affine = reoriented_grid(shape, affine, orientation)
     new_affine = zoom_affine(r_affine, np.asarray(spacing_mm, dtype=np.float64), diagonal=False)

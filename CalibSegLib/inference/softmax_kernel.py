@@ -18,6 +18,7 @@ import math
 import numba
 import numpy as np
 
+from CalibSegLib.calibration.fixed_point import FIXED_POINT_SCALE
 from CalibSegLib.threads import default_threads, guided_bounds, run_tasks
 
 _BLOCK = 2048
@@ -71,8 +72,6 @@ def probability_maps_cpu(logits: np.ndarray, temperature: float, fixed_point: bo
     Logits that are not C-contiguous float32 (e.g. float16) are converted ``chunk``
     voxels at a time, so the extra memory is bounded by the chunk.
     """
-    from CalibSegLib.calibration.fixed_point import FIXED_POINT_SCALE
-
     logits = np.asarray(logits)
     num_classes = logits.shape[0]
     flat = logits.reshape(num_classes, -1)

@@ -100,7 +100,8 @@ def sliding_window_topk(x: torch.Tensor, network: Callable[[torch.Tensor], Any],
         "sw_batch_size"}``.
     """
     if x.ndim != 5 or x.shape[0] != 1:
-        raise CalibSegError(f"Expected a (1, channels, Z, Y, X) input, got {tuple(x.shape)}.")
+        # the input is built by predict, never given by a user: a caller's mistake
+        raise ValueError(f"Expected a (1, channels, Z, Y, X) input, got {tuple(x.shape)}.")
     if not 0.0 <= float(overlap) < 1.0:
         raise CalibSegError(f"overlap must be in [0, 1), got {overlap}.")
     if int(sw_batch_size) < 1:

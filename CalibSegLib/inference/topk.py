@@ -15,7 +15,8 @@ differences ``d_c = z_c - max_j z_j <= 0`` matter, at every temperature ``T``
 Sizes: ``K = min(C, 4)`` up to 256 classes (4 + 6 + 6 = 16 bytes), ``K = 3``
 beyond (6 + 4 + 6 = 16 bytes); 3 classes take 7 bytes (no tail), 2 classes 4.
 CPU work runs in compiled kernels (:mod:`CalibSegLib.inference.topk_kernel`); the
-torch operations here serve other devices (CUDA) and are tested equal.
+torch operations here serve other devices (CUDA), and the CPU when numba cannot run
+(:mod:`CalibSegLib.inference.compiled`); they are tested equal.
 
 Temperature. ``f`` is convex and decreasing in ``a`` (its derivative is the mean
 tail logit under ``exp(a d)`` weights). Between the stored points ``f(a)`` is read
@@ -59,6 +60,7 @@ import numpy as np
 import torch
 
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.inference import compiled
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
 
 #: Inverse temperatures ``a = 1/T`` at which the tail log-partition is stored (ascending).
@@ -190,6 +192,35 @@ def tail_log_partition(tail: torch.Tensor, d_last: torch.Tensor, n_tail: int, a:
 
 
 # ---------------------------------------------------------------------------- decoding
+
+def tail_forms(a: float) -> tuple[np.ndarray, int]:
+    """``(forms, lowers)``: the linear forms of :func:`tail_log_partition` at ``a``.
+
+    Over ``(log n, f(1/3), f(1), f(2))``, as rows ``[upper, lower..., estimate, slope]``
+    (``(6, 4)`` float64, unused lower rows zero) and the number of lower forms."""
+    upper, lowers = _convex_bounds(float(a))
+    est, slope = _quadratic(float(a))
+    forms = np.zeros((6, 4), np.float64)
+    forms[0] = upper
+    for i, form in enumerate(lowers):
+        forms[1 + i] = form
+    forms[4, 1:] = est
+    forms[5, 1:] = slope
+    return forms, len(lowers)
+
+
+def tail_arguments(num_classes: int, k: int, temperature: float
+                   ) -> tuple[float, np.ndarray, int, np.ndarray, int, float]:
+    """``(a, forms, lowers, forms2, lowers2, log n)`` of the compiled decoding at
+    ``temperature``: :func:`tail_forms` at ``a = 1/T`` and ``2a`` (for ``Σ p²``) and the
+    log of the tail class count ``n = C - K``."""
+    a = 1.0 / float(temperature)
+    forms, lowers = tail_forms(a)
+    forms2, lowers2 = tail_forms(2.0 * a)
+    log_n = math.log(num_classes - k) if num_classes > k else 0.0
+    return a, forms, lowers, forms2, lowers2, log_n
+
+
 
 @dataclass
 class DecodedVoxels:
@@ -378,7 +409,7 @@ class TopKPrediction:
         """
         key = (slice(None),) + _as_tuple(region)
         if any(not isinstance(k, slice) for k in key):
-            raise CalibSegError("A subvolume is given by slices of the spatial axes.")
+            raise TypeError("A subvolume is given by slices of the spatial axes.")
         return dataclasses.replace(self, indices=self.indices[key], gaps=self.gaps[key],
                                    tail=self.tail[key])
 
@@ -432,7 +463,9 @@ class TopKPrediction:
         """
         t = self.temperature if temperature is None else check_temperature(temperature)
         if device is None or torch.device(device).type == "cpu":
-            return self._maps_cpu(t, region, chunk_voxels, cancel)
+            if compiled.available():
+                return self._maps_cpu(t, region, chunk_voxels, cancel)
+            device = "cpu"
         spatial = self._region(region)[3]
         n = int(np.prod(spatial, dtype=np.int64))
         out_c, out_h = np.empty(n, np.float32), np.empty(n, np.float32)
@@ -446,16 +479,16 @@ class TopKPrediction:
     def _maps_cpu(self, t: float, region, chunk_voxels: int, cancel: CancelCallback | None
                   ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`maps` by the compiled kernel (``topk_kernel.maps_cpu``)."""
-        from CalibSegLib.inference.topk_kernel import maps_cpu
-
         _, gaps, tail, spatial = self._region(region)
         n = gaps.shape[1] if gaps.shape[0] else tail.shape[1]
+        arguments = tail_arguments(self.num_classes, self.k, t)
         confidence, entropy = np.empty(n, np.float32), np.empty(n, np.float32)
         step = max(int(chunk_voxels), 1) * 8
         for start in range(0, n, step):
             check_cancel(cancel, "map computation")
             stop = min(n, start + step)
-            c, h = maps_cpu(gaps[:, start:stop], tail[:, start:stop], self.num_classes, t)
+            c, h = compiled.topk_kernel.maps_cpu(gaps[:, start:stop], tail[:, start:stop],
+                                                 self.num_classes, arguments, FLOAT16_ROUNDOFF)
             confidence[start:stop], entropy[start:stop] = c, h
         return confidence.reshape(spatial), entropy.reshape(spatial)
 
@@ -610,8 +643,9 @@ class TopKWriter:
         """Store ``(C, n)`` logits of flat voxels ``start:start + n``.
 
         CPU tensors go through the compiled kernel
-        (:mod:`CalibSegLib.inference.topk_kernel`), others through
-        :func:`compact_block` on their device.
+        (:mod:`CalibSegLib.inference.topk_kernel`) when numba runs
+        (:mod:`CalibSegLib.inference.compiled`), others through :func:`compact_block`
+        on their device.
         """
         if int(logits.shape[0]) != self.num_classes:
             raise CalibSegError(
@@ -620,13 +654,17 @@ class TopKWriter:
         stop = start + int(logits.shape[1])
         fi, fg, ft = self._flat()
         if logits.device.type == "cpu":
-            from CalibSegLib.inference.topk_kernel import compact_block_cpu
-
             z = np.ascontiguousarray(logits.detach().float().numpy())
             if not np.isfinite(z).all():
                 raise CalibSegError("The logits hold NaN or infinite values; check the model "
                                     "output before storing it.")
-            idx, gaps, tail = compact_block_cpu(z, self.k, self.index_dtype)
+            if not compiled.available():
+                t_idx, t_gaps, t_tail = compact_block(torch.from_numpy(z), self.k,
+                                                      self.index_dtype)
+                fi[:, start:stop], fg[:, start:stop] = t_idx.numpy(), t_gaps.numpy()
+                ft[:, start:stop] = t_tail.numpy()
+                return
+            idx, gaps, tail = compiled.topk_kernel.compact_block_cpu(z, self.k, self.index_dtype)
             fi[:, start:stop], fg[:, start:stop], ft[:, start:stop] = idx, gaps, tail
             return
         t_idx, t_gaps, t_tail = compact_block(logits, self.k, self.index_dtype)

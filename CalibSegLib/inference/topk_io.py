@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.files import atomic_path
 from CalibSegLib.inference.topk import TopKPrediction
 
 FORMAT = "calibseg.topk-prediction/1"
@@ -35,7 +36,6 @@ def write_topk(path: str, prediction: TopKPrediction, meta: dict | None = None,
     further per-voxel arrays (e.g. float32 confidence and entropy maps), stored and
     memory-mapped like the top-k arrays (:func:`read_topk_file`).
     """
-    from CalibSegLib.io import atomic_path
 
     if not str(path).endswith(".npz"):
         raise CalibSegError(f"A top-k prediction file ends in .npz, got {path!r}.")

@@ -18,6 +18,7 @@ import math
 import numba
 import numpy as np
 
+from CalibSegLib.calibration.accumulators import NLL_FLOOR
 from CalibSegLib.threads import default_threads, guided_bounds, run_tasks
 
 _BLOCK = 256
@@ -110,24 +111,6 @@ def compact_block_cpu(z: np.ndarray, k: int, index_dtype: np.dtype
 
 # ---------------------------------------------------------------------------- decoding
 
-def tail_forms(a: float) -> tuple[np.ndarray, int]:
-    """``(forms, lowers)``: the linear forms of ``topk.tail_log_partition`` at ``a``.
-
-    Over ``(log n, f(1/3), f(1), f(2))``, as rows ``[upper, lower..., estimate, slope]``
-    (``(6, 4)`` float64, unused lower rows zero) and the number of lower forms."""
-    from CalibSegLib.inference.topk import _convex_bounds, _quadratic
-
-    upper, lowers = _convex_bounds(float(a))
-    est, slope = _quadratic(float(a))
-    forms = np.zeros((6, 4), np.float64)
-    forms[0] = upper
-    for i, form in enumerate(lowers):
-        forms[1 + i] = form
-    forms[4, 1:] = est
-    forms[5, 1:] = slope
-    return forms, len(lowers)
-
-
 @numba.njit(cache=True, nogil=True, inline="always")
 def _form(forms, row, v0, v1, v2, v3):  # pragma: no cover - compiled
     return forms[row, 0] * v0 + forms[row, 1] * v1 + forms[row, 2] * v2 + forms[row, 3] * v3
@@ -205,24 +188,17 @@ def _maps_range(gaps, tail, a, forms, lowers, forms2, lowers2, log_n, u, inv_log
         entropy[j] = min(max(h, 0.0), 1.0)
 
 
-def _tail_arguments(num_classes: int, k: int, temperature: float):
-    a = 1.0 / float(temperature)
-    forms, lowers = tail_forms(a)
-    forms2, lowers2 = tail_forms(2.0 * a)
-    log_n = math.log(num_classes - k) if num_classes > k else 0.0
-    return a, forms, lowers, forms2, lowers2, log_n
+def maps_cpu(gaps: np.ndarray, tail: np.ndarray, num_classes: int, arguments: tuple,
+             roundoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(confidence, entropy / log C)`` float32 of flat ``(K-1, n)`` gaps and tail rows.
 
-
-def maps_cpu(gaps: np.ndarray, tail: np.ndarray, num_classes: int, temperature: float
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """``(confidence, entropy / log C)`` float32 of flat ``(K-1, n)`` gaps and tail rows."""
-    from CalibSegLib.inference.topk import FLOAT16_ROUNDOFF
-
+    ``arguments``: :func:`CalibSegLib.inference.topk.tail_arguments` of the class count,
+    ``K`` and the temperature; ``roundoff`` the float16 unit roundoff of the stored values.
+    """
     g = np.ascontiguousarray(gaps, dtype=np.float32)
     t = np.ascontiguousarray(tail, dtype=np.float32)
     n = g.shape[1] if g.shape[0] else t.shape[1]
-    k = g.shape[0] + 1
-    a, forms, lowers, forms2, lowers2, log_n = _tail_arguments(num_classes, k, temperature)
+    a, forms, lowers, forms2, lowers2, log_n = arguments
     inv_log_c = 1.0 / math.log(num_classes) if num_classes > 1 else 0.0
     confidence = np.empty(n, np.float32)
     entropy = np.empty(n, np.float32)
@@ -230,8 +206,99 @@ def maps_cpu(gaps: np.ndarray, tail: np.ndarray, num_classes: int, temperature: 
     bounds = guided_bounds(n, workers, _SMALLEST_TASK)
 
     def work(i: int) -> None:
-        _maps_range(g, t, a, forms, lowers, forms2, lowers2, log_n, FLOAT16_ROUNDOFF,
+        _maps_range(g, t, a, forms, lowers, forms2, lowers2, log_n, roundoff,
                     inv_log_c, confidence, entropy, bounds[i], bounds[i + 1])
 
     run_tasks(work, len(bounds) - 1, workers)
     return confidence, entropy
+
+
+# ---------------------------------------------------------------------------- statistics
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bin(p, edges, n_bins):  # pragma: no cover - compiled
+    """Number of inner float32 edges below float32 ``p`` (the bin rule of the kernels)."""
+    q = np.float32(p)
+    lo = 1
+    hi = n_bins
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if edges[mid] < q:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@numba.njit(cache=True, nogil=True)
+def stats_range(indices, gaps, tail, labels, mask, has_mask, num_classes, a, forms, lowers,
+                forms2, lowers2, log_n, u, edges, scales, start, stop, count, sum_q, sum_y,
+                shared_count, shared_q, top_count, top_q, top_y, intersection, predicted,
+                reference, scalars):  # pragma: no cover - compiled
+    """Integer sums of voxels ``start:stop`` of a top-k prediction's reliability statistics
+    (as the torch path of :func:`CalibSegLib.inference.topk_stats.accumulate_topk`).
+
+    ``scales``: the fixed-point scales ``2**q`` of probabilities, NLL and Brier terms;
+    ``scalars`` receives NLL, Brier (fixed point), voxels and bad labels.
+    """
+    k = indices.shape[0]
+    n_bins = edges.shape[0] - 1
+    n_rest = num_classes - k
+    scale = scales[0]
+    probs = np.empty(k, np.float64)
+    bins = np.empty(k, np.int64)
+    nll = np.int64(0)
+    brier = np.int64(0)
+    voxels = 0
+    bad = 0
+    for j in range(start, stop):
+        if has_mask and not mask[j]:
+            continue
+        t = np.int64(labels[j])
+        if t < 0 or t >= num_classes:
+            bad += 1
+            continue
+        voxels += 1
+        summary, _, _, square = _decode_voxel(gaps, tail, j, a, forms, lowers, forms2,
+                                              lowers2, log_n, u, probs, True)
+        label_bin = -1
+        p_label = 0.0
+        for r in range(k):
+            c = np.int64(indices[r, j])
+            b = _bin(probs[r], edges, n_bins)
+            bins[r] = b
+            q = np.int64(probs[r] * scale + 0.5)
+            count[c, b] += 1
+            sum_q[c, b] += q
+            if c == t:
+                label_bin = b
+                p_label = probs[r]
+        if n_rest > 0:
+            share = summary / n_rest
+            bt = _bin(share, edges, n_bins)
+            qt = np.int64(share * scale + 0.5)
+            shared_count[bt] += 1
+            shared_q[bt] += qt
+            for r in range(k):
+                c = np.int64(indices[r, j])
+                count[c, bt] -= 1
+                sum_q[c, bt] -= qt
+            if label_bin < 0:
+                label_bin = bt
+                p_label = share
+        sum_y[t, label_bin] += 1
+        first = np.int64(indices[0, j])
+        b0 = bins[0]
+        top_count[b0] += 1
+        top_q[b0] += np.int64(probs[0] * scale + 0.5)
+        predicted[first] += 1
+        reference[t] += 1
+        if first == t:
+            top_y[b0] += 1
+            intersection[t] += 1
+        nll += np.int64(-math.log(max(p_label, NLL_FLOOR)) * scales[1] + 0.5)
+        brier += np.int64(max(square - 2.0 * p_label + 1.0, 0.0) * scales[2] + 0.5)
+    scalars[0] += nll
+    scalars[1] += brier
+    scalars[2] += voxels
+    scalars[3] += bad

@@ -12,7 +12,7 @@ from torch import nn
 
 from CalibSegLib.calibration import ReliabilityStats
 from CalibSegLib.errors import CalibSegError, Cancelled
-from CalibSegLib.inference import apply_temperature, compact_logits, predict
+from CalibSegLib.inference import apply_temperature, compact_logits, predict, stats_from_topk
 from CalibSegLib.models import Model, new_card
 
 #: float16 rounding of the stored gaps (docs/bench/compact.md).
@@ -285,11 +285,11 @@ def test_soft_reference_from_topk_is_one_clear_error():
     scores = compact_logits(logits)
     labels = logits.argmax(0)
     with pytest.raises(CalibSegError, match="soft"):
-        ReliabilityStats.from_topk(scores, labels, reference_probs=np.full(logits.shape, 1 / 6))
+        stats_from_topk(scores, labels, reference_probs=np.full(logits.shape, 1 / 6))
     with pytest.raises(CalibSegError, match="soft"):
-        ReliabilityStats.from_topk(scores, labels + 0.25)
+        stats_from_topk(scores, labels + 0.25)
     # integer-valued float labels are fine
-    ReliabilityStats.from_topk(scores, labels.astype(np.float32))
+    stats_from_topk(scores, labels.astype(np.float32))
 
 
 def test_prototype_model_with_maps_stays_full(tmp_path):

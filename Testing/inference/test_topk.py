@@ -22,6 +22,7 @@ from CalibSegLib.inference.topk import (
     compact_logits,
     layout,
 )
+from CalibSegLib.inference.topk_stats import stats_from_topk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEMPERATURES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
@@ -102,7 +103,7 @@ def test_demo_models_metrics_within_1e_3_at_every_temperature(mni_case, demo_log
         for t in TEMPERATURES:
             probs = softmax(logits, t)
             full = ReliabilityStats.from_probs(probs, target).metrics().to_dict()
-            fast = ReliabilityStats.from_topk(compact, target, temperature=t).metrics().to_dict()
+            fast = stats_from_topk(compact, target, temperature=t).metrics().to_dict()
             assert_metrics_close(full, fast)
             confidence, entropy = compact.maps(t)
             assert np.abs(confidence - probs.max(0)).max() < 2e-4, (name, t)
@@ -122,7 +123,7 @@ def test_synthetic_25_classes_metrics_within_1e_3(synthetic, temperature):
     assert compact.bytes_per_voxel == 16
     probs = softmax(logits, temperature)
     full = ReliabilityStats.from_probs(probs, target)
-    fast = ReliabilityStats.from_topk(compact, target, temperature=temperature)
+    fast = stats_from_topk(compact, target, temperature=temperature)
     assert_metrics_close(full.metrics().to_dict(), fast.metrics().to_dict())
     np.testing.assert_array_equal(fast.count.sum(axis=2), full.count.sum(axis=2))
     np.testing.assert_array_equal(fast.intersection, full.intersection)  # Dice counts exact
@@ -206,7 +207,7 @@ def test_properties_across_classes_temperatures_and_shapes(logits, temperature):
     # top-label ECE moves by at most the mean |Δp| plus 2/N per voxel that may change bin
     target = np.random.default_rng(num_classes).integers(0, num_classes, logits.shape[1:])
     full = ReliabilityStats.from_probs(probs.astype(np.float32), target, 10).metrics().to_dict()
-    fast = ReliabilityStats.from_topk(compact, target, 10,
+    fast = stats_from_topk(compact, target, 10,
                                       temperature=temperature).metrics().to_dict()
     edges = bin_edges(10)[1:-1].astype(np.float64)
     near = np.abs(ranked[0][..., None] - edges).min(-1) <= bound
@@ -222,9 +223,9 @@ def test_statistics_merge_exactly(logits, cut, temperature):
     compact = compact_logits(logits)
     target = np.random.default_rng(3).integers(0, logits.shape[0], logits.shape[1:])
     split = int(round(cut * logits.shape[1]))
-    whole = ReliabilityStats.from_topk(compact, target, temperature=temperature, image_id="x",
+    whole = stats_from_topk(compact, target, temperature=temperature, image_id="x",
                                        chunk_voxels=5)
-    parts = [ReliabilityStats.from_topk(compact.subvolume(np.s_[a:b]), target[a:b],
+    parts = [stats_from_topk(compact.subvolume(np.s_[a:b]), target[a:b],
                                         temperature=temperature, image_id="x")
              for a, b in ((0, split), (split, logits.shape[1])) if b > a]
     merged = ReliabilityStats.merge_all(parts)
@@ -251,9 +252,9 @@ def test_temperature_change_shares_arrays_and_checks_input():
     with pytest.raises(CalibSegError, match="out of range"):
         compact.class_probability(6)
     with pytest.raises(CalibSegError, match="shape"):
-        ReliabilityStats.from_topk(compact, np.zeros((3, 4, 4), np.uint8))
+        stats_from_topk(compact, np.zeros((3, 4, 4), np.uint8))
     with pytest.raises(CalibSegError, match="labels the model does not know"):
-        ReliabilityStats.from_topk(compact, np.full((3, 4, 5), 9, np.uint8))
+        stats_from_topk(compact, np.full((3, 4, 5), 9, np.uint8))
 
 
 def test_statistics_with_mask_and_torch_tensors():
@@ -261,9 +262,9 @@ def test_statistics_with_mask_and_torch_tensors():
     compact = compact_logits(torch.from_numpy(logits))
     mask = np.zeros(target.shape, bool)
     mask[1:3] = True
-    masked = ReliabilityStats.from_topk(compact, torch.from_numpy(target.astype(np.int64)),
+    masked = stats_from_topk(compact, torch.from_numpy(target.astype(np.int64)),
                                         mask=mask)
-    sub = ReliabilityStats.from_topk(compact.subvolume(np.s_[1:3]), target[1:3])
+    sub = stats_from_topk(compact.subvolume(np.s_[1:3]), target[1:3])
     for key, value in sub.to_arrays().items():
         np.testing.assert_array_equal(masked.to_arrays()[key], value, err_msg=key)
 
@@ -315,9 +316,9 @@ def test_compiled_cpu_paths_equal_the_torch_paths(synthetic):
                                    torch.cat([c for c, _ in by_torch]).numpy(), atol=2e-7)
         np.testing.assert_allclose(entropy.ravel(),
                                    torch.cat([h for _, h in by_torch]).numpy(), atol=2e-6)
-        kernel = ReliabilityStats.from_topk(compact, target, temperature=t).to_arrays()
-        torch_path = ReliabilityStats.from_topk(compact, target, temperature=t,
-                                                device="cpu").to_arrays()
+        kernel = stats_from_topk(compact, target, temperature=t).to_arrays()
+        torch_path = stats_from_topk(compact, target, temperature=t,
+                                     device="cpu").to_arrays()
         for key, value in kernel.items():
             if key in ("count", "top_count", "intersection", "predicted", "reference"):
                 assert np.abs(value - torch_path[key]).sum() <= 2, key  # a bin-edge voxel

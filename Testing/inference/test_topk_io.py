@@ -8,10 +8,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from CalibSegLib.calibration import ReliabilityStats
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.inference.topk import compact_logits
 from CalibSegLib.inference.topk_io import read_topk, write_topk
+from CalibSegLib.inference.topk_stats import stats_from_topk
 
 
 def _prediction(num_classes: int = 25, shape=(5, 6, 7)):
@@ -42,8 +42,8 @@ def test_written_file_reads_back_equal_and_memory_mapped(tmp_path, num_classes):
     # everything computed from the mapped file equals the in-memory form
     np.testing.assert_array_equal(back.maps(2.0, region=2)[0], prediction.maps(2.0, region=2)[0])
     target = np.asarray(prediction.labels())
-    a = ReliabilityStats.from_topk(back, target).to_arrays()
-    b = ReliabilityStats.from_topk(prediction, target).to_arrays()
+    a = stats_from_topk(back, target).to_arrays()
+    b = stats_from_topk(prediction, target).to_arrays()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
     copy, _ = read_topk(path, mmap=False)

@@ -30,28 +30,6 @@ OPTIONAL = {
     "yaml",  # MONAI bundles with YAML configs
 }
 
-#: Files still to be converted (imports inside functions, commands that run their work
-#: themselves). Emptied when they are converted; the layer contract's ignore_imports
-#: name the same pending edges.
-PENDING = (
-    "CalibSegLib/inference/",
-    "CalibSegLib/calibration/topk_stats.py",
-    "CalibSegLib/cohort.py",
-    "CalibSegLib/federated/site.py",
-)
-#: Single pending imports: (file, imported module). The label-map warning of the commands
-#: above, reached through their checks module until they have workflow modules; the
-#: statistics of a top-k prediction, which import the numba kernels of the top-k module.
-PENDING_IMPORTS = {("CalibSegLib/calibration/stats.py", "CalibSegLib.calibration.topk_stats")}
-
-#: Import cycles between modules still to be broken (top-k prediction and its kernels and
-#: statistics; the compact and full predict paths). Emptied when they are converted.
-PENDING_CYCLES = [
-    {"CalibSegLib.inference.topk", "CalibSegLib.inference.topk_kernel"},
-    {"CalibSegLib.calibration.stats", "CalibSegLib.calibration.topk_stats"},
-    {"CalibSegLib.inference.predict", "CalibSegLib.inference.predict_compact"},
-]
-
 #: The only places that load modules by name (``importlib.import_module``): the command
 #: line (interfaces discovered, a workflow loaded after its checks) and the lazy exports
 #: of packages whose light modules the command line reads (training.config, data.case).
@@ -105,10 +83,8 @@ def test_imports_sit_at_module_level_except_optional_dependencies():
     offenders = []
     for path in _library_files():
         name = _relative(path)
-        if name.startswith(PENDING):
-            continue
         for line, module in _function_imports(path):
-            if module.split(".")[0] in OPTIONAL or (name, module) in PENDING_IMPORTS:
+            if module.split(".")[0] in OPTIONAL:
                 continue
             offenders.append(f"{name}:{line}: {module}")
     assert not offenders, ("imports inside functions (move them to the top of the module, or "
@@ -155,8 +131,8 @@ def _import_cycles() -> list[set[str]]:
 
 
 def test_no_import_cycles():
-    unexpected = [sorted(c) for c in _import_cycles() if c not in PENDING_CYCLES]
-    assert not unexpected, f"modules importing each other: {unexpected}"
+    cycles = [sorted(c) for c in _import_cycles()]
+    assert not cycles, f"modules importing each other: {cycles}"
 
 
 def test_function_level_import_finder_sees_nested_and_method_imports(tmp_path):

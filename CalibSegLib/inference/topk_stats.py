@@ -20,20 +20,32 @@ of probability 1 per bin).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
-import numba
 import numpy as np
 import torch
 
 from CalibSegLib.calibration.accumulators import NLL_FLOOR, Accumulators, Scalar
+from CalibSegLib.calibration.binning import bin_edges, check_n_bins
+from CalibSegLib.calibration.stats import ReliabilityStats, raise_on_bad_input
+from CalibSegLib.calibration.temperature import default_temperature_grid
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.inference.topk import TopKPrediction
-from CalibSegLib.inference.topk_kernel import _decode_voxel
+from CalibSegLib.inference import compiled
+from CalibSegLib.inference.topk import (
+    FLOAT16_ROUNDOFF,
+    TopKPrediction,
+    check_temperature,
+    tail_arguments,
+    tail_log_partition,
+)
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
+from CalibSegLib.threads import default_threads, guided_bounds, run_tasks
 
 #: Fixed-point shifts: probabilities, NLL terms (<= 27.7), Brier terms (<= 2).
 _Q_P, _Q_NLL, _Q_BRIER = 26, 20, 24
+#: The same as the scales ``2**q`` of the compiled kernel (probabilities, NLL, Brier).
+_SCALES = np.array([float(1 << _Q_P), float(1 << _Q_NLL), float(1 << _Q_BRIER)], np.float64)
 #: Voxels per chunk.
 DEFAULT_CHUNK_VOXELS = 1 << 20
 
@@ -145,8 +157,6 @@ def accumulate_topk(acc: Accumulators, prediction: TopKPrediction, target, tempe
 
 def _select(v, sel: torch.Tensor):
     """The decoded voxels ``sel`` only."""
-    import dataclasses
-
     changes = {}
     for f in dataclasses.fields(v):
         value = getattr(v, f.name)
@@ -197,9 +207,6 @@ def nll_over_temperatures_topk(prediction: TopKPrediction, target, grid=None, *,
     ``-log p_ref = log Z - f(a) + log(C - K)`` (an estimate there: see
     ``docs/bench/compact.md``). float64 throughout.
     """
-    from CalibSegLib.calibration.temperature import default_temperature_grid
-    from CalibSegLib.inference.topk import tail_log_partition
-
     grid = default_temperature_grid() if grid is None else np.asarray(grid, dtype=np.float64)
     if grid.ndim != 1 or grid.size == 0 or np.any(~np.isfinite(grid)) or np.any(grid <= 0):
         raise CalibSegError("The temperature grid must be a 1-D list of positive numbers.")
@@ -282,12 +289,9 @@ def stats_from_topk(prediction: TopKPrediction, target, n_bins: int = 20, *,
     reference_probs
         Soft references are not supported from the top-k form (one CalibSegError).
     """
-    from CalibSegLib.calibration.binning import bin_edges, check_n_bins
-    from CalibSegLib.calibration.stats import ReliabilityStats, _raise_on_bad_input
-    from CalibSegLib.inference.topk import check_temperature
-
     if not isinstance(prediction, TopKPrediction):
-        raise CalibSegError("Expected a TopKPrediction (see CalibSegLib.inference.topk).")
+        raise TypeError(f"Expected a TopKPrediction (see CalibSegLib.inference.topk), got "
+                        f"{type(prediction).__name__}.")
     check_hard_reference(target, reference_probs)
     n_bins = check_n_bins(n_bins)
     check_target(prediction, target, mask)
@@ -297,100 +301,14 @@ def stats_from_topk(prediction: TopKPrediction, target, n_bins: int = 20, *,
         raise CalibSegError(
             f"{len(names)} class names given for {prediction.num_classes} classes.")
     acc = Accumulators(prediction.num_classes, n_bins, soft=False)
-    if device is None:
+    if device is None and compiled.available():
         accumulate_topk_cpu(acc, prediction, target, t, bin_edges(n_bins), mask, chunk_voxels,
                             progress, cancel)
     else:
         accumulate_topk(acc, prediction, target, t, bin_edges(n_bins), mask, chunk_voxels,
-                        device, progress, cancel)
-    _raise_on_bad_input(acc.scalars)
+                        "cpu" if device is None else device, progress, cancel)
+    raise_on_bad_input(acc.scalars)
     return ReliabilityStats._from_accumulators(str(image_id), n_bins, acc, names)
-
-
-# ---------------------------------------------------------------------------- CPU kernel
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _bin(p, edges, n_bins):  # pragma: no cover - compiled
-    """Number of inner float32 edges below float32 ``p`` (the bin rule of the kernels)."""
-    q = np.float32(p)
-    lo = 1
-    hi = n_bins
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if edges[mid] < q:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo - 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _stats_range(indices, gaps, tail, labels, mask, has_mask, num_classes, a, forms, lowers,
-                 forms2, lowers2, log_n, u, edges, start, stop, count, sum_q, sum_y,
-                 shared_count, shared_q, top_count, top_q, top_y, intersection, predicted,
-                 reference, scalars):  # pragma: no cover - compiled
-    """Integer sums of voxels ``start:stop`` (as :func:`accumulate_topk`'s torch path)."""
-    k = indices.shape[0]
-    n_bins = edges.shape[0] - 1
-    n_rest = num_classes - k
-    scale = float(1 << _Q_P)
-    probs = np.empty(k, np.float64)
-    bins = np.empty(k, np.int64)
-    nll = np.int64(0)
-    brier = np.int64(0)
-    voxels = 0
-    bad = 0
-    for j in range(start, stop):
-        if has_mask and not mask[j]:
-            continue
-        t = np.int64(labels[j])
-        if t < 0 or t >= num_classes:
-            bad += 1
-            continue
-        voxels += 1
-        summary, _, _, square = _decode_voxel(gaps, tail, j, a, forms, lowers, forms2,
-                                              lowers2, log_n, u, probs, True)
-        label_bin = -1
-        p_label = 0.0
-        for r in range(k):
-            c = np.int64(indices[r, j])
-            b = _bin(probs[r], edges, n_bins)
-            bins[r] = b
-            q = np.int64(probs[r] * scale + 0.5)
-            count[c, b] += 1
-            sum_q[c, b] += q
-            if c == t:
-                label_bin = b
-                p_label = probs[r]
-        if n_rest > 0:
-            share = summary / n_rest
-            bt = _bin(share, edges, n_bins)
-            qt = np.int64(share * scale + 0.5)
-            shared_count[bt] += 1
-            shared_q[bt] += qt
-            for r in range(k):
-                c = np.int64(indices[r, j])
-                count[c, bt] -= 1
-                sum_q[c, bt] -= qt
-            if label_bin < 0:
-                label_bin = bt
-                p_label = share
-        sum_y[t, label_bin] += 1
-        first = np.int64(indices[0, j])
-        b0 = bins[0]
-        top_count[b0] += 1
-        top_q[b0] += np.int64(probs[0] * scale + 0.5)
-        predicted[first] += 1
-        reference[t] += 1
-        if first == t:
-            top_y[b0] += 1
-            intersection[t] += 1
-        nll += np.int64(-math.log(max(p_label, NLL_FLOOR)) * float(1 << _Q_NLL) + 0.5)
-        brier += np.int64(max(square - 2.0 * p_label + 1.0, 0.0) * float(1 << _Q_BRIER) + 0.5)
-    scalars[0] += nll
-    scalars[1] += brier
-    scalars[2] += voxels
-    scalars[3] += bad
 
 
 def accumulate_topk_cpu(acc: Accumulators, prediction: TopKPrediction, target, temperature,
@@ -399,13 +317,9 @@ def accumulate_topk_cpu(acc: Accumulators, prediction: TopKPrediction, target, t
                         cancel: CancelCallback | None = None) -> None:
     """:func:`accumulate_topk` by the compiled kernel: threads take voxel ranges into
     their own integer sums (summed in a fixed order: exact, independent of scheduling)."""
-    from CalibSegLib.inference.topk import FLOAT16_ROUNDOFF
-    from CalibSegLib.inference.topk_kernel import _tail_arguments
-    from CalibSegLib.threads import default_threads, guided_bounds, run_tasks
-
     c, b = prediction.num_classes, len(edges) - 1
     k = prediction.k
-    a, forms, lowers, forms2, lowers2, log_n = _tail_arguments(c, k, temperature)
+    a, forms, lowers, forms2, lowers2, log_n = tail_arguments(c, k, temperature)
     n = prediction.num_voxels
     idx_all = prediction.indices.reshape(k, n)
     gaps_all = prediction.gaps.reshape(prediction.gaps.shape[0], n)
@@ -437,8 +351,9 @@ def accumulate_topk_cpu(acc: Accumulators, prediction: TopKPrediction, target, t
         def work(i: int, idx=idx, gaps=gaps, tail=tail, labels=labels, m=m, bounds=bounds,
                  parts=parts) -> None:
             p = parts[i]
-            _stats_range(idx, gaps, tail, labels, m, mask_all is not None, c, a, forms, lowers,
-                         forms2, lowers2, log_n, FLOAT16_ROUNDOFF, edges32, bounds[i],
+            compiled.topk_kernel.stats_range(
+                         idx, gaps, tail, labels, m, mask_all is not None, c, a, forms, lowers,
+                         forms2, lowers2, log_n, FLOAT16_ROUNDOFF, edges32, _SCALES, bounds[i],
                          bounds[i + 1], p.count, p.sum_q, p.sum_y, p.shared_count,
                          p.shared_q, p.top_count, p.top_q, p.top_y, p.intersection,
                          p.predicted, p.reference, p.scalars)
