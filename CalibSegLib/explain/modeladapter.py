@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from CalibSegLib.explain.segmenter import Segmenter, unet_divisor
-from CalibSegLib.inference.predict import from_network_axes, to_network_axes
+from CalibSegLib.inference.network_input import from_network_axes, to_network_axes
 from CalibSegLib.inference.resample import model_grid, same_grid
 from CalibSegLib.models.card import ModelCard
 from CalibSegLib.models.normalization import torch_normalizer

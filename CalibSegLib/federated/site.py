@@ -50,7 +50,8 @@ def site_statistics(model, cases: Sequence, site: str, n_bins: int,
 
 def site_nll(model, cases: Sequence, temperatures: Sequence[float],
              cancel: CancelCallback | None = None) -> tuple[np.ndarray, int]:
-    """NLL sums over the temperature grid and the voxel count, summed over the cohort."""
+    """NLL sums over the temperature grid, an array of shape (G,) float64 for the ``G``
+    ``temperatures``, and the voxel count, summed over the cohort."""
     total = np.zeros(len(temperatures), dtype=np.float64)
     count = 0
     for case in cases:
@@ -65,7 +66,8 @@ def site_nll(model, cases: Sequence, temperatures: Sequence[float],
 def local_finetune(model, cases: Sequence, *, steps: int = 2, lr: float = 1e-3,
                    calibration_weight: float = 1.0, n_bins: int = 20, seed: int = 0,
                    cancel: CancelCallback | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """A few optimiser steps of Dice + CE + mL1-ACE on the whole normalised cases.
+    """A few optimiser steps of Dice + CE + mL1-ACE on the whole normalised cases (images
+    and labels of shape (Z, Y, X)).
 
     Returns the updated state dict and ``{"loss": mean loss of the last step,
     "steps": steps, "voxels": voxels seen per step}``. Deterministic for a seed.

@@ -86,6 +86,7 @@ class SlabLogits:
         return block
 
     def finish(self) -> None:
+        """One CalibSegError when every block looked like probabilities under a logits card."""
         if self.kind == "logits" and self.all_probabilities:
             raise CalibSegError(
                 "The card says output_kind 'logits' but the network's outputs are already "
@@ -136,7 +137,8 @@ def network_topk(array: np.ndarray, matrix: np.ndarray, model: Any, dev: torch.d
                  progress: ProgressCallback | None, cancel: CancelCallback | None
                  ) -> tuple[TopKPrediction, dict[str, Any]]:
     """The model's class scores on the input grid as a :class:`TopKPrediction` (temperature
-    1, no affine or names yet) and run information. Called under ``torch.no_grad()``
+    1, no affine or names yet) and run information. ``array`` is the image, shape
+    (Z, Y, X), ``matrix`` its affine of shape (4, 4). Called under ``torch.no_grad()``
     with the network on ``dev``."""
     card = model.card
     num_classes = int(card.num_classes)

@@ -76,7 +76,9 @@ def probability_maps_array(logits: np.ndarray, temperature: float
 
 def probability_maps_torch(logits: torch.Tensor, temperature: float
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`probability_maps` in torch operations, on the logits' device (CUDA)."""
+    """:func:`probability_maps` in torch operations, on the logits' device (CUDA, or the
+    CPU without numba): logits of shape (C, ...) give probabilities of shape (C, ...) and
+    confidence and entropy of shape (...)."""
     # One softmax pass plus cheap reductions: with
     # s = logits / T - max_c(logits / T), log p_c = s_c - log(sum exp s) and
     # log(sum exp s) = -log(max p), so the entropy is -log(max p) - sum_c p_c s_c.
@@ -208,6 +210,7 @@ class Prediction:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes ``C`` (background included)."""
         if self.scores is not None:
             return int(self.scores.num_classes)
         assert self.logits is not None
@@ -221,6 +224,7 @@ class Prediction:
 
     @property
     def is_prototype(self) -> bool:
+        """Whether the prediction holds prototype maps (a prototype model's)."""
         return self.similarity is not None
 
     @property

@@ -32,7 +32,7 @@ _AXES = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 
 
 
 def orientation_matrix(code: str) -> np.ndarray:
-    """3×3 matrix whose columns are the RAS directions of increasing ``i, j, k``."""
+    """Matrix of shape (3, 3) whose columns are the RAS directions of increasing ``i, j, k``."""
     matrix = np.zeros((3, 3))
     for column, letter in enumerate(code.upper()):
         axis, sign = _AXES[letter]
@@ -62,7 +62,8 @@ def reoriented_grid(shape: Sequence[int], affine: np.ndarray, orientation: str =
 def monai_spacing_grid(shape: Sequence[int], affine: np.ndarray, spacing_mm: Sequence[float],
                        orientation: str = "RAS"
                        ) -> tuple[tuple[int, int, int], np.ndarray]:
-    """The grid MONAI's ``Orientation(orientation)`` then ``Spacing(spacing_mm)`` put an image on.
+    """The grid MONAI's ``Orientation(orientation)`` then ``Spacing(spacing_mm)`` put an image on
+    (``affine`` and the returned affine of shape (4, 4)).
 
     Directions are the reoriented input's (oblique stays oblique), voxel sizes the
     card's, extent MONAI's own (``compute_shape_offset``).
@@ -136,7 +137,7 @@ def model_grid(shape: Sequence[int], affine: np.ndarray, spacing_mm: Sequence[fl
 
 def same_grid(shape_a: Sequence[int], affine_a: np.ndarray, shape_b: Sequence[int],
               affine_b: np.ndarray, atol: float = 1e-6) -> bool:
-    """Whether two grids coincide (same shape, affines equal to ``atol``)."""
+    """Whether two grids coincide (same shape, affines of shape (4, 4) equal to ``atol``)."""
     return tuple(shape_a) == tuple(shape_b) and np.allclose(affine_a, affine_b, rtol=0.0,
                                                             atol=atol)
 

@@ -212,8 +212,8 @@ def tail_forms(a: float) -> tuple[np.ndarray, int]:
 def tail_arguments(num_classes: int, k: int, temperature: float
                    ) -> tuple[float, np.ndarray, int, np.ndarray, int, float]:
     """``(a, forms, lowers, forms2, lowers2, log n)`` of the compiled decoding at
-    ``temperature``: :func:`tail_forms` at ``a = 1/T`` and ``2a`` (for ``Σ p²``) and the
-    log of the tail class count ``n = C - K``."""
+    ``temperature``: :func:`tail_forms` at ``a = 1/T`` and ``2a`` (for ``Σ p²``; forms of
+    shape (6, 4)) and the log of the tail class count ``n = C - K``."""
     a = 1.0 / float(temperature)
     forms, lowers = tail_forms(a)
     forms2, lowers2 = tail_forms(2.0 * a)
@@ -250,7 +250,7 @@ class DecodedVoxels:
 
     @property
     def tail(self) -> torch.Tensor:
-        """Mass of the classes not named in ``indices``."""
+        """Mass of the classes not named in ``indices``, a tensor of shape (n,)."""
         return self.rest
 
 
@@ -296,7 +296,7 @@ def decode(indices: torch.Tensor, gaps: torch.Tensor, tail: torch.Tensor, num_cl
 
 def confidence_entropy(v: DecodedVoxels, temperature: float, num_classes: int
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(confidence, entropy / log C)`` of decoded voxels."""
+    """``(confidence, entropy / log C)`` of decoded voxels, tensors of shape (n,)."""
     a = 1.0 / float(temperature)
     # H = log Z - a (Σ_stored p_r d_r + p_summary f'(a))
     stored = v.gaps.shape[0]
@@ -382,6 +382,7 @@ class TopKPrediction:
     # -------------------------------------------------------------- shape and size
     @property
     def k(self) -> int:
+        """Number of classes stored per voxel (``K``)."""
         return int(self.indices.shape[0])
 
     @property
@@ -391,6 +392,7 @@ class TopKPrediction:
 
     @property
     def num_voxels(self) -> int:
+        """Number of voxels ``Z · Y · X``."""
         return int(np.prod(self.shape, dtype=np.int64))
 
     @property
@@ -400,6 +402,7 @@ class TopKPrediction:
 
     @property
     def bytes_per_voxel(self) -> float:
+        """Bytes of the per-voxel arrays per voxel (at most 16)."""
         return self.nbytes / max(self.num_voxels, 1)
 
     def subvolume(self, region) -> TopKPrediction:
@@ -449,13 +452,15 @@ class TopKPrediction:
 
     # -------------------------------------------------------------- maps
     def labels(self, region=None) -> np.ndarray:
-        """Label map (argmax) of ``region`` (a view of ``indices[0]``)."""
+        """Label map (argmax) of ``region`` (a view of ``indices[0]``), shape (Z, Y, X) for the
+        whole volume."""
         return self.indices[0] if region is None else self.indices[(0,) + _as_tuple(region)]
 
     def maps(self, temperature: float | None = None, region=None, device=None,
              chunk_voxels: int = DEFAULT_CHUNK_VOXELS, cancel: CancelCallback | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
-        """``(confidence, normalised entropy)`` float32 maps of ``region`` at ``temperature``.
+        """``(confidence, normalised entropy)`` float32 maps of ``region`` at ``temperature``
+        (each of shape (Z, Y, X) for the whole volume).
 
         ``region`` indexes the spatial axes (``None``: the whole volume; ``5``: slice
         z = 5; ``(slice(None), 7)``: row y = 7 of every slice). ``cancel`` is checked
@@ -494,7 +499,8 @@ class TopKPrediction:
 
     def class_probability(self, class_index: int, temperature: float | None = None,
                           region=None, device=None) -> np.ndarray:
-        """float32 probability map of one class over ``region`` (computed on demand)."""
+        """float32 probability map of one class over ``region`` (computed on demand), shape
+        (Z, Y, X) for the whole volume."""
         c = int(class_index)
         if not 0 <= c < self.num_classes:
             raise CalibSegError(
@@ -678,5 +684,6 @@ class TopKWriter:
         self.write_flat(first * plane, logits.reshape(self.num_classes, -1))
 
     def finish(self, **fields) -> TopKPrediction:
+        """The :class:`TopKPrediction` of what was stored (``fields``: its other fields)."""
         return TopKPrediction(indices=self.indices, gaps=self.gaps, tail=self.tail,
                               num_classes=self.num_classes, **fields)

@@ -33,8 +33,8 @@ def write_topk(path: str, prediction: TopKPrediction, meta: dict | None = None,
     """Write ``prediction`` to ``path`` (``.npz``) atomically; return the path.
 
     ``meta`` adds JSON-serialisable fields (model name, version ...); ``arrays`` adds
-    further per-voxel arrays (e.g. float32 confidence and entropy maps), stored and
-    memory-mapped like the top-k arrays (:func:`read_topk_file`).
+    further per-voxel arrays of shape (Z, Y, X) (e.g. float32 confidence and entropy
+    maps), stored and memory-mapped like the top-k arrays (:func:`read_topk_file`).
     """
 
     if not str(path).endswith(".npz"):

@@ -60,9 +60,9 @@ def accumulate_topk(acc: Accumulators, prediction: TopKPrediction, target, tempe
                     cancel: CancelCallback | None = None) -> None:
     """Add the statistics of ``prediction`` at ``temperature`` against ``target`` to ``acc``.
 
-    ``target`` and ``mask`` have the prediction's spatial shape (numpy or torch);
-    ``edges`` are the float32 bin edges. Labels outside ``[0, C)`` are counted in
-    ``acc.scalars[Scalar.BAD_LABELS]`` (the caller raises).
+    ``target`` and ``mask`` have the prediction's spatial shape (Z, Y, X) (numpy or
+    torch); ``edges`` are the float32 bin edges, shape (B + 1,). Labels outside
+    ``[0, C)`` are counted in ``acc.scalars[Scalar.BAD_LABELS]`` (the caller raises).
     """
     c, b = prediction.num_classes, len(edges) - 1
     dev = torch.device("cpu") if device is None else torch.device(device)
@@ -316,7 +316,8 @@ def accumulate_topk_cpu(acc: Accumulators, prediction: TopKPrediction, target, t
                         progress: ProgressCallback | None = None,
                         cancel: CancelCallback | None = None) -> None:
     """:func:`accumulate_topk` by the compiled kernel: threads take voxel ranges into
-    their own integer sums (summed in a fixed order: exact, independent of scheduling)."""
+    their own integer sums (summed in a fixed order: exact, independent of scheduling).
+    Arguments as there: ``target`` shape (Z, Y, X), ``edges`` shape (B + 1,)."""
     c, b = prediction.num_classes, len(edges) - 1
     k = prediction.k
     a, forms, lowers, forms2, lowers2, log_n = tail_arguments(c, k, temperature)

@@ -104,7 +104,8 @@ def read_probabilities(path: str) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def read_reference(path: str, shape: tuple[int, ...], affine: np.ndarray | None) -> np.ndarray:
-    """Reference labels on the probabilities' grid (checked), as an integer array."""
+    """Reference labels on the probabilities' grid (checked), an integer array of shape
+    (Z, Y, X) (``shape``; ``affine`` of shape (4, 4), ``None`` for numpy files)."""
     labels, ref_affine = read_image(path)
     if labels.shape != tuple(shape):
         raise CalibSegError(
