@@ -29,21 +29,6 @@ _SHAPE = rf"\(\s*(?:{_TOKEN}\s*,\s*)*(?:{_TOKEN}\s*,?\s*)?\)"
 #: "shape (C, Z, Y, X)", "shape ``(N,)``" or "``(Z, Y, X)``".
 SHAPE_PATTERN = re.compile(rf"shape\s+(?:``)?{_SHAPE}|``{_SHAPE}``")
 
-#: Temporary: modules still being reworked by their owner, checked for docstrings once
-#: that work is merged. Remove entries as they become complete; the list must end empty.
-DOCSTRINGS_PENDING = (
-    "CalibSegLib/inference/",
-    "CalibSegLib/calibration/topk_stats.py",
-    "CalibSegLib/cohort.py",
-    "CalibSegLib/federated/site.py",
-    "CalibSegLib/commands/predict.py",
-    "CalibSegLib/commands/evaluate.py",
-    "CalibSegLib/commands/calibrate.py",
-    "CalibSegLib/commands/compare.py",
-    "CalibSegLib/commands/report.py",
-    "CalibSegLib/workflows/evaluate.py",  # the evaluate command's functions, moved here
-)
-
 
 def test_mypy_reports_no_errors():
     pytest.importorskip("mypy", reason="mypy is part of the test extras")
@@ -88,12 +73,10 @@ def _takes_or_returns_arrays(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bo
     return any(fragment in text for fragment in ARRAY_ANNOTATIONS)
 
 
-def _docstring_problems(pending: tuple[str, ...]) -> list[str]:
+def _docstring_problems() -> list[str]:
     problems = []
     for path in _public_modules():
         relative = path.relative_to(ROOT).as_posix()
-        if relative.startswith(pending):
-            continue
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=relative)
         for name, node in _public_functions(tree):
             if name.split(".")[-1].startswith("_") or _is_overload(node):
@@ -117,7 +100,7 @@ def test_shape_pattern_accepts_the_documented_styles():
 
 
 def test_public_functions_have_docstrings_with_array_shapes():
-    problems = _docstring_problems(DOCSTRINGS_PENDING)
+    problems = _docstring_problems()
     assert not problems, (
         f"{len(problems)} public function(s) of CalibSegLib lack a docstring or, taking or "
         "returning arrays, a shape such as 'array of shape (C, Z, Y, X)':\n" + "\n".join(problems)
