@@ -1,6 +1,7 @@
 # CalibSegLib files installed with the Slicer extension (paths from the repository
-# root). Keep in sync with the repository: Testing/slicer/test_extension_packaging.py
-# checks it and `python Testing/slicer/test_extension_packaging.py --write-cmake`
+# root). Keep in sync with the repository:
+# Testing/slicer/test_extension_packaging.py checks it and
+# `python Testing/slicer/test_extension_packaging.py --write-cmake`
 # regenerates it.
 set(CALIBSEGLIB_PYTHON_SCRIPTS
   CalibSegLib/__init__.py

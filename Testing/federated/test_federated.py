@@ -408,8 +408,8 @@ def test_existing_output_is_refused_before_any_work_unless_overwrite(tmp_path, c
         raise AssertionError("work started although the output exists")
 
     monkeypatch.setattr(api, "run_federation", no_work)
-    model = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                         "Resources", "Models", "dicece")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    model = os.path.join(repo, "Resources", "Models", "dicece")
     assert main(["federated", task, "--model", model, "-o", str(out),
                  "--sites", "1"]) == 2
     err = capfd.readouterr().err

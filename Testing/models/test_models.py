@@ -283,8 +283,8 @@ def test_card_json_is_valid_schema_document():
     jsonschema.validate(data, card_schema())
 
 
-SHIPPED = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "Resources", "Models",
-                                        "*", "model.json")))
+SHIPPED = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "Resources",
+                                        "Models", "*", "model.json")))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[os.path.basename(os.path.dirname(p))

@@ -145,8 +145,9 @@ def lib_cmake_text(files: list[str]) -> str:
     scripts = [f for f in files if f.endswith(".py")]
     resources = [f for f in files if not f.endswith(".py")]
     lines = ["# CalibSegLib files installed with the Slicer extension (paths from the repository",
-             "# root). Keep in sync with the repository: Testing/slicer/test_extension_packaging.py",
-             "# checks it and `python Testing/slicer/test_extension_packaging.py --write-cmake`",
+             "# root). Keep in sync with the repository:",
+             "# Testing/slicer/test_extension_packaging.py checks it and",
+             "# `python Testing/slicer/test_extension_packaging.py --write-cmake`",
              "# regenerates it.", "set(CALIBSEGLIB_PYTHON_SCRIPTS"]
     lines += [f"  {f}" for f in scripts] + ["  )", "", "set(CALIBSEGLIB_PYTHON_RESOURCES"]
     lines += [f"  {f}" for f in resources] + ["  )", ""]

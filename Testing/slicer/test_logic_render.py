@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                "CalibSeg"))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "CalibSeg"))
 
 from CalibSegSlicer.logic import CalibSegLogic  # noqa: E402
 from logic_support import add_volume, case4, models_and_predictions, new_scene  # noqa: E402

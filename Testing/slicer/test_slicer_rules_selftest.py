@@ -165,7 +165,7 @@ def test_self_test_passes_on_real_mrml(tmp_path):
     """``CalibSegTest`` as ctest runs it (unittest on its ``test_*``), on slicer-core's MRML,
     with stand-ins only for the test base class and the SampleData module."""
     pytest.importorskip("slicer")
-    out = subprocess.run([sys.executable, "-c", SELFTEST_SCRIPT, MODULE_DIR,
-                          os.path.join(ROOT, "Testing", "slicer")], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600)
+    support = os.path.join(ROOT, "Testing", "slicer")
+    out = subprocess.run([sys.executable, "-c", SELFTEST_SCRIPT, MODULE_DIR, support],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert "SELFTEST OK" in out.stdout, (out.stdout + out.stderr)[-4000:]

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                "CalibSeg"))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "CalibSeg"))
 
 from CalibSegSlicer import display, layouts, temperature  # noqa: E402
 from CalibSegSlicer.catalog import MemorySettings, ModelCatalog  # noqa: E402
