@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
-
-from tqdm import tqdm
 
 from CalibSegLib.cohort import fit_cohort_temperature, read_cohort
 from CalibSegLib.files import atomic_path, uniform_file_modes
 from CalibSegLib.models import load_model
 from CalibSegLib.models.card import CARD_FILE
+from CalibSegLib.workflows.console import progress_bar
 
 NAME = "calibrate"
 
@@ -22,12 +20,9 @@ def run(args: argparse.Namespace) -> int:
     """``calibseg calibrate`` after its checks: fit the temperature, write the card."""
     model = load_model(args.model)
     cases = read_cohort(args.cohort)
-    bar = tqdm(total=len(cases), disable=getattr(args, "quiet", False), file=sys.stderr,
-               desc="calibrate")
-    temperature, info = fit_cohort_temperature(
-        model, cases, device=args.device, progress=lambda f, m: bar.update(
-            round(f * len(cases)) - bar.n), predictions=args.predictions)
-    bar.close()
+    with progress_bar(NAME, getattr(args, "quiet", False)) as progress:
+        temperature, info = fit_cohort_temperature(
+            model, cases, device=args.device, progress=progress, predictions=args.predictions)
     card = model.card.replace(temperature=float(temperature))
     if args.in_place:
         with atomic_path(os.path.join(args.model, CARD_FILE)) as tmp, \

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
+from tqdm import tqdm
 
 from CalibSegLib.io import looks_like_labels
+from CalibSegLib.progress import ProgressCallback
 
 
 def warn(command: str, message: str) -> None:
@@ -27,16 +30,25 @@ def warn_if_label_image(command: str, array: np.ndarray, path: str) -> None:
                       "; it looks like a label map, not an intensity image. Pass the scan itself.")
 
 
-def progress_printer(quiet: bool) -> Callable[[float, str], None] | None:
-    """A progress callback drawing a one-line bar on stderr, or ``None`` when ``quiet``."""
+@contextmanager
+def progress_bar(command: str, quiet: bool) -> Iterator[ProgressCallback | None]:
+    """A progress callback drawing one bar on stderr while the block runs; ``None`` when ``quiet``.
+
+    Every workflow shows its progress through this one bar: the percentage, elapsed and
+    remaining time, and the step's message.
+    """
     if quiet:
-        return None
+        yield None
+        return
+    bar = tqdm(total=100, desc=command, file=sys.stderr,
+               bar_format="{desc}: {percentage:3.0f}%|{bar:30}| {elapsed}<{remaining} {postfix}")
 
-    def show(fraction: float, message: str) -> None:
-        bar = "#" * int(30 * fraction)
-        sys.stderr.write(f"\r[{bar:<30}] {100 * fraction:5.1f}% {message[:40]:<40}")
-        if fraction >= 1.0:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+    def show(fraction: float, message: str = "") -> None:
+        bar.n = round(100 * min(max(float(fraction), 0.0), 1.0), 1)
+        bar.set_postfix_str(message[:60], refresh=False)
+        bar.refresh()
 
-    return show
+    try:
+        yield show
+    finally:
+        bar.close()

@@ -6,12 +6,13 @@ import argparse
 import os
 import sys
 
-from tqdm import tqdm
-
 from CalibSegLib.data import sample_case
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.progress import ProgressCallback
+from CalibSegLib.workflows.console import progress_bar
 from CalibSegLib.workflows.report import run_report
+
+NAME = "demo"
 
 DEMO_MODELS = ("dicece", "dicece-softace")
 
@@ -52,18 +53,9 @@ def run(args: argparse.Namespace) -> int:
               "explanation's faithfulness" + ("" if args.no_faithfulness else
                                               " (--no-faithfulness skips that)"),
               file=sys.stderr)
-    bar = tqdm(total=100, disable=quiet, file=sys.stderr,
-               bar_format="{percentage:3.0f}%|{bar:30}| {desc}")
-
-    def progress(fraction: float, message: str) -> None:
-        bar.n = int(100 * fraction)
-        bar.set_description_str(message[:70])
-
-    try:
+    with progress_bar(NAME, quiet) as progress:
         summary = run_demo(args.output, tuple(args.shift_seeds), args.models,
                            faithfulness=not args.no_faithfulness, progress=progress)
-    finally:
-        bar.close()
     print(f"CalibSeg demo ({summary['seconds']} s) on {', '.join(summary['cases'])}")
     for name, numbers in summary["models"].items():
         t1, fitted = numbers["T=1"], numbers["fitted"]

@@ -15,7 +15,7 @@ from CalibSegLib.explain.table import prototype_evidence
 from CalibSegLib.files import image_stem
 from CalibSegLib.io import read_image
 from CalibSegLib.models import load_model
-from CalibSegLib.workflows.console import progress_printer, warn_if_label_image
+from CalibSegLib.workflows.console import progress_bar, warn_if_label_image
 
 NAME = "explain"
 
@@ -45,13 +45,14 @@ def run(args: argparse.Namespace) -> int:
               "baselines: about a minute or more on a CPU", file=sys.stderr)
 
     model = load_model(args.model)
-    explanation = explain(
-        image, affine, model, args.method, target, roi, layer=args.layer,
-        faithfulness=args.faithfulness, reference=reference, device=args.device,
-        faithfulness_options={"steps": args.steps, "baseline": args.baseline,
-                              "n_blocks": args.blocks, "seed": args.seed},
-        progress=progress_printer(quiet), top_prototypes=None,
-    )
+    with progress_bar(NAME, quiet) as progress:
+        explanation = explain(
+            image, affine, model, args.method, target, roi, layer=args.layer,
+            faithfulness=args.faithfulness, reference=reference, device=args.device,
+            faithfulness_options={"steps": args.steps, "baseline": args.baseline,
+                                  "n_blocks": args.blocks, "seed": args.seed},
+            progress=progress, top_prototypes=None,
+        )
     if reference is not None and not args.faithfulness:
         explanation.details["plausibility"] = {
             "activation_precision": activation_precision(

@@ -14,11 +14,9 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 import numpy as np
-from tqdm import tqdm
 
 from CalibSegLib.commands.predict import PREDICTION_FILE
 from CalibSegLib.dicom import read_series_datasets, write_confidence_map, write_segmentation
@@ -26,7 +24,7 @@ from CalibSegLib.files import image_stem
 from CalibSegLib.inference import predict, resolve_device, save_prediction
 from CalibSegLib.io import read_image, write_image
 from CalibSegLib.models import load_model
-from CalibSegLib.workflows.console import warn_if_label_image
+from CalibSegLib.workflows.console import progress_bar, warn_if_label_image
 
 NAME = "predict"
 
@@ -124,25 +122,11 @@ def run(args: argparse.Namespace) -> int:
     warn_if_label_image(NAME, image, args.image)
     device = resolve_device(args.device)
     model = load_model(args.model, device=device)
-    bar = None
-    if not quiet:
-        bar = tqdm(total=100, desc="predict", unit="%", file=sys.stderr,
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
-
-    def progress(fraction: float, message: str) -> None:
-        assert bar is not None  # passed only with a bar
-        bar.n = round(100 * fraction, 1)
-        bar.set_postfix_str(message, refresh=False)
-        bar.refresh()
-
-    try:
+    with progress_bar(NAME, quiet) as progress:
         prediction = predict(image, affine, model, device=str(device),
-                             progress=progress if bar else None, overlap=args.overlap,
+                             progress=progress, overlap=args.overlap,
                              sw_batch_size=args.sw_batch_size, maps=not args.no_maps,
                              temperature=args.temperature, form=args.form)
-    finally:
-        if bar is not None:
-            bar.close()
     written = write_prediction(prediction, args.output, image_stem(args.image), args.format,
                                probs=True if args.probs else None,
                                save=True if args.save_prediction else None)

@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from CalibSegLib.data.case import SampleCase
 from CalibSegLib.errors import CalibSegError
@@ -24,7 +23,7 @@ from CalibSegLib.io import read_image, write_image
 from CalibSegLib.models import load_model
 from CalibSegLib.progress import ProgressCallback, report
 from CalibSegLib.report.comparison import comparison_page
-from CalibSegLib.workflows.console import warn_if_label_image
+from CalibSegLib.workflows.console import progress_bar, warn_if_label_image
 
 NAME = "report"
 
@@ -138,18 +137,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_faithfulness and not quiet:
         print("calibseg report: the faithfulness scores of the explanation take about a minute "
               "on a CPU (--no-faithfulness skips them)", file=sys.stderr)
-    bar = tqdm(total=100, disable=quiet, file=sys.stderr,
-               bar_format="{percentage:3.0f}%|{bar:30}| {desc}")
-
-    def progress(fraction: float, message: str) -> None:
-        bar.n = int(100 * fraction)
-        bar.set_description_str(message[:70])
-
-    try:
+    with progress_bar(NAME, quiet) as progress:
         summary = run_report(args.model, [case], args.output, focus_index=0,
                              faithfulness=not args.no_faithfulness, progress=progress,
                              subtitle=f"{len(args.model)} model(s) on {name}")
-    finally:
-        bar.close()
     print(f"report: {summary['report']}")
     return 0
