@@ -12,6 +12,8 @@ input grid:
   before it is compacted. Networks in ``XYZ`` axis order stream along their own
   first axis; the small top-k arrays are transposed afterwards. Peak extra memory:
   about three slabs of ``C × roi_depth × plane`` float32, plus 16 bytes per voxel.
+  When CUDA runs out of memory the window batch is halved and the stream goes on
+  from the first window not yet blended (``info["retries"]``), as on the full path.
 - **resampled grid** (card spacing or orientation differ from the input's): the
   network output is held on the model grid (``C × N_model`` float32, as the full
   path holds it), then resampled to the input grid a few planes at a time straight

@@ -10,10 +10,17 @@ plane ``s`` no later window touches planes before ``s``, so those planes are
 finished — divided by their weights and written into the top-k form (at most 16
 bytes per voxel) — and the buffer moves on. Peak extra memory is the slab, not
 ``C × N`` float32.
+
+When CUDA runs out of memory in the network call, the window batch is halved (the
+CUDA cache freed) and the stream goes on from the first window not yet blended: a
+batch that failed added nothing to the slab, so the windows, their order and the
+sums are those of an uninterrupted run. One window at a time still failing ends
+with one :class:`~CalibSegLib.errors.CalibSegError`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,10 +30,14 @@ from monai.data.utils import compute_importance_map, dense_patch_slices
 from torch.nn import functional
 
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.inference.sliding import _Predictor
+from CalibSegLib.inference.sliding import _is_cuda_oom, _Predictor
 from CalibSegLib.inference.topk import TopKPrediction, TopKWriter, compaction_chunk
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel
 
+log = logging.getLogger(__name__)
+
+GPU_MEMORY_ADVICE = ("run on the CPU (--device cpu), use a smaller window (the card's "
+                     "roi_size), or free GPU memory.")
 
 def scan_interval(image_size: Sequence[int], roi_size: Sequence[int],
                   overlap: float) -> tuple[int, ...]:
@@ -91,13 +102,16 @@ def sliding_window_topk(x: torch.Tensor, network: Callable[[torch.Tensor], Any],
     three slabs (the buffer, the blended planes taken from it, a shift copy), one
     compaction chunk and the top-k arrays. ``planes`` turns each finished block of
     blended network output ``(C, planes, Y, X)`` into logits before it is compacted
-    (checks and conversion of probability or log-probability output).
+    (checks and conversion of probability or log-probability output). A CUDA
+    out-of-memory error of the network halves ``sw_batch_size`` and goes on from the
+    first window not yet blended (down to one window; then one ``CalibSegError``).
 
     Returns
     -------
     (prediction, info)
         The :class:`TopKPrediction` on ``x``'s grid and ``{"windows", "slab_bytes",
-        "sw_batch_size"}``.
+        "sw_batch_size", "retries"}``: the window batch that finished the run and how
+        many times it was halved.
     """
     if x.ndim != 5 or x.shape[0] != 1:
         # the input is built by predict, never given by a user: a caller's mistake
@@ -145,10 +159,34 @@ def sliding_window_topk(x: torch.Tensor, network: Callable[[torch.Tensor], Any],
             for v in range(0, plane, chunk):
                 writer.write_flat(first_voxel + v, rows[:, v:v + chunk])
 
-    for start in range(0, len(windows), int(sw_batch_size)):
+    batch_size = int(sw_batch_size)
+    retries = 0
+    start = 0
+    while start < len(windows):
         check_cancel(cancel, "prediction")
-        batch = windows[start:start + int(sw_batch_size)]
-        out = predictor(torch.cat([x[(slice(None), slice(None), *w)] for w in batch]))
+        batch = windows[start:start + batch_size]
+        out: torch.Tensor | None
+        try:
+            out = predictor(torch.cat([x[(slice(None), slice(None), *w)] for w in batch]))
+        except Exception as exc:
+            if not _is_cuda_oom(exc):
+                raise
+            if batch_size == 1:
+                raise CalibSegError(
+                    "Out of GPU memory even with one window at a time; "
+                    + GPU_MEMORY_ADVICE) from exc
+            out = None  # retried below, once the error's frames are released
+        if out is None:
+            smaller = max(1, batch_size // 2)
+            log.warning("CUDA out of memory with sw_batch_size=%d; retrying the remaining "
+                        "%d windows with sw_batch_size=%d.", batch_size,
+                        len(windows) - start, smaller)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            batch_size, retries = smaller, retries + 1
+            predictor.total = predictor.done + int(
+                math.ceil((len(windows) - start) / batch_size))
+            continue
         if out.shape[1] != num_classes:
             raise CalibSegError(
                 f"The network gives {out.shape[1]} output channels but {num_classes} classes "
@@ -157,7 +195,9 @@ def sliding_window_topk(x: torch.Tensor, network: Callable[[torch.Tensor], Any],
             if window[0].start > slab.base:
                 flush(window[0].start)
             slab.add(window, values * weight[0], weight)
+        del out
+        start += len(batch)
     flush(size[0])
-    info = {"windows": len(windows), "sw_batch_size": int(sw_batch_size),
+    info = {"windows": len(windows), "sw_batch_size": batch_size, "retries": retries,
             "slab_bytes": int(slab.values.nbytes + slab.weights.nbytes)}
     return writer.finish(temperature=temperature, affine=affine, class_names=class_names), info

@@ -303,3 +303,44 @@ def test_prototype_model_with_maps_stays_full(tmp_path):
     plain = predict(volume, affine, model, device="cpu", form="compact", maps=False)
     assert plain.is_compact and plain.similarity is None
     np.testing.assert_array_equal(plain.labels, p.labels)
+
+
+class _OutOfGpuMemoryAbove(nn.Module):
+    """``network``, raising CUDA's out-of-memory error for batches of more than ``limit``
+    windows (a GPU too small for the window batch)."""
+
+    def __init__(self, network: nn.Module, limit: int) -> None:
+        super().__init__()
+        self.network, self.limit = network, limit
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(int(x.shape[0]))
+        if x.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.network(x)
+
+
+def test_compact_predict_retries_cuda_out_of_memory_with_smaller_window_batches():
+    volume, affine, _ = _volume(5)
+    model = _model(5, patch=(8, 16, 16))
+    # the same windows one at a time, uninterrupted: the same network calls, so equal bits
+    whole = predict(volume, affine, model, device="cpu", form="compact", sw_batch_size=1)
+    assert whole.info["retries"] == 0
+    model.network = _OutOfGpuMemoryAbove(model.network, limit=1)
+    retried = predict(volume, affine, model, device="cpu", form="compact", sw_batch_size=4)
+    assert retried.info["retries"] == 2 and retried.info["sw_batch_size"] == 1
+    assert model.network.batches[:2] == [4, 2]
+    assert len(model.network.batches) == 2 + retried.info["windows"]
+    assert retried.is_compact and retried.scores is not None and whole.scores is not None
+    for name in ("indices", "gaps", "tail"):
+        np.testing.assert_array_equal(getattr(retried.scores, name),
+                                      getattr(whole.scores, name), err_msg=name)
+    for name in ("labels", "confidence", "entropy"):
+        np.testing.assert_array_equal(getattr(retried, name), getattr(whole, name),
+                                      err_msg=name)
+    # one window at a time still too much: one clear error naming what to do
+    model.network.limit = 0
+    with pytest.raises(CalibSegError, match="--device cpu") as raised:
+        predict(volume, affine, model, device="cpu", form="compact", sw_batch_size=2)
+    assert "\n" not in str(raised.value)

@@ -94,3 +94,93 @@ def test_peak_memory_is_bounded_by_the_slab_not_the_classes():
     # about three slabs, one compaction chunk (64 MiB) and the top-k arrays
     bound = 3 * figures["slab_kib"] + 65_536 + figures["stored_kib"] + 32_768
     assert figures["peak_kib"] < bound < 0.5 * figures["full_kib"], figures
+
+
+class _Voxelwise(torch.nn.Module):
+    """Logits ``-4 (x - c)^2 + c / C`` per voxel: no reduction across voxels or windows, so
+    a window's output does not depend on how many windows share its batch (a convolution's
+    may, in the last bits, on the CPU)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.centres = torch.linspace(-2.0, 2.0, num_classes).reshape(1, -1, 1, 1, 1)
+        self.bias = torch.arange(num_classes, dtype=torch.float32).reshape(1, -1, 1, 1, 1)
+        self.bias /= num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x - self.centres
+        return -4.0 * (d * d) + self.bias
+
+
+class _OutOfGpuMemoryAbove(torch.nn.Module):
+    """``network``, raising CUDA's out-of-memory error for batches of more than ``limit``
+    windows (a GPU too small for the window batch), counting the calls by batch size."""
+
+    def __init__(self, network: torch.nn.Module, limit: int) -> None:
+        super().__init__()
+        self.network, self.limit = network, limit
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(int(x.shape[0]))
+        if x.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.network(x)
+
+
+def test_cuda_out_of_memory_halves_the_window_batch(caplog):
+    num_classes, shape, roi = 7, (20, 14, 13), (8, 8, 8)
+    net = _Voxelwise(num_classes)
+    x = torch.randn((1, 1) + shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        whole, whole_info = sliding_window_topk(x, net, roi, num_classes, sw_batch_size=4)
+        small = _OutOfGpuMemoryAbove(net, limit=1)
+        seen: list[float] = []
+        with caplog.at_level("WARNING", logger="CalibSegLib.inference.streaming"):
+            retried, info = sliding_window_topk(x, small, roi, num_classes, sw_batch_size=4,
+                                                progress=lambda f, m="": seen.append(f))
+    assert whole_info["retries"] == 0 and whole_info["sw_batch_size"] == 4
+    assert info["retries"] == 2 and info["sw_batch_size"] == 1
+    assert sum("out of memory" in r.message for r in caplog.records) == 2
+    # 4 and 2 windows refused once each, then every window exactly once, one at a time
+    assert small.batches[:2] == [4, 2] and small.batches[2:] == [1] * info["windows"]
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    for name in ("indices", "gaps", "tail"):
+        np.testing.assert_array_equal(getattr(retried, name), getattr(whole, name),
+                                      err_msg=name)
+
+    # an error part-way through the stream: the windows already blended are not redone
+    class _FailsLater(_OutOfGpuMemoryAbove):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.batches.append(int(x.shape[0]))
+            if len(self.batches) > 2 and x.shape[0] > self.limit:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+            return self.network(x)
+
+    later = _FailsLater(net, limit=2)
+    with torch.no_grad():
+        resumed, info = sliding_window_topk(x, later, roi, num_classes, sw_batch_size=4)
+    assert info["retries"] == 1 and info["sw_batch_size"] == 2
+    assert sum(later.batches) - 4 == info["windows"]  # only the refused batch of 4 was redone
+    for name in ("indices", "gaps", "tail"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(whole, name),
+                                      err_msg=name)
+
+
+def test_cuda_out_of_memory_with_one_window_is_one_clear_error():
+    net = _OutOfGpuMemoryAbove(_network(3), limit=0)
+    x = torch.randn(1, 1, 12, 12, 12)
+    with torch.no_grad(), pytest.raises(CalibSegError, match="--device cpu") as raised:
+        sliding_window_topk(x, net, (8, 8, 8), 3, sw_batch_size=2)
+    assert "\n" not in str(raised.value) and "smaller window" in str(raised.value)
+    assert net.batches == [2, 1]
+    # other errors of the network are not retried
+    calls: list[int] = []
+
+    def broken(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(int(batch.shape[0]))
+        raise RuntimeError("shape mismatch")
+
+    with torch.no_grad(), pytest.raises(RuntimeError, match="shape mismatch"):
+        sliding_window_topk(x, broken, (8, 8, 8), 3, sw_batch_size=2)
+    assert calls == [2]
