@@ -72,7 +72,7 @@ assert len(Scalar) == 6 and list(Scalar) == list(range(6))  # the kernel fills e
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _exact_bin(p, edges, n_bins):
+def exact_bin(p, edges, n_bins):
     """Bin of ``p`` by binary search: the number of inner edges ``edges[1:B]`` below ``p``."""
     lo = 1
     hi = n_bins
@@ -272,7 +272,7 @@ def _accumulate_range(probs, p0, labels, l0, ref, r0, mask, start, stop, edges, 
                 for j in range(nb):
                     p = _clamped(row[j])
                     if _bin_and_near(p, n_bins_f, x_hi, near_tol)[1]:
-                        slots[j] = np.uint32(lanes[j] + _exact_bin(p, edges, n_bins)
+                        slots[j] = np.uint32(lanes[j] + exact_bin(p, edges, n_bins)
                                              + _group(arg[j], tbuf[j], c32, bins32))
             if not dense:  # voxels outside the mask add to a slot that is never read
                 for j in range(nb):

@@ -19,6 +19,7 @@ import numba
 import numpy as np
 
 from CalibSegLib.calibration.accumulators import NLL_FLOOR
+from CalibSegLib.calibration.kernels import exact_bin
 from CalibSegLib.threads import default_threads, guided_bounds, run_tasks
 
 _BLOCK = 256
@@ -215,20 +216,6 @@ def maps_cpu(gaps: np.ndarray, tail: np.ndarray, num_classes: int, arguments: tu
 
 # ---------------------------------------------------------------------------- statistics
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _bin(p, edges, n_bins):  # pragma: no cover - compiled
-    """Number of inner float32 edges below float32 ``p`` (the bin rule of the kernels)."""
-    q = np.float32(p)
-    lo = 1
-    hi = n_bins
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if edges[mid] < q:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo - 1
-
 
 @numba.njit(cache=True, nogil=True)
 def stats_range(indices, gaps, tail, labels, mask, has_mask, num_classes, a, forms, lowers,
@@ -265,7 +252,7 @@ def stats_range(indices, gaps, tail, labels, mask, has_mask, num_classes, a, for
         p_label = 0.0
         for r in range(k):
             c = np.int64(indices[r, j])
-            b = _bin(probs[r], edges, n_bins)
+            b = exact_bin(np.float32(probs[r]), edges, n_bins)
             bins[r] = b
             q = np.int64(probs[r] * scale + 0.5)
             count[c, b] += 1
@@ -275,7 +262,7 @@ def stats_range(indices, gaps, tail, labels, mask, has_mask, num_classes, a, for
                 p_label = probs[r]
         if n_rest > 0:
             share = summary / n_rest
-            bt = _bin(share, edges, n_bins)
+            bt = exact_bin(np.float32(share), edges, n_bins)
             qt = np.int64(share * scale + 0.5)
             shared_count[bt] += 1
             shared_q[bt] += qt
