@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = PrivateFolder(maxUploadBytes=int(args.max_upload_mb * 2**20))
     try:
         catalogue = ModelCatalogue.build(locations.shippedModelFolders(), args.model)
-        app = CalibSegWebApp(catalogue, folder, device=args.device)
+        app = CalibSegWebApp(catalogue, folder, device=args.device, form=args.form)
         if args.image:
             app.loadPath(args.image)
         elif args.sample:

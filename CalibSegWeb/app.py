@@ -72,7 +72,7 @@ class CalibSegWebApp(TrameApp):
     """The browser app (see the module docstring)."""
 
     def __init__(self, catalogue: ModelCatalogue, folder: PrivateFolder, server=None,
-                 device: str = "cpu"):
+                 device: str = "cpu", form: str = "auto"):
         super().__init__(server, client_type="vue3")
         self.server.enable_module(trame_slicer_module)
         self.slicerApp = SlicerApp()
@@ -82,7 +82,8 @@ class CalibSegWebApp(TrameApp):
                                            self.server)
         self.layoutManager.register_layout_dict(viewLayouts())
         self.layoutManager.set_layout(SINGLE)
-        self.session = ViewerSession(self.slicerApp.scene, catalogue, folder, device=device)
+        self.session = ViewerSession(self.slicerApp.scene, catalogue, folder, device=device,
+                                     form=form)
         self._syncing = False
         self._temperatureTicket = 0
         self._refitUntil = 0.0

@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=512.0,
                         help="largest upload accepted, in MiB")
     parser.add_argument("--device", default="cpu", help="inference device: cpu, cuda or auto")
+    parser.add_argument("--form", choices=("auto", "full", "compact"), default="auto",
+                        help="form of the predictions: full precision, compact (top-k, at most "
+                             "16 bytes per voxel) or auto (compact when the full form would "
+                             "exceed the memory budget)")
 
 
 def app_root() -> str:
@@ -78,7 +82,8 @@ def child_command(args: argparse.Namespace) -> list[str]:
     if args.reference:
         command += ["--reference", os.path.abspath(args.reference)]
     command += ["--host", args.host, "--port", str(args.port),
-                "--max-upload-mb", str(args.max_upload_mb), "--device", args.device]
+                "--max-upload-mb", str(args.max_upload_mb), "--device", args.device,
+                "--form", args.form]
     if args.allow_remote:
         command.append("--allow-remote")
     return command

@@ -63,3 +63,38 @@ def test_only_loopback_without_allow_remote(capsys):
         check_host("192.168.1.10", allow_remote=False)
     check_host("0.0.0.0", allow_remote=True)
     assert "WARNING" in capsys.readouterr().err
+
+
+def test_form_reaches_the_app_and_its_session(monkeypatch):
+    assert parse().form == "auto"
+    with pytest.raises(SystemExit):
+        parse("--form", "small")
+    command = view.child_command(parse("--form", "compact"))
+    assert command[command.index("--form") + 1] == "compact"
+    # the app parses what the command passes (one definition of the options)
+    from CalibSegWeb.__main__ import build_parser as app_parser
+
+    assert app_parser().parse_args(command[3:]).form == "compact"
+    # and hands it to the browser session: run the app's main without serving
+    pytest.importorskip("slicer")
+    pytest.importorskip("trame_slicer", reason="the web extra (trame-slicer) is not installed")
+    import CalibSegWeb.__main__ as app_main
+    from CalibSegWeb import app as app_module
+
+    made = []
+
+    class Unserved(app_module.CalibSegWebApp):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            monkeypatch.setattr(self.server, "start", lambda **_: None)
+            made.append(self)
+
+    monkeypatch.setattr(app_module, "CalibSegWebApp", Unserved)
+    # what main sets for the process, restored after the test
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.setattr(app_module.slicer, "mrmlScene", getattr(app_module.slicer, "mrmlScene",
+                                                                None), raising=False)
+    monkeypatch.setenv("VTK_DEFAULT_OPENGL_WINDOW",
+                       os.environ.get("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow"))
+    assert app_main.main(command[3:]) == 0
+    assert [app.session.form for app in made] == ["compact"]
