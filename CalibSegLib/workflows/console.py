@@ -40,12 +40,14 @@ def progress_bar(command: str, quiet: bool) -> Iterator[ProgressCallback | None]
     if quiet:
         yield None
         return
-    bar = tqdm(total=100, desc=command, file=sys.stderr,
-               bar_format="{desc}: {percentage:3.0f}%|{bar:30}| {elapsed}<{remaining} {postfix}")
+    # The step's message is the bar's description, written after the bar (tqdm's postfix
+    # would put a comma before it).
+    bar = tqdm(total=100, file=sys.stderr,
+               bar_format=command + ": {percentage:3.0f}%|{bar:30}| {elapsed}<{remaining} {desc}")
 
     def show(fraction: float, message: str = "") -> None:
         bar.n = round(100 * min(max(float(fraction), 0.0), 1.0), 1)
-        bar.set_postfix_str(message[:60], refresh=False)
+        bar.set_description_str(message[:60], refresh=False)
         bar.refresh()
 
     try:
