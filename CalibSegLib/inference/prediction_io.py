@@ -34,7 +34,13 @@ import torch
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.files import atomic_path
 from CalibSegLib.inference.prediction import Prediction, probability_maps, topk_maps
-from CalibSegLib.inference.topk_io import is_topk_file, read_topk_file, write_topk
+from CalibSegLib.inference.topk_io import (
+    TOPK_MEMBERS,
+    is_topk_file,
+    read_topk_file,
+    write_topk,
+    zip_member_names,
+)
 
 #: Fields of the full layout recomputed from the logits on loading.
 RECOMPUTED = ("probs", "confidence", "entropy")
@@ -104,14 +110,8 @@ def save_prediction(path: str, prediction: Prediction) -> str:
 
 def is_prediction_file(path: str) -> bool:
     """Whether ``path`` is a file of :func:`save_prediction` (either layout), by its members."""
-    if is_topk_file(path):
-        return True
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = {os.path.splitext(n)[0] for n in archive.namelist()}
-    except (zipfile.BadZipFile, OSError):
-        return False
-    return _META_MEMBER in names and "logits" in names
+    names = zip_member_names(path)
+    return names >= TOPK_MEMBERS or names >= {_META_MEMBER, "logits"}
 
 
 def load_prediction(path: str, mmap: bool = True) -> Prediction:

@@ -99,14 +99,22 @@ def read_topk(path: str, mmap: bool = True) -> tuple[TopKPrediction, dict]:
     return prediction, meta
 
 
-def is_topk_file(path: str) -> bool:
-    """Whether ``path`` is a ZIP archive holding the members of a :func:`write_topk` file."""
+#: Members every :func:`write_topk` file holds (names without extension).
+TOPK_MEMBERS = frozenset(_ARRAYS + ("meta",))
+
+
+def zip_member_names(path: str) -> set[str]:
+    """Member names (extension dropped) of the ZIP archive at ``path``; empty if it is none."""
     try:
         with zipfile.ZipFile(path) as archive:
-            names = {os.path.splitext(n)[0] for n in archive.namelist()}
+            return {os.path.splitext(n)[0] for n in archive.namelist()}
     except (zipfile.BadZipFile, OSError):
-        return False
-    return all(m in names for m in _ARRAYS + ("meta",))
+        return set()
+
+
+def is_topk_file(path: str) -> bool:
+    """Whether ``path`` is a ZIP archive holding the members of a :func:`write_topk` file."""
+    return zip_member_names(path) >= TOPK_MEMBERS
 
 
 def read_topk_file(path: str, mmap: bool = True
