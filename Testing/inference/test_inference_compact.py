@@ -8,6 +8,7 @@ import importlib
 import numpy as np
 import pytest
 import torch
+from doubles import OutOfGpuMemoryAbove
 from torch import nn
 
 from CalibSegLib.calibration import ReliabilityStats
@@ -305,29 +306,13 @@ def test_prototype_model_with_maps_stays_full(tmp_path):
     np.testing.assert_array_equal(plain.labels, p.labels)
 
 
-class _OutOfGpuMemoryAbove(nn.Module):
-    """``network``, raising CUDA's out-of-memory error for batches of more than ``limit``
-    windows (a GPU too small for the window batch)."""
-
-    def __init__(self, network: nn.Module, limit: int) -> None:
-        super().__init__()
-        self.network, self.limit = network, limit
-        self.batches: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.batches.append(int(x.shape[0]))
-        if x.shape[0] > self.limit:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return self.network(x)
-
-
 def test_compact_predict_retries_cuda_out_of_memory_with_smaller_window_batches():
     volume, affine, _ = _volume(5)
     model = _model(5, patch=(8, 16, 16))
     # the same windows one at a time, uninterrupted: the same network calls, so equal bits
     whole = predict(volume, affine, model, device="cpu", form="compact", sw_batch_size=1)
     assert whole.info["retries"] == 0
-    model.network = _OutOfGpuMemoryAbove(model.network, limit=1)
+    model.network = OutOfGpuMemoryAbove(model.network, limit=1)
     retried = predict(volume, affine, model, device="cpu", form="compact", sw_batch_size=4)
     assert retried.info["retries"] == 2 and retried.info["sw_batch_size"] == 1
     assert model.network.batches[:2] == [4, 2]

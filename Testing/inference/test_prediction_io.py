@@ -4,12 +4,12 @@ files of the Slicer module's earlier writer still load, bad files give one clear
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import numpy as np
 import pytest
 import torch
+from doubles import write_earlier_prediction_file
 
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.inference import (
@@ -94,27 +94,10 @@ def test_full_round_trip_is_equal(tmp_path):
     _assert_same(pred, back)
 
 
-def _slicer_writer_layout(path: str, prediction: Prediction) -> None:
-    """The layout the Slicer module's inference process wrote before ``save_prediction``
-    existed: array fields except probs/confidence/entropy, the rest as JSON ``__meta__``."""
-    arrays, meta = {}, {}
-    for f in dataclasses.fields(prediction):
-        value = getattr(prediction, f.name)
-        if value is None or f.name in ("probs", "confidence", "entropy", "scores"):
-            continue
-        if isinstance(value, np.ndarray):
-            arrays[f.name] = value
-        else:
-            meta[f.name] = value
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta, default=str).encode(), dtype=np.uint8)
-    with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
-
-
 def test_old_full_precision_file_still_loads(tmp_path):
     pred = _full(_logits(3, seed=4), temperature=0.8)
     path = str(tmp_path / "old.npz")
-    _slicer_writer_layout(path, pred)
+    write_earlier_prediction_file(path, pred)
     back = load_prediction(path)
     assert not back.is_compact
     np.testing.assert_array_equal(back.logits, pred.logits)

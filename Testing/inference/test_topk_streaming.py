@@ -12,6 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from doubles import OutOfGpuMemoryAbove
 from monai.inferers import sliding_window_inference
 
 from CalibSegLib.errors import CalibSegError, Cancelled
@@ -112,29 +113,13 @@ class _Voxelwise(torch.nn.Module):
         return -4.0 * (d * d) + self.bias
 
 
-class _OutOfGpuMemoryAbove(torch.nn.Module):
-    """``network``, raising CUDA's out-of-memory error for batches of more than ``limit``
-    windows (a GPU too small for the window batch), counting the calls by batch size."""
-
-    def __init__(self, network: torch.nn.Module, limit: int) -> None:
-        super().__init__()
-        self.network, self.limit = network, limit
-        self.batches: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.batches.append(int(x.shape[0]))
-        if x.shape[0] > self.limit:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return self.network(x)
-
-
 def test_cuda_out_of_memory_halves_the_window_batch(caplog):
     num_classes, shape, roi = 7, (20, 14, 13), (8, 8, 8)
     net = _Voxelwise(num_classes)
     x = torch.randn((1, 1) + shape, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         whole, whole_info = sliding_window_topk(x, net, roi, num_classes, sw_batch_size=4)
-        small = _OutOfGpuMemoryAbove(net, limit=1)
+        small = OutOfGpuMemoryAbove(net, limit=1)
         seen: list[float] = []
         with caplog.at_level("WARNING", logger="CalibSegLib.inference.streaming"):
             retried, info = sliding_window_topk(x, small, roi, num_classes, sw_batch_size=4,
@@ -150,7 +135,7 @@ def test_cuda_out_of_memory_halves_the_window_batch(caplog):
                                       err_msg=name)
 
     # an error part-way through the stream: the windows already blended are not redone
-    class _FailsLater(_OutOfGpuMemoryAbove):
+    class _FailsLater(OutOfGpuMemoryAbove):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             self.batches.append(int(x.shape[0]))
             if len(self.batches) > 2 and x.shape[0] > self.limit:
@@ -168,7 +153,7 @@ def test_cuda_out_of_memory_halves_the_window_batch(caplog):
 
 
 def test_cuda_out_of_memory_with_one_window_is_one_clear_error():
-    net = _OutOfGpuMemoryAbove(_network(3), limit=0)
+    net = OutOfGpuMemoryAbove(_network(3), limit=0)
     x = torch.randn(1, 1, 12, 12, 12)
     with torch.no_grad(), pytest.raises(CalibSegError, match="--device cpu") as raised:
         sliding_window_topk(x, net, (8, 8, 8), 3, sw_batch_size=2)

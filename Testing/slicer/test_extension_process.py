@@ -140,26 +140,14 @@ def test_cancel_kills_the_process_tree_and_removes_files(tmp_path):
 
 def test_full_prediction_file_of_earlier_versions_is_still_read(tmp_path):
     """The layout the inference process wrote before the top-k form (kept by the library)."""
-    import dataclasses
-    import json
-
+    from doubles import write_earlier_prediction_file
     from logic_support import models_and_predictions
 
     from CalibSegLib.inference.prediction_io import load_prediction
 
     (_, pred), _ = models_and_predictions()
-    arrays, meta = {}, {}
-    for f in dataclasses.fields(pred):
-        value = getattr(pred, f.name)
-        if value is None or f.name in ("probs", "confidence", "entropy", "scores"):
-            continue
-        if isinstance(value, np.ndarray):
-            arrays[f.name] = value
-        else:
-            meta[f.name] = value
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta, default=str).encode(), np.uint8)
     path = str(tmp_path / "old.npz")
-    np.savez(path, **arrays)
+    write_earlier_prediction_file(path, pred)
     back = load_prediction(path)
     for name in ("logits", "labels", "confidence", "entropy", "probs", "similarity",
                  "nearest_prototype", "prototype_class", "prototype_weights", "affine"):
