@@ -29,11 +29,10 @@ import zipfile
 from typing import Any
 
 import numpy as np
-import torch
 
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.files import atomic_path
-from CalibSegLib.inference.prediction import Prediction, probability_maps, topk_maps
+from CalibSegLib.inference.prediction import Prediction, probability_maps_array, topk_maps
 from CalibSegLib.inference.topk_io import (
     TOPK_MEMBERS,
     is_topk_file,
@@ -170,7 +169,7 @@ def _load_full(path: str) -> Prediction:
     fields["class_names"] = tuple(str(c) for c in fields.get("class_names", ()))
     fields["class_colors"] = tuple(_rgb(c) for c in fields.get("class_colors", ()))
     fields["temperature"] = float(fields.get("temperature", 1.0))
-    logits = torch.from_numpy(np.ascontiguousarray(fields["logits"], dtype=np.float32))
-    probs, confidence, entropy = probability_maps(logits, fields["temperature"])
-    fields.update(probs=probs.numpy(), confidence=confidence.numpy(), entropy=entropy.numpy())
+    probs, confidence, entropy = probability_maps_array(
+        np.ascontiguousarray(fields["logits"], dtype=np.float32), fields["temperature"])
+    fields.update(probs=probs, confidence=confidence, entropy=entropy)
     return Prediction(**fields)
