@@ -45,3 +45,24 @@ def write_earlier_prediction_file(path: str, prediction) -> None:
     arrays["__meta__"] = np.frombuffer(json.dumps(meta, default=str).encode(), dtype=np.uint8)
     with open(path, "wb") as fh:
         np.savez(fh, **arrays)
+
+
+class WithHead(torch.nn.Module):
+    """``net`` followed by ``head`` over the class channels: ``"softmax"``, ``"log_softmax"``,
+    ``"sigmoid"`` or anything else for none (a network from another framework that ends in
+    probabilities or log-probabilities). Scriptable with TorchScript."""
+
+    def __init__(self, net: torch.nn.Module, head: str) -> None:
+        super().__init__()
+        self.net = net
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        if self.head == "softmax":
+            return torch.softmax(y, dim=1)
+        if self.head == "log_softmax":
+            return torch.log_softmax(y, dim=1)
+        if self.head == "sigmoid":
+            return torch.sigmoid(y)
+        return y

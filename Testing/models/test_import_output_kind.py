@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from doubles import WithHead
 from monai.networks.nets import UNet
 from torch import nn
 
@@ -22,23 +23,11 @@ from CalibSegLib.models.output_kind import (
 )
 
 
-class _Head(nn.Module):
-    def __init__(self, head: str, channels: int = 3, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.net = UNet(spatial_dims=3, in_channels=1, out_channels=channels, channels=(4, 8),
-                        strides=(2,), num_res_units=0)
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.net(x)
-        if self.head == "softmax":
-            return torch.softmax(y, dim=1)
-        if self.head == "log_softmax":
-            return torch.log_softmax(y, dim=1)
-        if self.head == "sigmoid":
-            return torch.sigmoid(y)
-        return y
+def _Head(head: str, channels: int = 3, seed: int = 0) -> nn.Module:
+    """A small U-Net (weights from ``seed``) ending in ``head``."""
+    torch.manual_seed(seed)
+    return WithHead(UNet(spatial_dims=3, in_channels=1, out_channels=channels, channels=(4, 8),
+                         strides=(2,), num_res_units=0), head)
 
 
 @pytest.mark.parametrize("head,kind", [("none", "logits"), ("softmax", "probabilities"),

@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from doubles import WithHead
 from monai.networks.nets import UNet
 from torch import nn
 
@@ -25,23 +26,6 @@ SHAPE_XYZ = (20, 16, 12)
 SPACING = (1.5, 1.5, 2.0)
 
 
-class _WithHead(nn.Module):
-    """A U-Net ending in a softmax or log-softmax over the class channels."""
-
-    def __init__(self, net: nn.Module, head: str) -> None:
-        super().__init__()
-        self.net = net
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.net(x)
-        if self.head == "softmax":
-            return torch.softmax(y, dim=1)
-        if self.head == "log_softmax":
-            return torch.log_softmax(y, dim=1)
-        return y
-
-
 def _scripted(head: str, path: str) -> nn.Module:
     torch.manual_seed(7)
     net = UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 16),
@@ -49,7 +33,7 @@ def _scripted(head: str, path: str) -> nn.Module:
     with torch.no_grad():
         for p in net.parameters():
             p.mul_(2.0)
-    module = torch.jit.script(_WithHead(net, head).eval())
+    module = torch.jit.script(WithHead(net, head).eval())
     torch.jit.save(module, path)
     return module
 
