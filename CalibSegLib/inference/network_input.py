@@ -37,6 +37,14 @@ def window_in_network_axes(card: Any) -> tuple[int, int, int]:
     return (x, y, z) if card.axis_order == "XYZ" else (z, y, x)
 
 
+def window_options(window: dict[str, Any], sw_batch_size: int) -> dict[str, Any]:
+    """Keyword arguments of the sliding window (batch, overlap, blending, padding) from the
+    card's ``sliding_window`` settings."""
+    return dict(sw_batch_size=sw_batch_size, overlap=float(window["overlap"]),
+                mode=str(window["mode"]), sigma_scale=float(window["sigma_scale"]),
+                padding_mode=str(window["padding_mode"]), cval=float(window["cval"]))
+
+
 class CheckedNetwork:
     """Calls the network on a window batch and checks the shape of what it returns."""
 

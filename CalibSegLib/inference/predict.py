@@ -40,6 +40,7 @@ from CalibSegLib.inference.network_input import (
     model_input,
     to_network_axes,
     window_in_network_axes,
+    window_options,
 )
 from CalibSegLib.inference.nnunet import nnunet_logits
 from CalibSegLib.inference.predict_compact import network_topk
@@ -166,10 +167,8 @@ def network_output(array: np.ndarray, matrix: np.ndarray, model: Any, dev: torch
     checked = CheckedNetwork(predictor, channels, "prototypes" if use_maps else "classes")
     out, info = sliding_window(
         to_network_axes(x, card.axis_order), checked, window_in_network_axes(card),
-        sw_batch_size=sw_batch_size, overlap=float(window["overlap"]),
-        mode=str(window["mode"]), sigma_scale=float(window["sigma_scale"]),
-        padding_mode=str(window["padding_mode"]), cval=float(window["cval"]),
-        progress=scaled(progress, 0.05, 0.9), cancel=cancel)
+        **window_options(window, sw_batch_size), progress=scaled(progress, 0.05, 0.9),
+        cancel=cancel)
     del x
     out = from_network_axes(out, card.axis_order)
     check_cancel(cancel, "prediction")

@@ -43,6 +43,7 @@ from CalibSegLib.inference.network_input import (
     model_input,
     to_network_axes,
     window_in_network_axes,
+    window_options,
 )
 from CalibSegLib.inference.nnunet import nnunet_logits
 from CalibSegLib.inference.resample import resample
@@ -155,10 +156,8 @@ def network_topk(array: np.ndarray, matrix: np.ndarray, model: Any, dev: torch.d
     check_cancel(cancel, "prediction")
     report(progress, 0.05, "sliding window")
     checked = CheckedNetwork(model.network, num_classes, "classes")
-    options: dict[str, Any] = dict(
-        sw_batch_size=sw_batch_size, overlap=float(window["overlap"]), mode=str(window["mode"]),
-        sigma_scale=float(window["sigma_scale"]), padding_mode=str(window["padding_mode"]),
-        cval=float(window["cval"]), progress=scaled(progress, 0.05, 0.9), cancel=cancel)
+    options = dict(window_options(window, sw_batch_size),
+                   progress=scaled(progress, 0.05, 0.9), cancel=cancel)
     kind = card.output_kind
     if not resampled:
         slab = SlabLogits(kind)
