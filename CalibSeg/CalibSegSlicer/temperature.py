@@ -23,9 +23,9 @@ from CalibSegLib.errors import Cancelled
 from CalibSegLib.inference import (
     Prediction,
     apply_temperature,
-    probability_maps,
     stats_from_topk,
 )
+from CalibSegLib.inference.prediction import probability_maps_array
 from CalibSegLib.progress import check_cancel, report
 
 PREVIEW, FULL = "preview", "full"
@@ -62,11 +62,8 @@ def regionStats(prediction: Prediction, reference: np.ndarray, temperature: floa
     if prediction.is_compact:
         part = prediction.scores.subvolume(region)
         return stats_from_topk(part, target, nBins, temperature=temperature)
-    import torch
-
-    logits = np.ascontiguousarray(prediction.logits[(slice(None), *region)])
-    probs = probability_maps(torch.from_numpy(logits), temperature)[0]
-    return ReliabilityStats.from_probs(probs.numpy(), target, n_bins=nBins)
+    probs = probability_maps_array(prediction.logits[(slice(None), *region)], temperature)[0]
+    return ReliabilityStats.from_probs(probs, target, n_bins=nBins)
 
 
 class VolumeRefresh:
