@@ -121,8 +121,6 @@ class ReliabilityChart:
                 chart.AddAndObservePlotSeriesNodeID(seriesID)
         plots.fillMetricsTable(metricsTable, columns, temperatures)
         chart.SetTitle(chartTitle(results))
-        metricsTable.SetAttribute("CalibSeg.Estimated", ",".join(
-            r.slot for r in results.values() if r.stats is not None and r.statsEstimated))
         layouts.plotViewNode(self.scene).SetPlotChartNodeID(chart.GetID())
 
     def remove(self) -> None:
