@@ -302,8 +302,8 @@ class CalibSegLogic:
                 result.setStats(regionStats(result.current, self.referenceLabels, value,
                                             region, N_BINS), value, estimated=True)
             self._startRefresh(slot, value, background, start)
-        self.pollRefresh()
-        self.chart.update(self.results)
+        if not self.pollRefresh():  # a refresh shown has updated the chart already
+            self.chart.update(self.results)
         return {slot: r.metrics for slot, r in self.results.items()}
 
     def columnName(self, slot: str) -> str:
@@ -323,7 +323,6 @@ class CalibSegLogic:
         value = _checked(temperature)
         for s in [slot] if slot else list(self.results):
             self._result(s)
-            self._cancelRefresh(s)
             self.pendingTemperatures.pop(s, None)
             self._startRefresh(s, value, background=False)
         self.pollRefresh()
