@@ -24,7 +24,13 @@ from CalibSegLib.calibration import (
 from CalibSegLib.cohort import evaluate_cohort, read_cohort
 from CalibSegLib.commands.evaluate import SUMMARY_KEYS
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.files import atomic_path, check_image_file, image_suffix, json_ready
+from CalibSegLib.files import (
+    atomic_path,
+    check_image_file,
+    image_suffix,
+    json_ready,
+    write_json,
+)
 from CalibSegLib.inference.prediction_io import is_prediction_file, load_prediction
 from CalibSegLib.io import affine_from_sitk, read_image, reader_message
 from CalibSegLib.models import load_model
@@ -158,10 +164,7 @@ def write_outputs(stats, result: dict, folder: str) -> list[str]:
     os.makedirs(folder, exist_ok=True)
     written = []
     for name, payload in (("stats.json", stats.to_dict()), ("metrics.json", result)):
-        path = os.path.join(folder, name)
-        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            json.dump(json_ready(payload), f, indent=1)
-        written.append(path)
+        written.append(write_json(os.path.join(folder, name), payload, indent=1))
     path = os.path.join(folder, "reliability.png")
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
