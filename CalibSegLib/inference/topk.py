@@ -664,15 +664,12 @@ class TopKWriter:
             if not np.isfinite(z).all():
                 raise CalibSegError("The logits hold NaN or infinite values; check the model "
                                     "output before storing it.")
-            if not compiled.available():
-                t_idx, t_gaps, t_tail = compact_block(torch.from_numpy(z), self.k,
-                                                      self.index_dtype)
-                fi[:, start:stop], fg[:, start:stop] = t_idx.numpy(), t_gaps.numpy()
-                ft[:, start:stop] = t_tail.numpy()
+            if compiled.available():
+                idx, gaps, tail = compiled.topk_kernel.compact_block_cpu(
+                    z, self.k, self.index_dtype)
+                fi[:, start:stop], fg[:, start:stop], ft[:, start:stop] = idx, gaps, tail
                 return
-            idx, gaps, tail = compiled.topk_kernel.compact_block_cpu(z, self.k, self.index_dtype)
-            fi[:, start:stop], fg[:, start:stop], ft[:, start:stop] = idx, gaps, tail
-            return
+            logits = torch.from_numpy(z)  # without numba: the torch path below, on the CPU
         t_idx, t_gaps, t_tail = compact_block(logits, self.k, self.index_dtype)
         fi[:, start:stop] = t_idx.cpu().numpy()
         fg[:, start:stop] = t_gaps.cpu().numpy()
