@@ -11,6 +11,7 @@ import numpy as np
 
 from CalibSegLib.calibration import plots
 from CalibSegLib.errors import CalibSegError
+from CalibSegLib.files import atomic_path
 
 LOG = logging.getLogger("CalibSegLib.federated")
 
@@ -26,10 +27,8 @@ def _prepare(output: str) -> str:
 
 def write_json(path: str, data: dict) -> str:
     """Write ``data`` as indented JSON (atomic rename)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2, sort_keys=False, default=float)
-    os.replace(tmp, path)
     return path
 
 
@@ -39,9 +38,9 @@ def write_statistics(path: str, stats) -> str:
     They merge exactly with statistics of later evaluations
     (``ReliabilityStats.from_arrays(dict(np.load(path)))``).
     """
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, allow_pickle=False, **{k: np.asarray(v) for k, v in stats.to_arrays().items()})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, allow_pickle=False,
+                 **{k: np.asarray(v) for k, v in stats.to_arrays().items()})
     return path
 
 
@@ -76,7 +75,7 @@ def write_evaluation_report(result, output: str, plots: bool = True) -> dict[str
         rows.append((o.site, o.status, metrics.get(o.site, {}), flags.get(o.site)))
     keys = sorted({k for _, _, m, _ in rows for k in m})
     path = os.path.join(output, "sites.csv")
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["site", "status", *keys, "flagged", "reason"])
         for site, status, m, flag in rows:

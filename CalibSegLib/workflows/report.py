@@ -18,6 +18,7 @@ import numpy as np
 from CalibSegLib.data.case import SampleCase
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.explain import explain
+from CalibSegLib.files import atomic_path
 from CalibSegLib.inference import apply_temperature, predict
 from CalibSegLib.io import read_image, write_image
 from CalibSegLib.models import load_model
@@ -113,7 +114,8 @@ def run_report(folders, cases, output: str, focus_index: int = 0, faithfulness: 
         if explanation.faithfulness else None,
         "files": [os.path.basename(p) for p in written],
     }
-    with open(os.path.join(output, "metrics.json"), "w", encoding="utf-8") as fh:
+    with atomic_path(os.path.join(output, "metrics.json")) as tmp, \
+            open(tmp, "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=2, default=float)
     report(progress, 1.0, "done")
     return summary
