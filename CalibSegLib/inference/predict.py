@@ -24,10 +24,12 @@ per voxel for any class count; error bounds in ``docs/bench/compact.md``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -291,7 +293,6 @@ def predict(volume: np.ndarray, affine: np.ndarray, model: Any, device: str = "a
     check_cancel(cancel, "prediction")
     report(progress, 0.0, "preprocessing")
     network = model.network
-    original_device = model.device
     use_maps = bool(maps) and card.is_prototype and hasattr(network, "maps_from_similarity")
     taken = choose_form(form, card.num_classes, array.size, use_maps)
     info: dict[str, Any] = {"device": str(dev), "overlap": float(window["overlap"]),
@@ -299,19 +300,14 @@ def predict(volume: np.ndarray, affine: np.ndarray, model: Any, device: str = "a
     if taken == "compact":
         return _predict_compact(array, matrix, model, dev, window, sw_batch_size, t, info,
                                 started, progress, cancel)
-    try:
-        network.to(dev)
-        network.eval()
-        with torch.no_grad():
-            out, run_info = network_output(array, matrix, model, dev, window, sw_batch_size,
-                                           use_maps, progress, cancel)
-            info.update(run_info)
-            kind = str(info.pop("returned_as", card.output_kind))
-            check_cancel(cancel, "prediction")
-            report(progress, 0.9, "probabilities and maps")
-            arrays = _finish(out, network, use_maps, t, card.num_classes, kind)
-    finally:
-        network.to(original_device)
+    with _evaluating_on(model, dev):
+        out, run_info = network_output(array, matrix, model, dev, window, sw_batch_size,
+                                       use_maps, progress, cancel)
+        info.update(run_info)
+        kind = str(info.pop("returned_as", card.output_kind))
+        check_cancel(cancel, "prediction")
+        report(progress, 0.9, "probabilities and maps")
+        arrays = _finish(out, network, use_maps, t, card.num_classes, kind)
     check_cancel(cancel, "prediction")
     proto: dict[str, Any] = {}
     if use_maps:
@@ -329,6 +325,20 @@ def predict(volume: np.ndarray, affine: np.ndarray, model: Any, device: str = "a
     return prediction
 
 
+@contextlib.contextmanager
+def _evaluating_on(model: Any, dev: torch.device) -> Iterator[None]:
+    """Within this block ``model.network`` is in eval mode on ``dev``, without gradients;
+    afterwards it is back on the model's device."""
+    original_device = model.device
+    try:
+        model.network.to(dev)
+        model.network.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        model.network.to(original_device)
+
+
 def _predict_compact(array: np.ndarray, matrix: np.ndarray, model: Any, dev: torch.device,
                      window: dict[str, Any], sw_batch_size: int, temperature: float,
                      info: dict[str, Any], started: float,
@@ -336,16 +346,9 @@ def _predict_compact(array: np.ndarray, matrix: np.ndarray, model: Any, dev: tor
                      ) -> Prediction:
     """:func:`predict` into the compact form (``Prediction.scores``)."""
     card = model.card
-    network = model.network
-    original_device = model.device
-    try:
-        network.to(dev)
-        network.eval()
-        with torch.no_grad():
-            scores, run_info = network_topk(array, matrix, model, dev, window, sw_batch_size,
-                                            scaled(progress, 0.0, 0.9), cancel)
-    finally:
-        network.to(original_device)
+    with _evaluating_on(model, dev):
+        scores, run_info = network_topk(array, matrix, model, dev, window, sw_batch_size,
+                                        scaled(progress, 0.0, 0.9), cancel)
     info.update(run_info)
     check_cancel(cancel, "prediction")
     scores = dataclasses.replace(scores, temperature=temperature, affine=matrix.copy(),
