@@ -453,15 +453,14 @@ class CalibSegLogic:
         temperatures, from the stored prediction in either form); apply and return them."""
         if self.referenceLabels is None:
             raise CalibSegError("No reference segmentation: choose one before fitting.")
+        self.finishTemperatures()
         grid = default_temperature_grid()
         fitted = {}
         for s in [slot] if slot else list(self.results):
             sums, _ = self._result(s).prediction.nll_over_temperatures(self.referenceLabels,
                                                                        grid)
             fitted[s] = float(fit_temperature_from_grid(sums, grid))
-        for s, value in fitted.items():  # replaces a change of s previewed or under way
-            self.setTemperature(value, s)
-        self.finishTemperatures()  # the other models' changes
+            self.setTemperature(fitted[s], s)
         return fitted
 
     # ----------------------------------------------------------------------- probe
