@@ -18,11 +18,9 @@ from CalibSegLib.errors import CalibSegError
 
 # Files and folders (no image library); re-exported here because every writer takes them from io.
 from CalibSegLib.files import (
-    OVERWRITE_FLAG,
     WRITABLE_SUFFIXES,
     atomic_path,
     check_image_file,
-    check_output_location,
     image_suffix,
     read_json,
     read_marked_section,
@@ -32,8 +30,8 @@ from CalibSegLib.files import (
 )
 
 __all__ = [
-    "LPS_TO_RAS", "OVERWRITE_FLAG", "WRITABLE_SUFFIXES", "affine_from_sitk", "atomic_path",
-    "check_image_file", "check_output_location", "image_suffix", "looks_like_labels",
+    "LPS_TO_RAS", "WRITABLE_SUFFIXES", "affine_from_sitk", "atomic_path",
+    "check_image_file", "image_suffix", "looks_like_labels",
     "read_image", "read_json", "read_marked_section", "reader_message", "refuse_overwrite",
     "replace_marked_section", "series_file_names", "to_sitk", "uniform_file_modes",
     "write_image",
