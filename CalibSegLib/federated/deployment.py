@@ -31,9 +31,6 @@ APP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calibseg-app
 #: Name of the SuperLink connection in the Flower configuration (``$FLWR_HOME/config.toml``).
 CONNECTION = "calibseg"
 
-#: Flower's default HTTPS port of the SuperLink (Fleet, Control and Runtime APIs).
-DEFAULT_PORT = 9093
-
 #: Run config keys the app understands (the ``[tool.flwr.app.config]`` of :data:`APP_DIR`).
 RUN_CONFIG_KEYS = ("task", "model", "output", "min-sites", "sites", "timeout", "n-bins",
                    "rounds", "local-steps", "lr", "drift-threshold", "overwrite")

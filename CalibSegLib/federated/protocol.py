@@ -37,7 +37,6 @@ LOG = logging.getLogger("CalibSegLib.federated")
 
 STATS_TYPE = "query.calibseg_stats"
 NLL_TYPE = "query.calibseg_nll"
-TRAIN_TYPE = "train"
 
 #: Cases one site may report in one round unless the server allows more.
 DEFAULT_MAX_CASES = 256
