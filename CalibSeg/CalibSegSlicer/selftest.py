@@ -43,7 +43,7 @@ class CalibSegTest(ScriptedLoadableModuleTest):
     def test_CalibSegWholePath(self):
         import SampleData
 
-        from CalibSegLib.data.sample import MNI_CLASS_NAMES
+        from CalibSegLib.data.case import MNI_CLASS_NAMES
         from CalibSegLib.models.testing import tiny_model
         from CalibSegSlicer import plots, sampledata
         from CalibSegSlicer.catalog import loadModel

@@ -35,8 +35,7 @@ from CalibSegLib.data.shift import shifted_case
 from CalibSegLib.errors import CalibSegError
 from CalibSegLib.io import LPS_TO_RAS
 
-__all__ = ["MNI_CLASS_COLORS", "MNI_CLASS_NAMES", "SampleCase", "available_cases",
-           "sample_case"]
+__all__ = ["sample_case"]
 
 
 
