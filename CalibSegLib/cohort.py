@@ -14,7 +14,7 @@ import numpy as np
 from CalibSegLib.calibration import default_temperature_grid, fit_temperature_from_grid
 from CalibSegLib.data.pairs import csv_cases, folder_cases
 from CalibSegLib.errors import CalibSegError
-from CalibSegLib.files import image_suffix
+from CalibSegLib.files import image_stem
 from CalibSegLib.inference import load_prediction, predict
 from CalibSegLib.progress import CancelCallback, ProgressCallback, check_cancel, report
 
@@ -73,11 +73,7 @@ def saved_prediction(folder: str | None, case):
     """
     if not folder or "image" not in getattr(case, "source", {}):
         return None
-
-    name = os.path.basename(case.source["image"])
-    suffix = image_suffix(name)
-    stem = name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
-    path = os.path.join(folder, f"{stem}_prediction.npz")
+    path = os.path.join(folder, f"{image_stem(case.source['image'])}_prediction.npz")
     if not os.path.isfile(path):
         return None
     prediction = load_prediction(path)
