@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 
 from CalibSegLib.data import sample_case
 from CalibSegLib.dicom import write_series
-from CalibSegLib.files import write_json
-from CalibSegLib.io import write_image
+from CalibSegLib.io import atomic_path, write_image
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
         "class_colors": [list(c) for c in case.class_colors], "attribution": case.attribution,
         "files": [os.path.basename(p) for p in written],
     }
-    write_json(stem + ".json", meta)
+    with atomic_path(stem + ".json") as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(meta, fh, indent=2)
     if not getattr(args, "quiet", False):
         print(case.summary())
         for path in written:
