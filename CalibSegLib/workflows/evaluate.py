@@ -27,7 +27,7 @@ from CalibSegLib.errors import CalibSegError
 from CalibSegLib.files import (
     atomic_path,
     check_image_file,
-    image_suffix,
+    image_stem,
     json_ready,
     write_json,
 )
@@ -40,9 +40,7 @@ NAME = "evaluate"
 
 def sidecar_class_names(probs_path: str) -> tuple[str, ...] | None:
     """Class names from the JSON ``predict`` or ``sample-data`` wrote beside ``probs_path``."""
-    folder, name = os.path.split(os.path.abspath(probs_path))
-    suffix = image_suffix(name)
-    stem = name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
+    folder, stem = os.path.dirname(os.path.abspath(probs_path)), image_stem(probs_path)
     for tail in ("_probs", "_prediction"):
         if stem.endswith(tail):
             stem = stem[: -len(tail)]
